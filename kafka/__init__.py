@@ -1,0 +1,1 @@
+"""Kafka adapters: topic names, codecs, consumers and producers."""

@@ -1,0 +1,1 @@
+"""Webhook delivery service: gRPC API, Kafka ingest, signed HTTP delivery."""

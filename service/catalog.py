@@ -1,0 +1,98 @@
+"""Event type catalog use cases, including the catalog file loaded at start."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from service.domain.access import Principal
+from service.domain.models import EventType
+from service.domain.validation import validate_event_type
+from service.errors import InvalidArgument
+from service.store.event_types import EventTypeStore
+
+UPDATABLE = ("description", "required_scope", "json_schema", "example_json")
+OUTPUT_ONLY = ("create_time", "update_time")
+
+
+class CatalogError(Exception):
+    """The catalog file cannot be loaded; the message says where and why."""
+
+
+class CatalogService:
+    """Every method is synchronous; the gRPC edge runs it on a store thread."""
+
+    def __init__(self, store: EventTypeStore) -> None:
+        self._store = store
+
+    def list(
+        self, principal: Principal, after: str | None, limit: int, subscribable_only: bool
+    ) -> tuple[list[EventType], bool]:
+        if not subscribable_only:
+            return self._store.list(after, limit)
+        # The catalog is small, so filtering by the caller's scopes happens here.
+        names = sorted(self._store.catalog().values(), key=lambda e: e.name)
+        allowed = [
+            e
+            for e in names
+            if (after is None or e.name > after)
+            and (not e.required_scope or principal.has(e.required_scope))
+        ]
+        return allowed[:limit], len(allowed) > limit
+
+    def get(self, name: str) -> EventType:
+        return self._store.get(name)
+
+    def create(self, event_type: EventType) -> EventType:
+        _validate(event_type)
+        return self._store.create(event_type)
+
+    def update(self, name: str, values: EventType, mask: frozenset[str]) -> EventType:
+        def change(current: EventType) -> EventType:
+            updated = replace(current, **{path: getattr(values, path) for path in mask})
+            _validate(updated)
+            return updated
+
+        return self._store.update(name, change)
+
+    def delete(self, name: str) -> None:
+        self._store.delete(name)
+
+    def load_file(self, path: Path) -> int:
+        """Upserts every entry of a catalog file; raises CatalogError on the first bad one."""
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"{path}: cannot read JSON: {exc}") from None
+        entries = document.get("event_types") if isinstance(document, dict) else None
+        if not isinstance(entries, list):
+            raise CatalogError(f'{path}: expected an object with an "event_types" list')
+        parsed = []
+        for index, raw in enumerate(entries):
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise CatalogError(f"{path}: event_types[{index}] needs a string name")
+            event_type = EventType(
+                name=raw["name"],
+                description=str(raw.get("description", "")),
+                required_scope=str(raw.get("required_scope", "")),
+                json_schema=_as_json_text(raw.get("json_schema")),
+                example_json=_as_json_text(raw.get("example")),
+            )
+            try:
+                _validate(event_type, prefix=f"event_types[{index}]")
+            except InvalidArgument as exc:
+                raise CatalogError(f"{path}: {exc.message}") from None
+            parsed.append(event_type)
+        return self._store.upsert(parsed)
+
+
+def _validate(event_type: EventType, prefix: str = "event_type") -> None:
+    violations = validate_event_type(event_type, prefix)
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _as_json_text(value: object) -> str:
+    """The file holds schemas and examples as JSON values; the catalog keeps JSON text."""
+    if value is None or value == "":
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)

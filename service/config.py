@@ -1,0 +1,234 @@
+"""Settings: one object read from `WEBHOOKS_*` environment variables and validated at start."""
+
+import ipaddress
+import os
+from types import MappingProxyType
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.fernet import Fernet
+
+from kafka import topics
+
+PREFIX = "WEBHOOKS_"
+T = TypeVar("T")
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SettingsError(Exception):
+    """One or more settings are missing or invalid; the message lists every problem."""
+
+
+def _path(value: str) -> Path:
+    return Path(value)
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be host:port")
+    return value
+
+
+def _database_url(value: str) -> str:
+    if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ValueError("must start with sqlite:/// or postgresql://")
+    return value
+
+
+def _fernet_keys(value: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in value.split(",") if k.strip())
+    if not keys:
+        raise ValueError("is required (generate one with `webhook-service new-encryption-key`)")
+    for key in keys:
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ValueError(
+                "each key must be 32 url-safe base64 bytes (`webhook-service new-encryption-key`)"
+            ) from None
+    return keys
+
+
+def _cidrs(value: str) -> tuple[IpNetwork, ...]:
+    return tuple(ipaddress.ip_network(c.strip()) for c in value.split(",") if c.strip())
+
+
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise ValueError("must name at least one")
+    return names
+
+
+def _quotas(value: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in (i.strip() for i in value.split(",") if i.strip()):
+        tenant, sep, number = item.partition("=")
+        if not sep or not tenant or not number.isdigit():
+            raise ValueError("must be tenant=number pairs separated by commas")
+        out[tenant.strip()] = int(number)
+    return out
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _setting(default: T | None, parse: Callable[[str], T], doc: str) -> Any:
+    """A settings field: its default (None = required), its parser and its meaning."""
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service. Each field is read from WEBHOOKS_<FIELD NAME>."""
+
+    api_keys_file: Path = _setting(None, _path, "JSON file of hashed API keys (required)")
+    secret_encryption_keys: tuple[str, ...] = _setting(
+        None, _fernet_keys, "Fernet keys encrypting signing secrets at rest, newest first (required)"
+    )
+    grpc_address: str = _setting("127.0.0.1:50051", _address, "gRPC listen address")
+    database_url: str = _setting(
+        "sqlite:///webhooks.db", _database_url, "sqlite:///path or postgresql://user@host/db"
+    )
+    kafka_bootstrap_servers: str = _setting("localhost:9092", str, "Kafka bootstrap servers")
+    kafka_topics: tuple[str, ...] = _setting(
+        (topics.DEFAULT_INGEST_TOPIC,), _names, "ingest topics, comma-separated"
+    )
+    event_types_file: Path | None = _setting(
+        None, _optional_path, "JSON catalog of event types loaded at start"
+    )
+    default_tenant: str = _setting("default", str, "tenant of events that name none")
+    subscription_quota: int = _setting(
+        100, _int_range(0, 1_000_000), "subscriptions per tenant; 0 = unlimited"
+    )
+    tenant_quotas: Mapping[str, int] = _setting(
+        MappingProxyType({}), _quotas, "per-tenant overrides, e.g. acme=3,globex=500"
+    )
+    allow_http: bool = _setting(False, _bool, "accept http:// endpoints (development only)")
+    ssrf_allow_cidrs: tuple[IpNetwork, ...] = _setting(
+        (), _cidrs, "non-public networks endpoints may use, e.g. 10.1.0.0/16"
+    )
+    rotation_overlap_seconds: int = _setting(
+        86_400, _int_range(0, 7 * 86_400), "default life of the old secret after a rotation"
+    )
+    tls_cert_file: Path | None = _setting(None, _optional_path, "PEM certificate for gRPC TLS")
+    tls_key_file: Path | None = _setting(None, _optional_path, "PEM private key for gRPC TLS")
+    tls_client_ca_file: Path | None = _setting(
+        None, _optional_path, "PEM CA bundle; when set, clients need a certificate (mTLS)"
+    )
+    store_threads: int = _setting(4, _int_range(1, 64), "threads running database work")
+    shutdown_grace_seconds: float = _setting(
+        10.0, _float_range(0, 300), "time in-flight calls get at shutdown"
+    )
+    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Reads and validates every setting; raises SettingsError listing all problems."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                if f.default is None and f.name in _REQUIRED:
+                    problems.append(f"{name} {_missing_message(f.metadata['parse'])}")
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                problems.append(f"{name} {exc}")
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k[len(PREFIX) :].lower() not in _NAMES)
+        problems += [f"{k} is not a known setting" for k in unknown]
+        if not problems:
+            settings = cls(**values)
+            problems = settings._cross_checks()
+            if not problems:
+                return settings
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
+
+    def _cross_checks(self) -> list[str]:
+        problems = []
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append("WEBHOOKS_TLS_CERT_FILE and WEBHOOKS_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append("WEBHOOKS_TLS_CLIENT_CA_FILE needs WEBHOOKS_TLS_CERT_FILE")
+        for name in ("api_keys_file", "event_types_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                problems.append(f"{PREFIX}{name.upper()} {path} is not a readable file")
+        return problems
+
+    def quota_for(self, tenant: str) -> int:
+        """The tenant's subscription quota; 0 = unlimited."""
+        return self.tenant_quotas.get(tenant, self.subscription_quota)
+
+
+def _missing_message(parse: Callable[[str], object]) -> str:
+    try:
+        parse("")
+    except ValueError as exc:
+        return str(exc)
+    return "is required"
+
+
+_REQUIRED = frozenset({"api_keys_file", "secret_encryption_keys"})
+_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for the README and `--help`."""
+    out = []
+    for f in fields(Settings):
+        default = "(required)" if f.name in _REQUIRED else _show(f.default)
+        out.append((PREFIX + f.name.upper(), default, f.metadata["doc"]))
+    return out
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is None else str(value)

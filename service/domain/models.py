@@ -1,0 +1,57 @@
+"""Domain records passed between the store, the rules and the API edge."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+
+
+class DisabledReason(IntEnum):
+    """Why a subscription is disabled; the values match webhooks.v1.DisabledReason."""
+
+    NONE = 0
+    MANUAL = 1
+    ENDPOINT_GONE = 2
+    ENDPOINT_FAILING = 3
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """The fields a caller sets on a subscription."""
+
+    name: str
+    url: str
+    description: str = ""
+    event_types: tuple[str, ...] = ()
+    enabled: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+    rate_limit_per_second: int = 0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A stored subscription, as the API shows it (the secret is never here)."""
+
+    id: str
+    tenant: str
+    spec: SubscriptionSpec
+    disabled_reason: DisabledReason
+    secret_prefix: str
+    created_by: str
+    create_time: datetime
+    update_time: datetime
+    last_delivery_time: datetime | None = None
+    last_delivery_status: int = 0
+    previous_secret_expire_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventType:
+    """An entry of the event type catalog."""
+
+    name: str
+    description: str = ""
+    required_scope: str = ""
+    json_schema: str = ""
+    example_json: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None

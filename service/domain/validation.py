@@ -1,0 +1,258 @@
+"""Validation rules for subscriptions and event types; each returns field violations."""
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import ValidationError as SchemaValidationError
+
+from service.domain import event_patterns
+from service.domain.models import EventType, SubscriptionSpec
+from service.errors import FieldViolation
+
+MAX_NAME = 255
+MAX_DESCRIPTION = 1024
+MAX_URL = 2048
+MAX_EVENT_TYPES = 100
+MAX_HEADERS = 20
+MAX_HEADER_NAME = 256
+MAX_HEADER_VALUE = 4096
+MAX_RATE_LIMIT = 100_000
+MAX_SCOPE = 128
+MAX_JSON_TEXT = 64 * 1024
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_SCOPE = re.compile(r"[A-Za-z0-9_.-]+:[A-Za-z0-9_.*-]+")
+# The service sets these itself; a subscription may not override them.
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-type", "content-length", "transfer-encoding", "connection", "user-agent"}
+)
+_RESERVED_HEADER_PREFIX = "webhook-"
+# Header values under these names (or containing these words) are shown redacted.
+_SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_SENSITIVE_WORDS = ("token", "secret", "key", "password", "auth", "signature", "session")
+REDACTED = "<redacted>"
+
+
+def validate_subscription(
+    spec: SubscriptionSpec,
+    *,
+    catalog: Mapping[str, EventType],
+    allow_http: bool,
+    allow_cidrs: Sequence[IpNetwork],
+    prefix: str = "subscription",
+) -> list[FieldViolation]:
+    """Every rule a subscription's fields must satisfy, as violations (empty = valid)."""
+    out: list[FieldViolation] = []
+    out += _check_text(f"{prefix}.name", spec.name, MAX_NAME, required=True)
+    out += _check_text(f"{prefix}.description", spec.description, MAX_DESCRIPTION)
+    out += check_url(f"{prefix}.url", spec.url, allow_http=allow_http, allow_cidrs=allow_cidrs)
+    out += check_event_types(f"{prefix}.event_types", spec.event_types, catalog)
+    out += check_headers(f"{prefix}.headers", spec.headers)
+    if not 0 <= spec.rate_limit_per_second <= MAX_RATE_LIMIT:
+        out.append(
+            FieldViolation(
+                f"{prefix}.rate_limit_per_second", f"must be between 0 and {MAX_RATE_LIMIT}"
+            )
+        )
+    return out
+
+
+def _check_text(field: str, value: str, limit: int, *, required: bool = False) -> list[FieldViolation]:
+    if required and not value.strip():
+        return [FieldViolation(field, "is required")]
+    if len(value) > limit:
+        return [FieldViolation(field, f"must be at most {limit} characters")]
+    if _CONTROL.search(value):
+        return [FieldViolation(field, "must not contain control characters")]
+    return []
+
+
+def check_url(
+    field: str, url: str, *, allow_http: bool, allow_cidrs: Sequence[IpNetwork]
+) -> list[FieldViolation]:
+    """The endpoint URL: https (or http in development), a host, no user info or fragment."""
+    if not url:
+        return [FieldViolation(field, "is required")]
+    if len(url) > MAX_URL:
+        return [FieldViolation(field, f"must be at most {MAX_URL} characters")]
+    if _CONTROL.search(url) or " " in url:
+        return [FieldViolation(field, "must not contain spaces or control characters")]
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError:
+        return [FieldViolation(field, "is not a valid URL")]
+    schemes = ("https", "http") if allow_http else ("https",)
+    if parts.scheme not in schemes:
+        return [FieldViolation(field, "must use https" if not allow_http else "must use https or http")]
+    if parts.username is not None or parts.password is not None:
+        return [FieldViolation(field, "must not contain credentials; use a custom header")]
+    if parts.fragment:
+        return [FieldViolation(field, "must not contain a fragment")]
+    host = parts.hostname or ""
+    if not host:
+        return [FieldViolation(field, "must have a host")]
+    if port == 0:
+        return [FieldViolation(field, "port must be between 1 and 65535")]
+    problem = check_literal_host(host, allow_cidrs)
+    return [FieldViolation(field, problem)] if problem else []
+
+
+def check_literal_host(host: str, allow_cidrs: Sequence[IpNetwork]) -> str | None:
+    """Refuses hosts that are visibly internal before any DNS lookup.
+
+    Names are resolved and checked again at delivery time; this catches the obvious
+    cases (IP literals, `localhost`) at create time with a clear message.
+    """
+    name = host.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        address = ipaddress.ip_address("127.0.0.1")
+    else:
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return None if _valid_hostname(name) else "host is not a valid name"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_global or any(address in net for net in allow_cidrs):
+        return None
+    return "host is a non-public address, which is not allowed"
+
+
+def _valid_hostname(name: str) -> bool:
+    try:
+        encoded = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = encoded.split(".")
+    return len(encoded) <= 253 and all(
+        0 < len(label) <= 63 and re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?", label)
+        for label in labels
+    )
+
+
+def check_event_types(
+    field: str, items: Sequence[str], catalog: Mapping[str, EventType]
+) -> list[FieldViolation]:
+    """Exact names must be in the catalog; patterns must be well formed and match something."""
+    if len(items) > MAX_EVENT_TYPES:
+        return [FieldViolation(field, f"must name at most {MAX_EVENT_TYPES} event types")]
+    malformed = [i for i in items if event_patterns.is_pattern(i) and not event_patterns.is_valid_pattern(i)]
+    malformed += [i for i in items if not event_patterns.is_pattern(i) and not event_patterns.is_valid_name(i)]
+    if malformed:
+        return [FieldViolation(field, f"malformed event types: {', '.join(malformed)}")]
+    unknown = [i for i in items if not event_patterns.is_pattern(i) and i not in catalog]
+    if unknown:
+        return [FieldViolation(field, f"unknown event types: {', '.join(unknown)}")]
+    empty = [
+        i
+        for i in items
+        if i != event_patterns.WILDCARD
+        and event_patterns.is_pattern(i)
+        and not any(event_patterns.pattern_matches(i, name) for name in catalog)
+    ]
+    if empty:
+        return [FieldViolation(field, f"patterns match no event type: {', '.join(empty)}")]
+    if len(set(items)) != len(items):
+        return [FieldViolation(field, "must not repeat an event type")]
+    return []
+
+
+def check_headers(field: str, headers: Mapping[str, str]) -> list[FieldViolation]:
+    """Custom headers: valid tokens, printable values, none that the service sets itself."""
+    if len(headers) > MAX_HEADERS:
+        return [FieldViolation(field, f"must have at most {MAX_HEADERS} entries")]
+    out: list[FieldViolation] = []
+    seen: set[str] = set()
+    for name, value in headers.items():
+        lower = name.lower()
+        where = f"{field}[{name!r}]"
+        if not _HEADER_NAME.fullmatch(name) or len(name) > MAX_HEADER_NAME:
+            out.append(FieldViolation(where, "is not a valid header name"))
+        elif lower in _RESERVED_HEADERS or lower.startswith(_RESERVED_HEADER_PREFIX):
+            out.append(FieldViolation(where, "is set by the service and cannot be overridden"))
+        elif lower in seen:
+            out.append(FieldViolation(where, "is repeated with different letter case"))
+        elif len(value) > MAX_HEADER_VALUE or _CONTROL.search(value.replace("\t", " ")):
+            out.append(
+                FieldViolation(where, f"value must be printable, at most {MAX_HEADER_VALUE} characters")
+            )
+        seen.add(lower)
+    return out
+
+
+def is_sensitive_header(name: str) -> bool:
+    """Whether a header's value is a credential and must not be shown back."""
+    lower = name.lower()
+    return lower in _SENSITIVE_HEADERS or any(word in lower for word in _SENSITIVE_WORDS)
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers as shown to callers: sensitive values replaced by `<redacted>`."""
+    return {k: (REDACTED if is_sensitive_header(k) else v) for k, v in headers.items()}
+
+
+def merge_redacted(new: Mapping[str, str], stored: Mapping[str, str]) -> dict[str, str]:
+    """Headers for an update: a `<redacted>` value sent back keeps the stored value."""
+    return {k: (stored.get(k, v) if v == REDACTED else v) for k, v in new.items()}
+
+
+def validate_event_type(event_type: EventType, prefix: str = "event_type") -> list[FieldViolation]:
+    """Name, scope, JSON Schema (draft 2020-12) and an example that satisfies the schema."""
+    out: list[FieldViolation] = []
+    if not event_type.name:
+        out.append(FieldViolation(f"{prefix}.name", "is required"))
+    elif not event_patterns.is_valid_name(event_type.name):
+        out.append(
+            FieldViolation(
+                f"{prefix}.name",
+                "must be 1 to 128 letters, digits, '_', '-' separated by '.'",
+            )
+        )
+    out += _check_text(f"{prefix}.description", event_type.description, MAX_DESCRIPTION)
+    scope = event_type.required_scope
+    if scope and (len(scope) > MAX_SCOPE or not _SCOPE.fullmatch(scope)):
+        out.append(FieldViolation(f"{prefix}.required_scope", "must look like `domain:action`"))
+    schema = _parse_json(f"{prefix}.json_schema", event_type.json_schema, out)
+    if schema is not None:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            out.append(FieldViolation(f"{prefix}.json_schema", f"is not a valid JSON Schema: {exc.message}"))
+            schema = None
+    example = _parse_json(f"{prefix}.example_json", event_type.example_json, out)
+    if schema is not None and example is not None:
+        problem = schema_violation(schema, example)
+        if problem:
+            out.append(FieldViolation(f"{prefix}.example_json", f"does not match the schema: {problem}"))
+    return out
+
+
+def schema_violation(schema: object, data: object) -> str | None:
+    """The first way `data` breaks the JSON Schema, or None when it conforms."""
+    try:
+        Draft202012Validator(schema).validate(data)  # type: ignore[arg-type]
+    except SchemaValidationError as exc:
+        return exc.message
+    return None
+
+
+def _parse_json(field: str, text: str, out: list[FieldViolation]) -> object | None:
+    if not text:
+        return None
+    if len(text) > MAX_JSON_TEXT:
+        out.append(FieldViolation(field, f"must be at most {MAX_JSON_TEXT} characters"))
+        return None
+    try:
+        return json.loads(text)  # type: ignore[no-any-return]
+    except (ValueError, RecursionError):
+        out.append(FieldViolation(field, "is not valid JSON"))
+        return None

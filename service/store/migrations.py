@@ -1,0 +1,48 @@
+"""Versioned schema migrations, applied in order and recorded in `schema_migration`.
+
+To change the schema: append a migration to MIGRATIONS (never edit an applied one).
+Migration 1 creates the tables from today's models; before the first migration that
+alters a table, copy today's model definitions into migration 1 so it stays frozen
+(tests/test_store_schema.py fails if the migrated schema and the models disagree).
+"""
+
+from collections.abc import Callable
+import peewee as pw
+
+from service.domain.clock import utcnow
+from service.store import tables
+
+
+def _initial(db: pw.Database) -> None:
+    db.create_tables(tables.ALL_TABLES, safe=False)
+
+
+MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
+    (1, "initial", _initial),
+)
+
+
+def applied_versions(db: pw.Database) -> set[int]:
+    if not db.table_exists(tables.SchemaMigration._meta.table_name):  # type: ignore[attr-defined]
+        return set()
+    return {row.version for row in tables.SchemaMigration.select(tables.SchemaMigration.version)}
+
+
+def migrate(db: pw.Database) -> list[int]:
+    """Applies every pending migration, each in its own transaction; returns the versions applied.
+
+    Safe to run from several instances at once: each migration's version row is
+    inserted in the migration's transaction, so a concurrent runner fails instead of
+    applying it twice.
+    """
+    db.create_tables([tables.SchemaMigration], safe=True)
+    done = applied_versions(db)
+    applied = []
+    for version, name, step in MIGRATIONS:
+        if version in done:
+            continue
+        with db.atomic():
+            tables.SchemaMigration.create(version=version, name=name, applied_at=utcnow())
+            step(db)
+        applied.append(version)
+    return applied

@@ -1,0 +1,275 @@
+"""Subscriptions and their signing secrets: queries and transactions."""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import peewee as pw
+
+from service.crypto import SecretBox
+from service.domain.clock import utcnow
+from service.domain.ids import new_id
+from service.domain.models import DisabledReason, Subscription, SubscriptionSpec
+from service.domain.signing_secrets import secret_prefix
+from service.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, QuotaExceeded
+from service.store.tables import IdempotencyRow, SigningSecretRow, SubscriptionRow, Tenant
+
+# How long a request_id is remembered for CreateSubscription retries.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+_CREATE = "CreateSubscription"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an update writes: the new fields and, when event types changed, the scopes granted."""
+
+    spec: SubscriptionSpec
+    granted_scopes: Sequence[str] | None = None
+
+
+class SubscriptionStore:
+    """Every method is synchronous and runs on a store thread."""
+
+    def __init__(self, db: pw.Database, box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+
+    def create(
+        self,
+        *,
+        tenant: str,
+        created_by: str,
+        spec: SubscriptionSpec,
+        granted_scopes: Sequence[str],
+        secret: str,
+        quota: int,
+        request_id: str = "",
+        request_hash: str = "",
+    ) -> tuple[Subscription, str]:
+        """Creates the subscription with its first secret; replays the first result of a request_id."""
+        for attempt in range(2):
+            try:
+                with self._db.atomic():
+                    if request_id:
+                        replay = self._replay(tenant, request_id, request_hash)
+                        if replay is not None:
+                            return replay
+                    self._lock_tenant(tenant)
+                    if quota and SubscriptionRow.select().where(SubscriptionRow.tenant == tenant).count() >= quota:
+                        raise QuotaExceeded(
+                            f"tenant has reached its quota of {quota} subscriptions",
+                            metadata={"quota": str(quota)},
+                        )
+                    if self._name_taken(tenant, spec.name):
+                        raise AlreadyExists(
+                            f"a subscription named {spec.name!r} already exists",
+                            reason="NAME_TAKEN",
+                            metadata={"field": "subscription.name"},
+                        )
+                    now = utcnow()
+                    row = SubscriptionRow.create(
+                        id=new_id("sub"),
+                        tenant=tenant,
+                        created_by=created_by,
+                        created_at=now,
+                        updated_at=now,
+                        granted_scopes=json.dumps(sorted(granted_scopes)),
+                        **self._spec_columns(spec),
+                    )
+                    self._add_secret(row.id, secret, now)
+                    if request_id:
+                        IdempotencyRow.create(
+                            tenant=tenant,
+                            method=_CREATE,
+                            request_id=request_id,
+                            request_hash=request_hash,
+                            resource_id=row.id,
+                            result_encrypted=self._box.encrypt(secret),
+                            created_at=now,
+                        )
+                    return self._load(tenant, row.id), secret
+            except pw.IntegrityError:
+                # A concurrent create won the race for the name or the request_id;
+                # the second pass sees its row and answers accordingly.
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get(self, tenant: str, subscription_id: str) -> Subscription:
+        return self._load(tenant, subscription_id)
+
+    def list(self, tenant: str, after: str | None, limit: int) -> tuple[list[Subscription], bool, int]:
+        """A page after the id `after`, oldest first; also whether more follow and the total."""
+        query = SubscriptionRow.select().where(SubscriptionRow.tenant == tenant)
+        total = query.count()
+        if after is not None:
+            query = query.where(SubscriptionRow.id > after)
+        rows = list(query.order_by(SubscriptionRow.id).limit(limit + 1))
+        page = rows[:limit]
+        secrets = self._secrets_of([r.id for r in page])
+        return [self._to_domain(r, secrets.get(r.id, [])) for r in page], len(rows) > limit, total
+
+    def update(
+        self, tenant: str, subscription_id: str, change: Callable[[Subscription], Change]
+    ) -> Subscription:
+        """Applies `change` (which sees the current state and may refuse) in one transaction."""
+        with self._db.atomic():
+            current = self._load(tenant, subscription_id, lock=True)
+            result = change(current)
+            spec = result.spec
+            if spec.name != current.spec.name and self._name_taken(tenant, spec.name):
+                raise AlreadyExists(
+                    f"a subscription named {spec.name!r} already exists",
+                    reason="NAME_TAKEN",
+                    metadata={"field": "subscription.name"},
+                )
+            columns = self._spec_columns(spec)
+            if spec.enabled and not current.spec.enabled:
+                columns["failing_since"] = None
+            elif spec.enabled == current.spec.enabled:
+                columns["disabled_reason"] = int(current.disabled_reason)
+            if result.granted_scopes is not None:
+                columns["granted_scopes"] = json.dumps(sorted(result.granted_scopes))
+            SubscriptionRow.update(updated_at=utcnow(), **columns).where(
+                SubscriptionRow.id == subscription_id
+            ).execute()
+            return self._load(tenant, subscription_id)
+
+    def delete(self, tenant: str, subscription_id: str, check: Callable[[Subscription], None]) -> None:
+        """Deletes the subscription; its secrets and deliveries go with it (ON DELETE CASCADE)."""
+        with self._db.atomic():
+            check(self._load(tenant, subscription_id, lock=True))
+            SubscriptionRow.delete().where(SubscriptionRow.id == subscription_id).execute()
+
+    def rotate_secret(
+        self,
+        tenant: str,
+        subscription_id: str,
+        check: Callable[[Subscription], None],
+        secret: str,
+        overlap: timedelta,
+    ) -> Subscription:
+        """Adds `secret` as current; every older live secret expires within `overlap`."""
+        with self._db.atomic():
+            check(self._load(tenant, subscription_id, lock=True))
+            now = utcnow()
+            deadline = now + overlap
+            live = SigningSecretRow.subscription == subscription_id
+            SigningSecretRow.update(expires_at=deadline).where(
+                live & (SigningSecretRow.expires_at.is_null() | (SigningSecretRow.expires_at > deadline))
+            ).execute()
+            self._add_secret(subscription_id, secret, now)
+            SubscriptionRow.update(updated_at=now).where(SubscriptionRow.id == subscription_id).execute()
+            return self._load(tenant, subscription_id)
+
+    def live_secrets(self, subscription_id: str) -> list[str]:
+        """The secrets that sign deliveries now, newest first."""
+        rows = self._secrets_of([subscription_id]).get(subscription_id, [])
+        return [self._box.decrypt(r.secret_encrypted) for r in rows]
+
+    # -- helpers -------------------------------------------------------------
+
+    def _replay(self, tenant: str, request_id: str, request_hash: str) -> tuple[Subscription, str] | None:
+        row = IdempotencyRow.get_or_none(
+            (IdempotencyRow.tenant == tenant)
+            & (IdempotencyRow.method == _CREATE)
+            & (IdempotencyRow.request_id == request_id)
+        )
+        if row is None:
+            return None
+        if row.created_at < utcnow() - IDEMPOTENCY_WINDOW:
+            row.delete_instance()
+            return None
+        if row.request_hash != request_hash:
+            raise InvalidArgument(
+                [FieldViolation("request_id", "was already used for a different request")],
+                reason="REQUEST_ID_REUSED",
+            )
+        return self._load(tenant, row.resource_id), self._box.decrypt(row.result_encrypted)
+
+    def _lock_tenant(self, tenant: str) -> None:
+        Tenant.insert(id=tenant, created_at=utcnow()).on_conflict_ignore().execute()
+        if self._db.for_update:  # PostgreSQL; SQLite's IMMEDIATE transaction already serializes
+            Tenant.select().where(Tenant.id == tenant).for_update().get()
+
+    def _name_taken(self, tenant: str, name: str) -> bool:
+        return (
+            SubscriptionRow.select()
+            .where((SubscriptionRow.tenant == tenant) & (SubscriptionRow.name == name))
+            .exists()
+        )
+
+    def _spec_columns(self, spec: SubscriptionSpec) -> dict[str, object]:
+        return {
+            "name": spec.name,
+            "description": spec.description,
+            "url": spec.url,
+            "event_types": json.dumps(list(spec.event_types)),
+            "enabled": spec.enabled,
+            "disabled_reason": int(DisabledReason.NONE if spec.enabled else DisabledReason.MANUAL),
+            "headers_encrypted": self._box.encrypt(json.dumps(spec.headers)) if spec.headers else None,
+            "rate_limit_per_second": spec.rate_limit_per_second,
+        }
+
+    def _add_secret(self, subscription_id: str, secret: str, now: datetime) -> None:
+        SigningSecretRow.create(
+            subscription=subscription_id,
+            secret_encrypted=self._box.encrypt(secret),
+            prefix=secret_prefix(secret),
+            created_at=now,
+        )
+
+    def _secrets_of(self, ids: Sequence[str]) -> dict[str, list[SigningSecretRow]]:
+        if not ids:
+            return {}
+        now = utcnow()
+        rows = (
+            SigningSecretRow.select()
+            .where(
+                SigningSecretRow.subscription.in_(list(ids))
+                & (SigningSecretRow.expires_at.is_null() | (SigningSecretRow.expires_at > now))
+            )
+            .order_by(SigningSecretRow.id.desc())
+        )
+        out: dict[str, list[SigningSecretRow]] = {}
+        for row in rows:
+            out.setdefault(row.subscription_id, []).append(row)
+        return out
+
+    def _load(self, tenant: str, subscription_id: str, *, lock: bool = False) -> Subscription:
+        query = SubscriptionRow.select().where(
+            (SubscriptionRow.id == subscription_id) & (SubscriptionRow.tenant == tenant)
+        )
+        if lock and self._db.for_update:
+            query = query.for_update()
+        row = query.get_or_none()
+        if row is None:
+            # Another tenant's id looks exactly like a missing one.
+            raise NotFound(f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND")
+        return self._to_domain(row, self._secrets_of([row.id]).get(row.id, []))
+
+    def _to_domain(self, row: SubscriptionRow, secrets: list[SigningSecretRow]) -> Subscription:
+        headers = json.loads(self._box.decrypt(row.headers_encrypted)) if row.headers_encrypted else {}
+        previous = [s.expires_at for s in secrets[1:] if s.expires_at is not None]
+        return Subscription(
+            id=row.id,
+            tenant=row.tenant,
+            spec=SubscriptionSpec(
+                name=row.name,
+                url=row.url,
+                description=row.description,
+                event_types=tuple(json.loads(row.event_types)),
+                enabled=row.enabled,
+                headers=headers,
+                rate_limit_per_second=row.rate_limit_per_second,
+            ),
+            disabled_reason=DisabledReason(row.disabled_reason),
+            secret_prefix=secrets[0].prefix if secrets else "",
+            created_by=row.created_by,
+            create_time=row.created_at,
+            update_time=row.updated_at,
+            last_delivery_time=row.last_delivery_at,
+            last_delivery_status=row.last_delivery_status,
+            previous_secret_expire_time=max(previous) if previous else None,
+        )

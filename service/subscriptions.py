@@ -1,0 +1,145 @@
+"""Subscription use cases: validation, authorization and the store, in one place."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import timedelta
+
+from service.config import Settings
+from service.domain import event_patterns
+from service.domain.access import Principal, missing_subscribe_scopes, require_owner_or_admin
+from service.domain.models import EventType, Subscription, SubscriptionSpec
+from service.domain.signing_secrets import new_secret
+from service.domain.validation import merge_redacted, validate_subscription
+from service.errors import FieldViolation, InvalidArgument, PermissionDenied, invalid
+from service.store.event_types import EventTypeStore
+from service.store.subscriptions import Change, SubscriptionStore
+
+UPDATABLE = ("name", "description", "url", "event_types", "enabled", "headers", "rate_limit_per_second")
+OUTPUT_ONLY = (
+    "id",
+    "disabled_reason",
+    "secret_prefix",
+    "created_by",
+    "create_time",
+    "update_time",
+    "last_delivery_time",
+    "last_delivery_status",
+    "previous_secret_expire_time",
+)
+MAX_REQUEST_ID = 128
+MAX_OVERLAP = timedelta(days=7)
+
+
+class SubscriptionService:
+    """Every method is synchronous; the gRPC edge runs it on a store thread."""
+
+    def __init__(self, store: SubscriptionStore, event_types: EventTypeStore, settings: Settings) -> None:
+        self._store = store
+        self._event_types = event_types
+        self._settings = settings
+
+    def create(
+        self, principal: Principal, spec: SubscriptionSpec, request_id: str = "", request_hash: str = ""
+    ) -> tuple[Subscription, str]:
+        """Returns the new subscription and its secret (the only time the secret is shown)."""
+        catalog = self._event_types.catalog()
+        violations = self._violations(spec, catalog)
+        if len(request_id) > MAX_REQUEST_ID:
+            violations.append(FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID} characters"))
+        if violations:
+            raise InvalidArgument(violations)
+        _check_subscribe_scopes(principal, spec.event_types, catalog)
+        return self._store.create(
+            tenant=principal.tenant,
+            created_by=principal.name,
+            spec=spec,
+            granted_scopes=_granted(principal),
+            secret=new_secret(),
+            quota=self._settings.quota_for(principal.tenant),
+            request_id=request_id,
+            request_hash=request_hash,
+        )
+
+    def get(self, principal: Principal, subscription_id: str) -> Subscription:
+        return self._store.get(principal.tenant, subscription_id)
+
+    def list(self, principal: Principal, after: str | None, limit: int) -> tuple[list[Subscription], bool, int]:
+        return self._store.list(principal.tenant, after, limit)
+
+    def update(
+        self, principal: Principal, subscription_id: str, values: SubscriptionSpec, mask: frozenset[str]
+    ) -> Subscription:
+        """Changes the masked fields to `values`; only the creator or an admin may."""
+
+        def change(current: Subscription) -> Change:
+            require_owner_or_admin(principal, current.created_by)
+            updates: dict[str, object] = {path: getattr(values, path) for path in mask}
+            if "headers" in mask:
+                updates["headers"] = merge_redacted(values.headers, current.spec.headers)
+            spec = replace(current.spec, **updates)  # type: ignore[arg-type]
+            catalog = self._event_types.catalog()
+            touched = tuple(f"subscription.{path}" for path in mask)
+            violations = [v for v in self._violations(spec, catalog) if v.field.startswith(touched)]
+            if violations:
+                raise InvalidArgument(violations)
+            if "event_types" not in mask:
+                return Change(spec)
+            _check_subscribe_scopes(principal, spec.event_types, catalog)
+            return Change(spec, granted_scopes=_granted(principal))
+
+        return self._store.update(principal.tenant, subscription_id, change)
+
+    def delete(self, principal: Principal, subscription_id: str) -> None:
+        self._store.delete(
+            principal.tenant, subscription_id, lambda current: require_owner_or_admin(principal, current.created_by)
+        )
+
+    def rotate_secret(
+        self, principal: Principal, subscription_id: str, overlap: timedelta | None
+    ) -> tuple[Subscription, str]:
+        """A new current secret; the old ones keep signing for `overlap` (None = the default)."""
+        if overlap is None:
+            overlap = timedelta(seconds=self._settings.rotation_overlap_seconds)
+        if not timedelta(0) <= overlap <= MAX_OVERLAP:
+            raise invalid("overlap", "must be between 0 (revoke now) and 7 days")
+        secret = new_secret()
+        subscription = self._store.rotate_secret(
+            principal.tenant,
+            subscription_id,
+            lambda current: require_owner_or_admin(principal, current.created_by),
+            secret,
+            overlap,
+        )
+        return subscription, secret
+
+    def _violations(self, spec: SubscriptionSpec, catalog: Mapping[str, EventType]) -> list[FieldViolation]:
+        return validate_subscription(
+            spec,
+            catalog=catalog,
+            allow_http=self._settings.allow_http,
+            allow_cidrs=self._settings.ssrf_allow_cidrs,
+        )
+
+
+def _granted(principal: Principal) -> list[str]:
+    """Scopes recorded on the subscription: patterns only deliver types these allow."""
+    return ["*"] if principal.is_admin else sorted(principal.scopes)
+
+
+def _check_subscribe_scopes(
+    principal: Principal, items: Sequence[str], catalog: Mapping[str, EventType]
+) -> None:
+    """Exact names need their subscribe scope now; patterns are filtered at delivery."""
+    required = {
+        name: catalog[name].required_scope
+        for name in items
+        if not event_patterns.is_pattern(name) and name in catalog
+    }
+    missing = missing_subscribe_scopes(principal, required)
+    if missing:
+        scopes = sorted(set(missing.values()))
+        raise PermissionDenied(
+            f"subscribing to {', '.join(sorted(missing))} needs the scope(s) {', '.join(scopes)}",
+            reason="MISSING_SUBSCRIBE_SCOPE",
+            metadata={"event_types": ",".join(sorted(missing)), "scopes": ",".join(scopes)},
+        )
