@@ -24,11 +24,11 @@ class CatalogService:
     def __init__(self, store: EventTypeStore) -> None:
         self._store = store
 
-    def list(
+    def list_page(
         self, principal: Principal, after: str | None, limit: int, subscribable_only: bool
     ) -> tuple[list[EventType], bool]:
         if not subscribable_only:
-            return self._store.list(after, limit)
+            return self._store.list_page(after, limit)
         # The catalog is small, so filtering by the caller's scopes happens here.
         names = sorted(self._store.catalog().values(), key=lambda e: e.name)
         allowed = [

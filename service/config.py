@@ -2,7 +2,6 @@
 
 import ipaddress
 import os
-from types import MappingProxyType
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -96,14 +95,14 @@ def _names(value: str) -> tuple[str, ...]:
     return names
 
 
-def _quotas(value: str) -> dict[str, int]:
+def _quotas(value: str) -> tuple[tuple[str, int], ...]:
     out: dict[str, int] = {}
     for item in (i.strip() for i in value.split(",") if i.strip()):
         tenant, sep, number = item.partition("=")
         if not sep or not tenant or not number.isdigit():
             raise ValueError("must be tenant=number pairs separated by commas")
         out[tenant.strip()] = int(number)
-    return out
+    return tuple(out.items())
 
 
 def _log_level(value: str) -> str:
@@ -113,7 +112,7 @@ def _log_level(value: str) -> str:
     return level
 
 
-def _setting(default: T | None, parse: Callable[[str], T], doc: str) -> Any:
+def _setting(default: object, parse: Callable[[str], object], doc: str) -> Any:
     """A settings field: its default (None = required), its parser and its meaning."""
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -124,7 +123,9 @@ class Settings:
 
     api_keys_file: Path = _setting(None, _path, "JSON file of hashed API keys (required)")
     secret_encryption_keys: tuple[str, ...] = _setting(
-        None, _fernet_keys, "Fernet keys encrypting signing secrets at rest, newest first (required)"
+        None,
+        _fernet_keys,
+        "Fernet keys encrypting signing secrets at rest, newest first (required)",
     )
     grpc_address: str = _setting("127.0.0.1:50051", _address, "gRPC listen address")
     database_url: str = _setting(
@@ -141,8 +142,8 @@ class Settings:
     subscription_quota: int = _setting(
         100, _int_range(0, 1_000_000), "subscriptions per tenant; 0 = unlimited"
     )
-    tenant_quotas: Mapping[str, int] = _setting(
-        MappingProxyType({}), _quotas, "per-tenant overrides, e.g. acme=3,globex=500"
+    tenant_quotas: tuple[tuple[str, int], ...] = _setting(
+        (), _quotas, "per-tenant overrides, e.g. acme=3,globex=500"
     )
     allow_http: bool = _setting(False, _bool, "accept http:// endpoints (development only)")
     ssrf_allow_cidrs: tuple[IpNetwork, ...] = _setting(
@@ -179,7 +180,9 @@ class Settings:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
                 problems.append(f"{name} {exc}")
-        unknown = sorted(k for k in env if k.startswith(PREFIX) and k[len(PREFIX) :].lower() not in _NAMES)
+        unknown = sorted(
+            k for k in env if k.startswith(PREFIX) and k[len(PREFIX) :].lower() not in _NAMES
+        )
         problems += [f"{k} is not a known setting" for k in unknown]
         if not problems:
             settings = cls(**values)
@@ -194,7 +197,13 @@ class Settings:
             problems.append("WEBHOOKS_TLS_CERT_FILE and WEBHOOKS_TLS_KEY_FILE go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             problems.append("WEBHOOKS_TLS_CLIENT_CA_FILE needs WEBHOOKS_TLS_CERT_FILE")
-        for name in ("api_keys_file", "event_types_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        for name in (
+            "api_keys_file",
+            "event_types_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+        ):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 problems.append(f"{PREFIX}{name.upper()} {path} is not a readable file")
@@ -202,7 +211,7 @@ class Settings:
 
     def quota_for(self, tenant: str) -> int:
         """The tenant's subscription quota; 0 = unlimited."""
-        return self.tenant_quotas.get(tenant, self.subscription_quota)
+        return dict(self.tenant_quotas).get(tenant, self.subscription_quota)
 
 
 def _missing_message(parse: Callable[[str], object]) -> str:
@@ -228,7 +237,5 @@ def describe() -> list[tuple[str, str, str]]:
 
 def _show(value: object) -> str:
     if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
+        return ",".join(f"{v[0]}={v[1]}" if isinstance(v, tuple) else str(v) for v in value)
     return "" if value is None else str(value)

@@ -14,7 +14,15 @@ from service.errors import FieldViolation, InvalidArgument, PermissionDenied, in
 from service.store.event_types import EventTypeStore
 from service.store.subscriptions import Change, SubscriptionStore
 
-UPDATABLE = ("name", "description", "url", "event_types", "enabled", "headers", "rate_limit_per_second")
+UPDATABLE = (
+    "name",
+    "description",
+    "url",
+    "event_types",
+    "enabled",
+    "headers",
+    "rate_limit_per_second",
+)
 OUTPUT_ONLY = (
     "id",
     "disabled_reason",
@@ -33,19 +41,27 @@ MAX_OVERLAP = timedelta(days=7)
 class SubscriptionService:
     """Every method is synchronous; the gRPC edge runs it on a store thread."""
 
-    def __init__(self, store: SubscriptionStore, event_types: EventTypeStore, settings: Settings) -> None:
+    def __init__(
+        self, store: SubscriptionStore, event_types: EventTypeStore, settings: Settings
+    ) -> None:
         self._store = store
         self._event_types = event_types
         self._settings = settings
 
     def create(
-        self, principal: Principal, spec: SubscriptionSpec, request_id: str = "", request_hash: str = ""
+        self,
+        principal: Principal,
+        spec: SubscriptionSpec,
+        request_id: str = "",
+        request_hash: str = "",
     ) -> tuple[Subscription, str]:
         """Returns the new subscription and its secret (the only time the secret is shown)."""
         catalog = self._event_types.catalog()
         violations = self._violations(spec, catalog)
         if len(request_id) > MAX_REQUEST_ID:
-            violations.append(FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID} characters"))
+            violations.append(
+                FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+            )
         if violations:
             raise InvalidArgument(violations)
         _check_subscribe_scopes(principal, spec.event_types, catalog)
@@ -63,11 +79,17 @@ class SubscriptionService:
     def get(self, principal: Principal, subscription_id: str) -> Subscription:
         return self._store.get(principal.tenant, subscription_id)
 
-    def list(self, principal: Principal, after: str | None, limit: int) -> tuple[list[Subscription], bool, int]:
-        return self._store.list(principal.tenant, after, limit)
+    def list_page(
+        self, principal: Principal, after: str | None, limit: int
+    ) -> tuple[list[Subscription], bool, int]:
+        return self._store.list_page(principal.tenant, after, limit)
 
     def update(
-        self, principal: Principal, subscription_id: str, values: SubscriptionSpec, mask: frozenset[str]
+        self,
+        principal: Principal,
+        subscription_id: str,
+        values: SubscriptionSpec,
+        mask: frozenset[str],
     ) -> Subscription:
         """Changes the masked fields to `values`; only the creator or an admin may."""
 
@@ -91,7 +113,9 @@ class SubscriptionService:
 
     def delete(self, principal: Principal, subscription_id: str) -> None:
         self._store.delete(
-            principal.tenant, subscription_id, lambda current: require_owner_or_admin(principal, current.created_by)
+            principal.tenant,
+            subscription_id,
+            lambda current: require_owner_or_admin(principal, current.created_by),
         )
 
     def rotate_secret(
@@ -112,7 +136,9 @@ class SubscriptionService:
         )
         return subscription, secret
 
-    def _violations(self, spec: SubscriptionSpec, catalog: Mapping[str, EventType]) -> list[FieldViolation]:
+    def _violations(
+        self, spec: SubscriptionSpec, catalog: Mapping[str, EventType]
+    ) -> list[FieldViolation]:
         return validate_subscription(
             spec,
             catalog=catalog,

@@ -77,7 +77,9 @@ def parse_keys(document: object) -> dict[str, KeyEntry]:
         tenant = str(raw.get("tenant", ""))
         scopes = raw.get("scopes", [])
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ValueError(f"{where}.sha256 must be 64 hex digits (see `webhook-service new-api-key`)")
+            raise ValueError(
+                f"{where}.sha256 must be 64 hex digits (see `webhook-service new-api-key`)"
+            )
         if not _TENANT.fullmatch(tenant):
             raise ValueError(f"{where}.tenant must be 1 to 128 letters, digits, '_', '.', '-'")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
@@ -97,10 +99,14 @@ def parse_keys(document: object) -> dict[str, KeyEntry]:
 def authenticate(ring: Mapping[str, KeyEntry], authorization: str | None) -> Principal:
     """The principal of an `authorization: Bearer <key>` value, or Unauthenticated."""
     if not authorization:
-        raise Unauthenticated("missing `authorization: Bearer <api key>` metadata", reason="MISSING_API_KEY")
+        raise Unauthenticated(
+            "missing `authorization: Bearer <api key>` metadata", reason="MISSING_API_KEY"
+        )
     scheme, _, key = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthenticated("authorization must be `Bearer <api key>`", reason="MALFORMED_API_KEY")
+        raise Unauthenticated(
+            "authorization must be `Bearer <api key>`", reason="MALFORMED_API_KEY"
+        )
     digest = hash_key(key.strip())
     entry = ring.get(digest)
     # The lookup is by digest, so timing reveals nothing of the key; compare anyway.
@@ -115,7 +121,9 @@ def require_scope(principal: Principal, scope: str) -> None:
     """Raises PermissionDenied unless the principal holds the scope."""
     if not principal.has(scope):
         raise PermissionDenied(
-            f"this API key lacks the scope {scope}", reason="MISSING_SCOPE", metadata={"scope": scope}
+            f"this API key lacks the scope {scope}",
+            reason="MISSING_SCOPE",
+            metadata={"scope": scope},
         )
 
 

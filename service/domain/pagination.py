@@ -15,7 +15,9 @@ def page_size(requested: int) -> int:
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     if not 1 <= requested <= MAX_PAGE_SIZE:
-        raise invalid("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})")
+        raise invalid(
+            "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})"
+        )
     return requested
 
 
@@ -40,5 +42,7 @@ def decode_token(token: str, fingerprint: str) -> str | None:
     except (ValueError, KeyError, TypeError):
         raise invalid("page_token", "is not a token this service issued") from None
     if query != fingerprint or not isinstance(after, str):
-        raise invalid("page_token", "belongs to a different query; keep the other fields the same") from None
+        raise invalid(
+            "page_token", "belongs to a different query; keep the other fields the same"
+        ) from None
     return after

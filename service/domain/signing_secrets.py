@@ -3,7 +3,7 @@
 import base64
 import secrets
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 # How much of the secret's random part is shown after creation (like `whsec_a1b2c3`).
 VISIBLE_CHARS = 6
 

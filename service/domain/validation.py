@@ -65,7 +65,9 @@ def validate_subscription(
     return out
 
 
-def _check_text(field: str, value: str, limit: int, *, required: bool = False) -> list[FieldViolation]:
+def _check_text(
+    field: str, value: str, limit: int, *, required: bool = False
+) -> list[FieldViolation]:
     if required and not value.strip():
         return [FieldViolation(field, "is required")]
     if len(value) > limit:
@@ -92,7 +94,9 @@ def check_url(
         return [FieldViolation(field, "is not a valid URL")]
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme not in schemes:
-        return [FieldViolation(field, "must use https" if not allow_http else "must use https or http")]
+        return [
+            FieldViolation(field, "must use https" if not allow_http else "must use https or http")
+        ]
     if parts.username is not None or parts.password is not None:
         return [FieldViolation(field, "must not contain credentials; use a custom header")]
     if parts.fragment:
@@ -145,8 +149,12 @@ def check_event_types(
     """Exact names must be in the catalog; patterns must be well formed and match something."""
     if len(items) > MAX_EVENT_TYPES:
         return [FieldViolation(field, f"must name at most {MAX_EVENT_TYPES} event types")]
-    malformed = [i for i in items if event_patterns.is_pattern(i) and not event_patterns.is_valid_pattern(i)]
-    malformed += [i for i in items if not event_patterns.is_pattern(i) and not event_patterns.is_valid_name(i)]
+    malformed = [
+        i for i in items if event_patterns.is_pattern(i) and not event_patterns.is_valid_pattern(i)
+    ]
+    malformed += [
+        i for i in items if not event_patterns.is_pattern(i) and not event_patterns.is_valid_name(i)
+    ]
     if malformed:
         return [FieldViolation(field, f"malformed event types: {', '.join(malformed)}")]
     unknown = [i for i in items if not event_patterns.is_pattern(i) and i not in catalog]
@@ -183,7 +191,9 @@ def check_headers(field: str, headers: Mapping[str, str]) -> list[FieldViolation
             out.append(FieldViolation(where, "is repeated with different letter case"))
         elif len(value) > MAX_HEADER_VALUE or _CONTROL.search(value.replace("\t", " ")):
             out.append(
-                FieldViolation(where, f"value must be printable, at most {MAX_HEADER_VALUE} characters")
+                FieldViolation(
+                    where, f"value must be printable, at most {MAX_HEADER_VALUE} characters"
+                )
             )
         seen.add(lower)
     return out
@@ -222,17 +232,26 @@ def validate_event_type(event_type: EventType, prefix: str = "event_type") -> li
     if scope and (len(scope) > MAX_SCOPE or not _SCOPE.fullmatch(scope)):
         out.append(FieldViolation(f"{prefix}.required_scope", "must look like `domain:action`"))
     schema = _parse_json(f"{prefix}.json_schema", event_type.json_schema, out)
-    if schema is not None:
+    if schema is not None and not isinstance(schema, dict | bool):
+        out.append(FieldViolation(f"{prefix}.json_schema", "must be a JSON object"))
+        schema = None
+    if isinstance(schema, dict | bool):
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
-            out.append(FieldViolation(f"{prefix}.json_schema", f"is not a valid JSON Schema: {exc.message}"))
+            out.append(
+                FieldViolation(
+                    f"{prefix}.json_schema", f"is not a valid JSON Schema: {exc.message}"
+                )
+            )
             schema = None
     example = _parse_json(f"{prefix}.example_json", event_type.example_json, out)
     if schema is not None and example is not None:
         problem = schema_violation(schema, example)
         if problem:
-            out.append(FieldViolation(f"{prefix}.example_json", f"does not match the schema: {problem}"))
+            out.append(
+                FieldViolation(f"{prefix}.example_json", f"does not match the schema: {problem}")
+            )
     return out
 
 

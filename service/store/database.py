@@ -32,10 +32,12 @@ def open_database(url: str) -> pw.Database:
         path = url[len("sqlite:///") :]
         # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of
         # failing with SQLITE_BUSY when a read transaction upgrades.
-        db = PooledSqliteDatabase(path, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", **POOL)
+        db = PooledSqliteDatabase(  # type: ignore[no-untyped-call]
+            path, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", **POOL
+        )
     elif scheme in ("postgresql", "postgres"):
-        params = parse(url)
-        db = PooledPostgresqlDatabase(params.pop("database"), **params, **POOL)
+        params = parse(url)  # type: ignore[no-untyped-call]
+        db = PooledPostgresqlDatabase(params.pop("database"), **params, **POOL)  # type: ignore[no-untyped-call]
     else:
         raise ValueError(f"unsupported database URL scheme {scheme!r}")
     database_proxy.initialize(db)

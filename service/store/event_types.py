@@ -21,7 +21,7 @@ class EventTypeStore:
         """The whole catalog by name (it is small: tens to hundreds of types)."""
         return {row.name: _to_domain(row) for row in EventTypeRow.select()}
 
-    def list(self, after: str | None, limit: int) -> tuple[list[EventType], bool]:
+    def list_page(self, after: str | None, limit: int) -> tuple[list[EventType], bool]:
         query = EventTypeRow.select()
         if after is not None:
             query = query.where(EventTypeRow.name > after)
@@ -60,9 +60,9 @@ class EventTypeStore:
             needle = json.dumps(name)  # names are stored as a JSON list of strings
             users = [
                 row.id
-                for row in SubscriptionRow.select(SubscriptionRow.id, SubscriptionRow.event_types).where(
-                    SubscriptionRow.event_types.contains(needle)
-                )
+                for row in SubscriptionRow.select(
+                    SubscriptionRow.id, SubscriptionRow.event_types
+                ).where(SubscriptionRow.event_types.contains(needle))
                 if name in json.loads(row.event_types)
             ]
             if users:

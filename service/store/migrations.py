@@ -7,6 +7,7 @@ alters a table, copy today's model definitions into migration 1 so it stays froz
 """
 
 from collections.abc import Callable
+
 import peewee as pw
 
 from service.domain.clock import utcnow
@@ -17,13 +18,11 @@ def _initial(db: pw.Database) -> None:
     db.create_tables(tables.ALL_TABLES, safe=False)
 
 
-MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
-    (1, "initial", _initial),
-)
+MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = ((1, "initial", _initial),)
 
 
 def applied_versions(db: pw.Database) -> set[int]:
-    if not db.table_exists(tables.SchemaMigration._meta.table_name):  # type: ignore[attr-defined]
+    if not db.table_exists(tables.SchemaMigration._meta.table_name):
         return set()
     return {row.version for row in tables.SchemaMigration.select(tables.SchemaMigration.version)}
 

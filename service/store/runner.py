@@ -25,7 +25,9 @@ class StoreRunner:
 
     async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._guarded, fn, *args, **kwargs))
+        return await loop.run_in_executor(
+            self._pool, functools.partial(self._guarded, fn, *args, **kwargs)
+        )
 
     def _guarded(self, fn: Callable[..., R], *args: object, **kwargs: object) -> R:
         try:

@@ -47,7 +47,7 @@ class SubscriptionStore:
         request_id: str = "",
         request_hash: str = "",
     ) -> tuple[Subscription, str]:
-        """Creates the subscription with its first secret; replays the first result of a request_id."""
+        """Creates it with its first secret, or replays the first result of a request_id."""
         for attempt in range(2):
             try:
                 with self._db.atomic():
@@ -56,7 +56,11 @@ class SubscriptionStore:
                         if replay is not None:
                             return replay
                     self._lock_tenant(tenant)
-                    if quota and SubscriptionRow.select().where(SubscriptionRow.tenant == tenant).count() >= quota:
+                    if (
+                        quota
+                        and SubscriptionRow.select().where(SubscriptionRow.tenant == tenant).count()
+                        >= quota
+                    ):
                         raise QuotaExceeded(
                             f"tenant has reached its quota of {quota} subscriptions",
                             metadata={"quota": str(quota)},
@@ -99,7 +103,9 @@ class SubscriptionStore:
     def get(self, tenant: str, subscription_id: str) -> Subscription:
         return self._load(tenant, subscription_id)
 
-    def list(self, tenant: str, after: str | None, limit: int) -> tuple[list[Subscription], bool, int]:
+    def list_page(
+        self, tenant: str, after: str | None, limit: int
+    ) -> tuple[list[Subscription], bool, int]:
         """A page after the id `after`, oldest first; also whether more follow and the total."""
         query = SubscriptionRow.select().where(SubscriptionRow.tenant == tenant)
         total = query.count()
@@ -136,7 +142,9 @@ class SubscriptionStore:
             ).execute()
             return self._load(tenant, subscription_id)
 
-    def delete(self, tenant: str, subscription_id: str, check: Callable[[Subscription], None]) -> None:
+    def delete(
+        self, tenant: str, subscription_id: str, check: Callable[[Subscription], None]
+    ) -> None:
         """Deletes the subscription; its secrets and deliveries go with it (ON DELETE CASCADE)."""
         with self._db.atomic():
             check(self._load(tenant, subscription_id, lock=True))
@@ -157,10 +165,13 @@ class SubscriptionStore:
             deadline = now + overlap
             live = SigningSecretRow.subscription == subscription_id
             SigningSecretRow.update(expires_at=deadline).where(
-                live & (SigningSecretRow.expires_at.is_null() | (SigningSecretRow.expires_at > deadline))
+                live
+                & (SigningSecretRow.expires_at.is_null() | (SigningSecretRow.expires_at > deadline))
             ).execute()
             self._add_secret(subscription_id, secret, now)
-            SubscriptionRow.update(updated_at=now).where(SubscriptionRow.id == subscription_id).execute()
+            SubscriptionRow.update(updated_at=now).where(
+                SubscriptionRow.id == subscription_id
+            ).execute()
             return self._load(tenant, subscription_id)
 
     def live_secrets(self, subscription_id: str) -> list[str]:
@@ -170,7 +181,9 @@ class SubscriptionStore:
 
     # -- helpers -------------------------------------------------------------
 
-    def _replay(self, tenant: str, request_id: str, request_hash: str) -> tuple[Subscription, str] | None:
+    def _replay(
+        self, tenant: str, request_id: str, request_hash: str
+    ) -> tuple[Subscription, str] | None:
         row = IdempotencyRow.get_or_none(
             (IdempotencyRow.tenant == tenant)
             & (IdempotencyRow.method == _CREATE)
@@ -208,7 +221,9 @@ class SubscriptionStore:
             "event_types": json.dumps(list(spec.event_types)),
             "enabled": spec.enabled,
             "disabled_reason": int(DisabledReason.NONE if spec.enabled else DisabledReason.MANUAL),
-            "headers_encrypted": self._box.encrypt(json.dumps(spec.headers)) if spec.headers else None,
+            "headers_encrypted": self._box.encrypt(json.dumps(spec.headers))
+            if spec.headers
+            else None,
             "rate_limit_per_second": spec.rate_limit_per_second,
         }
 
@@ -234,7 +249,7 @@ class SubscriptionStore:
         )
         out: dict[str, list[SigningSecretRow]] = {}
         for row in rows:
-            out.setdefault(row.subscription_id, []).append(row)
+            out.setdefault(row.subscription_id, []).append(row)  # type: ignore[attr-defined]
         return out
 
     def _load(self, tenant: str, subscription_id: str, *, lock: bool = False) -> Subscription:
@@ -246,11 +261,15 @@ class SubscriptionStore:
         row = query.get_or_none()
         if row is None:
             # Another tenant's id looks exactly like a missing one.
-            raise NotFound(f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND")
+            raise NotFound(
+                f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND"
+            )
         return self._to_domain(row, self._secrets_of([row.id]).get(row.id, []))
 
     def _to_domain(self, row: SubscriptionRow, secrets: list[SigningSecretRow]) -> Subscription:
-        headers = json.loads(self._box.decrypt(row.headers_encrypted)) if row.headers_encrypted else {}
+        headers = (
+            json.loads(self._box.decrypt(row.headers_encrypted)) if row.headers_encrypted else {}
+        )
         previous = [s.expires_at for s in secrets[1:] if s.expires_at is not None]
         return Subscription(
             id=row.id,

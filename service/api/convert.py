@@ -1,0 +1,96 @@
+"""Conversions between webhooks.v1 messages and domain records."""
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from webhooks.v1 import webhook_service_pb2 as pb
+
+from service.domain.models import EventType, Subscription, SubscriptionSpec
+from service.domain.validation import redact_headers
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp from a naive-UTC datetime; None stays unset."""
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value.replace(tzinfo=UTC))
+    return out
+
+
+def duration(value: duration_pb2.Duration) -> timedelta:
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
+def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
+    return SubscriptionSpec(
+        name=message.name,
+        url=message.url,
+        description=message.description,
+        event_types=tuple(message.event_types),
+        enabled=message.enabled if message.HasField("enabled") else True,
+        headers=dict(message.headers),
+        rate_limit_per_second=message.rate_limit_per_second,
+    )
+
+
+def populated_subscription_fields(message: pb.Subscription) -> list[str]:
+    """Fields an update without a mask changes: those set to a non-default value."""
+    fields = [f.name for f, _ in message.ListFields() if f.name != "id"]
+    return fields
+
+
+def subscription_to_pb(sub: Subscription) -> pb.Subscription:
+    spec = sub.spec
+    out = pb.Subscription(
+        id=sub.id,
+        name=spec.name,
+        description=spec.description,
+        url=spec.url,
+        event_types=list(spec.event_types),
+        enabled=spec.enabled,
+        disabled_reason=int(sub.disabled_reason),  # type: ignore[arg-type]
+        headers=redact_headers(spec.headers),
+        rate_limit_per_second=spec.rate_limit_per_second,
+        secret_prefix=sub.secret_prefix,
+        created_by=sub.created_by,
+        last_delivery_status=sub.last_delivery_status,
+    )
+    _set_times(
+        out,
+        create_time=sub.create_time,
+        update_time=sub.update_time,
+        last_delivery_time=sub.last_delivery_time,
+        previous_secret_expire_time=sub.previous_secret_expire_time,
+    )
+    return out
+
+
+def event_type_from_pb(message: pb.EventType) -> EventType:
+    return EventType(
+        name=message.name,
+        description=message.description,
+        required_scope=message.required_scope,
+        json_schema=message.json_schema,
+        example_json=message.example_json,
+    )
+
+
+def event_type_to_pb(event_type: EventType) -> pb.EventType:
+    out = pb.EventType(
+        name=event_type.name,
+        description=event_type.description,
+        required_scope=event_type.required_scope,
+        json_schema=event_type.json_schema,
+        example_json=event_type.example_json,
+    )
+    _set_times(out, create_time=event_type.create_time, update_time=event_type.update_time)
+    return out
+
+
+def _set_times(message: Message, **values: datetime | None) -> None:
+    for name, value in values.items():
+        stamp = timestamp(value)
+        if stamp is not None:
+            getattr(message, name).CopyFrom(stamp)

@@ -1,0 +1,79 @@
+"""Builds the grpc.aio server: WebhookService, health, reflection, optional TLS/mTLS."""
+
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from webhooks.v1 import webhook_service_pb2 as pb
+from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
+
+from service.config import Settings
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["WebhookService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class GrpcServer:
+    """Owns the server and its health state."""
+
+    def __init__(self, settings: Settings, servicer: pb_grpc.WebhookServiceServicer) -> None:
+        self._settings = settings
+        # SO_REUSEPORT off: a second instance on the same port must fail, not share it.
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        pb_grpc.add_WebhookServiceServicer_to_server(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+
+    async def start(self) -> int:
+        """Binds and starts serving; returns the bound port (useful with port 0)."""
+        address = self._settings.grpc_address
+        credentials = _credentials(self._settings)
+        if credentials is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, credentials)
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return port
+
+    async def stop(self, grace: float) -> None:
+        """Reports NOT_SERVING, then lets in-flight calls finish for up to `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (_read(settings.tls_key_file), _read(settings.tls_cert_file))
+    client_ca = _read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def check_health(address: str, wait_seconds: float = 3.0) -> bool:
+    """True when the server at `address` reports SERVING (the `healthcheck` subcommand)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=wait_seconds
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,282 @@
+"""webhooks.v1.WebhookService: authenticates, converts, and runs the use cases on store threads."""
+
+import functools
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from webhooks.v1 import webhook_service_pb2 as pb
+from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
+
+from service import catalog, subscriptions
+from service.api import convert
+from service.api.status import INTERNAL, to_status
+from service.catalog import CatalogService
+from service.domain import pagination
+from service.domain.access import (
+    ADMIN,
+    READ,
+    WRITE,
+    KeyEntry,
+    Principal,
+    authenticate,
+    require_scope,
+)
+from service.domain.updates import resolve_mask
+from service.errors import NotImplementedYet, WebhookError, invalid
+from service.store.runner import StoreRunner
+from service.subscriptions import SubscriptionService
+
+log = logging.getLogger(__name__)
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, Principal], Awaitable[Response]]
+
+
+def rpc(scope: str) -> Callable[[Handler[Request, Response]], Callable[..., Awaitable[Response]]]:
+    """Wraps a handler: API key and scope first, then domain errors mapped to gRPC statuses."""
+
+    def decorate(handler: Handler[Request, Response]) -> Callable[..., Awaitable[Response]]:
+        method = handler.__name__
+
+        @functools.wraps(handler)
+        async def wrapper(
+            self: "WebhookServicer", request: Request, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Response:
+            try:
+                principal = authenticate(self.keys(), _authorization(context))
+                require_scope(principal, scope)
+                return await handler(self, request, principal)
+            except WebhookError as error:
+                status = to_status(error)
+                log.info(
+                    "rpc refused",
+                    extra={"rpc": method, "code": status.code.name, "reason": error.reason},
+                )
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            except Exception:
+                log.exception("rpc failed", extra={"rpc": method})
+                await context.abort(INTERNAL.code, INTERNAL.details, INTERNAL.trailing_metadata)
+            raise AssertionError("abort returned")  # pragma: no cover
+
+        return wrapper
+
+    return decorate
+
+
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+def _fingerprint(request: Any) -> str:
+    """Ties a request_id to the request's content (request_id itself excluded)."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.request_id = ""
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _not_yet(rpc_name: str) -> NotImplementedYet:
+    return NotImplementedYet(
+        f"{rpc_name} arrives with the event pipeline; not available in this build"
+    )
+
+
+class WebhookServicer(pb_grpc.WebhookServiceServicer):
+    """Thin: every rule lives in the use cases; this class translates and authenticates."""
+
+    def __init__(
+        self,
+        runner: StoreRunner,
+        subscriptions_: SubscriptionService,
+        catalog_: CatalogService,
+        keys: Callable[[], Mapping[str, KeyEntry]],
+    ) -> None:
+        self._run = runner.call
+        self._subs = subscriptions_
+        self._catalog = catalog_
+        self.keys = keys
+
+    # -- subscriptions ---------------------------------------------------------
+
+    @rpc(WRITE)
+    async def CreateSubscription(
+        self, request: pb.CreateSubscriptionRequest, principal: Principal
+    ) -> pb.CreateSubscriptionResponse:
+        if request.verify_endpoint:
+            raise _not_yet("verify_endpoint")
+        spec = convert.spec_from_pb(request.subscription)
+        fingerprint = _fingerprint(request) if request.request_id else ""
+        sub, secret = await self._run(
+            self._subs.create, principal, spec, request.request_id, fingerprint
+        )
+        return pb.CreateSubscriptionResponse(
+            subscription=convert.subscription_to_pb(sub), secret=secret
+        )
+
+    @rpc(READ)
+    async def GetSubscription(
+        self, request: pb.GetSubscriptionRequest, principal: Principal
+    ) -> pb.GetSubscriptionResponse:
+        sub = await self._run(self._subs.get, principal, _required_id(request.id))
+        return pb.GetSubscriptionResponse(subscription=convert.subscription_to_pb(sub))
+
+    @rpc(READ)
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, principal: Principal
+    ) -> pb.ListSubscriptionsResponse:
+        size = pagination.page_size(request.page_size)
+        query = pagination.query_fingerprint("subscriptions", principal.tenant)
+        after = pagination.decode_token(request.page_token, query)
+        subs, more, total = await self._run(self._subs.list_page, principal, after, size)
+        return pb.ListSubscriptionsResponse(
+            subscriptions=[convert.subscription_to_pb(s) for s in subs],
+            next_page_token=pagination.encode_token(subs[-1].id, query) if more else "",
+            total_size=total,
+        )
+
+    @rpc(WRITE)
+    async def UpdateSubscription(
+        self, request: pb.UpdateSubscriptionRequest, principal: Principal
+    ) -> pb.UpdateSubscriptionResponse:
+        if request.verify_endpoint:
+            raise _not_yet("verify_endpoint")
+        subscription_id = _required_id(request.subscription.id, "subscription.id")
+        mask = resolve_mask(
+            list(request.update_mask.paths),
+            allowed=subscriptions.UPDATABLE,
+            output_only=subscriptions.OUTPUT_ONLY,
+            populated=[
+                f
+                for f in convert.populated_subscription_fields(request.subscription)
+                if f in subscriptions.UPDATABLE
+            ],
+        )
+        values = convert.spec_from_pb(request.subscription)
+        sub = await self._run(self._subs.update, principal, subscription_id, values, mask)
+        return pb.UpdateSubscriptionResponse(subscription=convert.subscription_to_pb(sub))
+
+    @rpc(WRITE)
+    async def DeleteSubscription(
+        self, request: pb.DeleteSubscriptionRequest, principal: Principal
+    ) -> pb.DeleteSubscriptionResponse:
+        await self._run(self._subs.delete, principal, _required_id(request.id))
+        return pb.DeleteSubscriptionResponse()
+
+    @rpc(WRITE)
+    async def RotateSubscriptionSecret(
+        self, request: pb.RotateSubscriptionSecretRequest, principal: Principal
+    ) -> pb.RotateSubscriptionSecretResponse:
+        overlap = convert.duration(request.overlap) if request.HasField("overlap") else None
+        sub, secret = await self._run(
+            self._subs.rotate_secret, principal, _required_id(request.id), overlap
+        )
+        return pb.RotateSubscriptionSecretResponse(
+            subscription=convert.subscription_to_pb(sub), secret=secret
+        )
+
+    # -- event type catalog ------------------------------------------------------
+
+    @rpc(READ)
+    async def ListEventTypes(
+        self, request: pb.ListEventTypesRequest, principal: Principal
+    ) -> pb.ListEventTypesResponse:
+        size = pagination.page_size(request.page_size)
+        query = pagination.query_fingerprint("event_types", request.subscribable_only)
+        after = pagination.decode_token(request.page_token, query)
+        items, more = await self._run(
+            self._catalog.list_page, principal, after, size, request.subscribable_only
+        )
+        return pb.ListEventTypesResponse(
+            event_types=[convert.event_type_to_pb(e) for e in items],
+            next_page_token=pagination.encode_token(items[-1].name, query) if more else "",
+        )
+
+    @rpc(READ)
+    async def GetEventType(
+        self, request: pb.GetEventTypeRequest, principal: Principal
+    ) -> pb.GetEventTypeResponse:
+        item = await self._run(self._catalog.get, _required_id(request.name, "name"))
+        return pb.GetEventTypeResponse(event_type=convert.event_type_to_pb(item))
+
+    @rpc(ADMIN)
+    async def CreateEventType(
+        self, request: pb.CreateEventTypeRequest, principal: Principal
+    ) -> pb.CreateEventTypeResponse:
+        item = await self._run(self._catalog.create, convert.event_type_from_pb(request.event_type))
+        return pb.CreateEventTypeResponse(event_type=convert.event_type_to_pb(item))
+
+    @rpc(ADMIN)
+    async def UpdateEventType(
+        self, request: pb.UpdateEventTypeRequest, principal: Principal
+    ) -> pb.UpdateEventTypeResponse:
+        name = _required_id(request.event_type.name, "event_type.name")
+        mask = resolve_mask(
+            list(request.update_mask.paths),
+            allowed=catalog.UPDATABLE,
+            output_only=(*catalog.OUTPUT_ONLY, "name"),
+            populated=[
+                f.name for f, _ in request.event_type.ListFields() if f.name in catalog.UPDATABLE
+            ],
+        )
+        values = convert.event_type_from_pb(request.event_type)
+        item = await self._run(self._catalog.update, name, values, mask)
+        return pb.UpdateEventTypeResponse(event_type=convert.event_type_to_pb(item))
+
+    @rpc(ADMIN)
+    async def DeleteEventType(
+        self, request: pb.DeleteEventTypeRequest, principal: Principal
+    ) -> pb.DeleteEventTypeResponse:
+        await self._run(self._catalog.delete, _required_id(request.name, "name"))
+        return pb.DeleteEventTypeResponse()
+
+    # -- events and deliveries (the event pipeline) ----------------------------------
+
+    @rpc(WRITE)
+    async def PublishEvent(
+        self, request: pb.PublishEventRequest, principal: Principal
+    ) -> pb.PublishEventResponse:
+        raise _not_yet("PublishEvent")
+
+    @rpc(WRITE)
+    async def SendTestEvent(
+        self, request: pb.SendTestEventRequest, principal: Principal
+    ) -> pb.SendTestEventResponse:
+        raise _not_yet("SendTestEvent")
+
+    @rpc(READ)
+    async def ListDeliveries(
+        self, request: pb.ListDeliveriesRequest, principal: Principal
+    ) -> pb.ListDeliveriesResponse:
+        raise _not_yet("ListDeliveries")
+
+    @rpc(READ)
+    async def GetDelivery(
+        self, request: pb.GetDeliveryRequest, principal: Principal
+    ) -> pb.GetDeliveryResponse:
+        raise _not_yet("GetDelivery")
+
+    @rpc(WRITE)
+    async def RetryDelivery(
+        self, request: pb.RetryDeliveryRequest, principal: Principal
+    ) -> pb.RetryDeliveryResponse:
+        raise _not_yet("RetryDelivery")
+
+    @rpc(WRITE)
+    async def RecoverDeliveries(
+        self, request: pb.RecoverDeliveriesRequest, principal: Principal
+    ) -> pb.RecoverDeliveriesResponse:
+        raise _not_yet("RecoverDeliveries")
+
+
+def _required_id(value: str, field: str = "id") -> str:
+    if not value:
+        raise invalid(field, "is required")
+    if len(value) > 255:
+        raise invalid(field, "must be at most 255 characters")
+    return value

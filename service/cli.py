@@ -1,0 +1,158 @@
+"""Command line: serve, dev (the `make run` default), migrate, healthcheck, key generators."""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from service import config, logs
+from service.config import Settings, SettingsError
+from service.crypto import new_encryption_key
+from service.domain.access import ADMIN, hash_key, new_api_key
+
+DEV_DIR = Path(".dev")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="webhook-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the service with settings from WEBHOOKS_* variables")
+    commands.add_parser("dev", help="run on SQLite with a generated development key (make run)")
+    commands.add_parser("migrate", help="apply pending schema migrations and exit")
+    check = commands.add_parser(
+        "healthcheck", help="exit 0 when the gRPC health check says SERVING"
+    )
+    check.add_argument("--address", default=None, help="host:port (default: WEBHOOKS_GRPC_ADDRESS)")
+    key = commands.add_parser("new-api-key", help="print a new API key and its keys-file entry")
+    key.add_argument("--tenant", required=True)
+    key.add_argument("--principal", required=True)
+    key.add_argument("--scope", action="append", default=[], help="repeatable, e.g. webhooks:read")
+    commands.add_parser(
+        "new-encryption-key", help="print a key for WEBHOOKS_SECRET_ENCRYPTION_KEYS"
+    )
+    commands.add_parser("settings", help="list every WEBHOOKS_* setting with its default")
+    args = parser.parse_args(argv)
+
+    if args.command == "new-api-key":
+        return _new_api_key(args.tenant, args.principal, args.scope)
+    if args.command == "new-encryption-key":
+        print(new_encryption_key())
+        return 0
+    if args.command == "settings":
+        for name, default, doc in config.describe():
+            print(f"{name}={default}\n    {doc}")
+        return 0
+    if args.command == "healthcheck":
+        return _healthcheck(args.address)
+    if args.command == "dev":
+        _prepare_dev_environment(os.environ)
+    return _run(args.command)
+
+
+def _run(command: str) -> int:
+    from service.app import StartupError, serve  # deferred: key commands need no server imports
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"webhook-service: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    try:
+        if command == "migrate":
+            return _migrate(settings)
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"webhook-service: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from service.store.database import open_database
+    from service.store.migrations import migrate
+
+    db = open_database(settings.database_url)
+    with db.connection_context():
+        applied = migrate(db)
+    print(f"applied migrations: {applied or 'none pending'}")
+    return 0
+
+
+def _healthcheck(address: str | None) -> int:
+    from service.api.server import check_health
+
+    target = address or os.environ.get("WEBHOOKS_GRPC_ADDRESS", "127.0.0.1:50051")
+    healthy = asyncio.run(check_health(target))
+    print("SERVING" if healthy else "NOT SERVING", file=sys.stderr)
+    return 0 if healthy else 1
+
+
+def _new_api_key(tenant: str, principal: str, scopes: list[str]) -> int:
+    key = new_api_key()
+    entry = {
+        "id": principal,
+        "sha256": hash_key(key),
+        "tenant": tenant,
+        "principal": principal,
+        "scopes": scopes,
+    }
+    print(f"API key (shown once, give it to the caller): {key}")
+    print('Add this entry to the keys file\'s "keys" list:')
+    print(json.dumps(entry, indent=2))
+    return 0
+
+
+def _prepare_dev_environment(environ: "os._Environ[str]") -> None:
+    """Creates .dev/ with a key, an encryption key and a sample catalog; prints how to call."""
+    DEV_DIR.mkdir(exist_ok=True)
+    key_file = DEV_DIR / "dev-api-key"
+    if not key_file.exists():
+        key_file.write_text(new_api_key())
+        key_file.chmod(0o600)
+    key = key_file.read_text().strip()
+    keys = {
+        "keys": [
+            {
+                "id": "dev",
+                "sha256": hash_key(key),
+                "tenant": "dev",
+                "principal": "developer",
+                "scopes": [ADMIN],
+            }
+        ]
+    }
+    (DEV_DIR / "api-keys.json").write_text(json.dumps(keys, indent=2))
+    enc_file = DEV_DIR / "encryption-key"
+    if not enc_file.exists():
+        enc_file.write_text(new_encryption_key())
+        enc_file.chmod(0o600)
+    catalog = DEV_DIR / "event-types.json"
+    catalog.write_text(resources.files("service").joinpath("dev_catalog.json").read_text())
+    defaults = {
+        "WEBHOOKS_API_KEYS_FILE": str(DEV_DIR / "api-keys.json"),
+        "WEBHOOKS_SECRET_ENCRYPTION_KEYS": enc_file.read_text().strip(),
+        "WEBHOOKS_DATABASE_URL": f"sqlite:///{DEV_DIR / 'webhooks.db'}",
+        "WEBHOOKS_EVENT_TYPES_FILE": str(catalog),
+        "WEBHOOKS_ALLOW_HTTP": "true",
+        "WEBHOOKS_SSRF_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
+        "WEBHOOKS_DEFAULT_TENANT": "dev",
+    }
+    for name, value in defaults.items():
+        environ.setdefault(name, value)
+    address = environ.get("WEBHOOKS_GRPC_ADDRESS", "127.0.0.1:50051")
+    print(
+        "webhook-service (development defaults, Ctrl-C to stop)\n"
+        f"  gRPC      {address} (health and reflection on)\n"
+        f"  API key   {key}  (tenant dev, webhooks:admin; kept in {key_file})\n"
+        f"  database  {DEV_DIR / 'webhooks.db'}\n"
+        "  try:\n"
+        f"    .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\\n"
+        f"      -H 'authorization: Bearer {key}' \\\n"
+        f"      http://{address}/webhooks.v1.WebhookService/ListEventTypes",
+        flush=True,
+    )
