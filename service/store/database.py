@@ -33,7 +33,12 @@ def open_database(url: str) -> pw.Database:
         # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of
         # failing with SQLITE_BUSY when a read transaction upgrades.
         db = PooledSqliteDatabase(  # type: ignore[no-untyped-call]
-            path, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", **POOL
+            path,
+            pragmas=SQLITE_PRAGMAS,
+            lock_type="IMMEDIATE",
+            # A pooled connection moves between threads, one user at a time.
+            check_same_thread=False,
+            **POOL,
         )
     elif scheme in ("postgresql", "postgres"):
         params = parse(url)  # type: ignore[no-untyped-call]
