@@ -1,60 +1,16 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the local PostgreSQL."""
 
-import asyncio
-import json
-import os
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psycopg2
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from webhooks.v1 import webhook_service_pb2 as pb
-from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
-from service.app import App
 from service.config import Settings
-from service.crypto import new_encryption_key
-from service.domain.access import hash_key, new_api_key
-
-POSTGRES_URL = os.environ.get(
-    "WEBHOOKS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-CATALOG = Path(__file__).parent.parent / "service" / "dev_catalog.json"
-
-# name -> (tenant, scopes); one key each, generated per test session.
-PRINCIPALS: dict[str, tuple[str, list[str]]] = {
-    "alice": ("acme", ["webhooks:write", "leads:subscribe"]),
-    "bob": ("acme", ["webhooks:write"]),
-    "reader": ("acme", ["webhooks:read"]),
-    "admin": ("acme", ["webhooks:admin"]),
-    "nobody": ("acme", []),
-    "revoked": ("acme", ["webhooks:admin"]),
-    "gina": ("globex", ["webhooks:admin"]),
-}
-KEYS = {name: new_api_key() for name in PRINCIPALS}
-
-
-def write_keys_file(path: Path) -> Path:
-    entries = [
-        {
-            "id": name,
-            "sha256": hash_key(KEYS[name]),
-            "tenant": tenant,
-            "principal": name,
-            "scopes": scopes,
-            "revoked": name == "revoked",
-        }
-        for name, (tenant, scopes) in PRINCIPALS.items()
-    ]
-    path.write_text(json.dumps({"keys": entries}))
-    return path
+from tests.support import POSTGRES_URL, Api, ServerThread, base_env
 
 
 @pytest.fixture
@@ -79,65 +35,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'webhooks.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
-
-
-def base_env(tmp_path: Path, database_url: str) -> dict[str, str]:
-    return {
-        "WEBHOOKS_API_KEYS_FILE": str(write_keys_file(tmp_path / "keys.json")),
-        "WEBHOOKS_SECRET_ENCRYPTION_KEYS": new_encryption_key(),
-        "WEBHOOKS_DATABASE_URL": database_url,
-        "WEBHOOKS_EVENT_TYPES_FILE": str(CATALOG),
-        "WEBHOOKS_GRPC_ADDRESS": "127.0.0.1:0",
-        "WEBHOOKS_SUBSCRIPTION_QUOTA": "10",
-        "WEBHOOKS_TENANT_QUOTAS": "globex=2",
-        "WEBHOOKS_SSRF_ALLOW_CIDRS": "127.0.0.0/8",
-        "WEBHOOKS_SHUTDOWN_GRACE_SECONDS": "1",
-    }
-
-
-class ServerThread:
-    """Runs one App on its own event loop in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.app = App(settings)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> int:
-        self.thread.start()
-        return asyncio.run_coroutine_threadsafe(self.app.start(), self.loop).result(30)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.app.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@dataclass
-class Api:
-    """A client of a running server: `api.call("GetSubscription", request, as_="alice")`."""
-
-    address: str
-    settings: Settings
-    channel: grpc.Channel
-    stub: pb_grpc.WebhookServiceStub = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.stub = pb_grpc.WebhookServiceStub(self.channel)
-
-    def call(
-        self, method: str, request: Any, as_: str | None = "alice", key: str | None = None
-    ) -> Any:
-        token = key if key is not None else (KEYS[as_] if as_ else None)
-        metadata = [("authorization", f"Bearer {token}")] if token is not None else []
-        return getattr(self.stub, method)(request, metadata=metadata, timeout=10)
-
-    def create(self, as_: str = "alice", **fields: Any) -> pb.CreateSubscriptionResponse:
-        fields.setdefault("name", f"sub-{uuid.uuid4().hex[:8]}")
-        fields.setdefault("url", "https://hooks.example.com/in")
-        request = pb.CreateSubscriptionRequest(subscription=pb.Subscription(**fields))
-        return self.call("CreateSubscription", request, as_=as_)
 
 
 @pytest.fixture
@@ -165,37 +62,3 @@ def make_server(tmp_path: Path, database_url: str) -> Iterator[Any]:
 def api(make_server: Any) -> Api:
     server: Api = make_server()
     return server
-
-
-def error_details(error: grpc.RpcError) -> dict[str, Any]:
-    """The google.rpc details of a failed call: reason, field violations, quota."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the error carries no google.rpc.Status"
-    out: dict[str, Any] = {"violations": {}}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            out["reason"], out["domain"], out["metadata"] = (
-                info.reason,
-                info.domain,
-                dict(info.metadata),
-            )
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out["violations"] = {v.field: v.description for v in bad.field_violations}
-        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            out["quota"] = True
-    return out
-
-
-def expect_error(code: grpc.StatusCode, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Calls fn, asserts it fails with `code`, returns the error details."""
-    with pytest.raises(grpc.RpcError) as caught:
-        fn(*args, **kwargs)
-    error = caught.value
-    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
-    details = error_details(error)
-    details["message"] = error.details()
-    return details

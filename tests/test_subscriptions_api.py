@@ -6,10 +6,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
-from webhooks.v1 import webhook_service_pb2 as pb
 
 from service.domain.signing_secrets import secret_prefix
-from tests.conftest import KEYS, Api, expect_error
+from tests.support import KEYS, Api, expect_error
+from webhooks.v1 import webhook_service_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -4,10 +4,10 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from webhooks.v1 import webhook_service_pb2 as pb
 
 from service.domain.models import EventType, Subscription, SubscriptionSpec
 from service.domain.validation import redact_headers
+from webhooks.v1 import webhook_service_pb2 as pb
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

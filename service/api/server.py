@@ -5,10 +5,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from webhooks.v1 import webhook_service_pb2 as pb
-from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
 from service.config import Settings
+from webhooks.v1 import webhook_service_pb2 as pb
+from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["WebhookService"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024

@@ -7,8 +7,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
-from webhooks.v1 import webhook_service_pb2 as pb
-from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
 from service import catalog, subscriptions
 from service.api import convert
@@ -28,6 +26,8 @@ from service.domain.updates import resolve_mask
 from service.errors import NotImplementedYet, WebhookError, invalid
 from service.store.runner import StoreRunner
 from service.subscriptions import SubscriptionService
+from webhooks.v1 import webhook_service_pb2 as pb
+from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 Request = TypeVar("Request")
