@@ -111,7 +111,8 @@ class Api:
         fields.setdefault("name", f"sub-{uuid.uuid4().hex[:8]}")
         fields.setdefault("url", "https://hooks.example.com/in")
         request = pb.CreateSubscriptionRequest(subscription=pb.Subscription(**fields))
-        return self.call("CreateSubscription", request, as_=as_)
+        response: pb.CreateSubscriptionResponse = self.call("CreateSubscription", request, as_=as_)
+        return response
 
 
 def error_details(error: grpc.RpcError) -> dict[str, Any]:

@@ -273,7 +273,8 @@ def _update(
         subscription=pb.Subscription(id=sub_id, **fields),
         update_mask=field_mask_pb2.FieldMask(paths=paths),
     )
-    return api.call("UpdateSubscription", request, as_=as_).subscription
+    response: pb.UpdateSubscriptionResponse = api.call("UpdateSubscription", request, as_=as_)
+    return response.subscription
 
 
 def test_update_with_field_mask_changes_only_masked_fields(api: Api) -> None:

@@ -1,0 +1,373 @@
+"""Table-driven tests of the pure rules: patterns, validation, masks, pages, keys, ids, settings."""
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import Settings, SettingsError
+from service.crypto import SecretBox, new_encryption_key
+from service.domain import event_patterns, pagination
+from service.domain.access import (
+    Principal,
+    authenticate,
+    expand_scopes,
+    hash_key,
+    parse_keys,
+    require_owner_or_admin,
+)
+from service.domain.ids import new_id
+from service.domain.models import EventType, SubscriptionSpec
+from service.domain.signing_secrets import new_secret, secret_prefix
+from service.domain.updates import resolve_mask
+from service.domain.validation import (
+    check_headers,
+    check_literal_host,
+    check_url,
+    merge_redacted,
+    redact_headers,
+    validate_subscription,
+)
+from service.errors import InvalidArgument, PermissionDenied, Unauthenticated
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@pytest.mark.parametrize(
+    ("item", "event_type", "matches"),
+    [
+        ("*", "lead.created", True),
+        ("lead.*", "lead.created", True),
+        ("lead.*", "lead.notes.added", True),
+        ("lead.*", "leads.created", False),
+        ("lead.*", "lead", False),
+        ("lead.created", "lead.created", True),
+        ("lead.created", "lead.updated", False),
+        ("lead-created", "lead-created", True),
+    ],
+)
+def test_pattern_matches(item: str, event_type: str, matches: bool) -> None:
+    assert event_patterns.pattern_matches(item, event_type) is matches
+
+
+@pytest.mark.parametrize(
+    ("items", "event_type", "matches"),
+    [((), "anything.at.all", True), (("a.b",), "a.c", False), (("a.b", "c.*"), "c.d", True)],
+)
+def test_subscription_matches(items: tuple[str, ...], event_type: str, matches: bool) -> None:
+    assert event_patterns.subscription_matches(items, event_type) is matches
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("lead.created", True),
+        ("lead-created", True),
+        ("a", True),
+        ("a..b", False),
+        (".a", False),
+        ("a b", False),
+        ("a.*", False),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+    ],
+)
+def test_event_type_names(name: str, valid: bool) -> None:
+    assert event_patterns.is_valid_name(name) is valid
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "problem"),
+    [
+        ("https://hooks.example.com/a?b=c", False, None),
+        ("https://hooks.example.com:8443/a", False, None),
+        ("https://xn--bcher-kva.example/", False, None),
+        ("https://bücher.example/", False, None),
+        ("http://hooks.example.com/", False, "must use https"),
+        ("http://hooks.example.com/", True, None),
+        ("ftp://hooks.example.com/", True, "must use https or http"),
+        ("https:///path", False, "must have a host"),
+        ("https://hooks.example.com:99999/", False, "not a valid URL"),
+        ("https://hooks.example.com:0/", False, "port must be"),
+        ("https://a@hooks.example.com/", False, "credentials"),
+        ("https://hooks.example.com/#frag", False, "fragment"),
+        ("https://hooks.example.com/a b", False, "spaces"),
+        ("https://bad_host!.com/", False, "not a valid name"),
+        ("https://192.168.1.10/", False, "non-public"),
+        ("https://169.254.169.254/latest/meta-data", False, "non-public"),
+        ("https://[::1]/", False, "non-public"),
+        ("https://[fd00::1]/", False, "non-public"),
+        ("https://[::ffff:10.0.0.1]/", False, "non-public"),
+        ("https://0.0.0.0/", False, "non-public"),
+        ("https://LOCALHOST/", False, "non-public"),
+        ("https://api.localhost/", False, "non-public"),
+        ("https://8.8.8.8/", False, None),
+    ],
+)
+def test_check_url(url: str, allow_http: bool, problem: str | None) -> None:
+    violations = check_url("url", url, allow_http=allow_http, allow_cidrs=())
+    if problem is None:
+        assert violations == []
+    else:
+        assert len(violations) == 1 and problem in violations[0].description
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", False),
+        ("10.0.0.1", False),
+        ("example.com", True),
+    ],
+)
+def test_literal_hosts_with_allow_list(host: str, allowed: bool) -> None:
+    assert (check_literal_host(host, LOOPBACK) is None) is allowed
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"X-Custom": "v", "Authorization": "Bearer t"}, None),
+        ({"Content-Type": "text/plain"}, "set by the service"),
+        ({"Webhook-Id": "x"}, "set by the service"),
+        ({"X-A": "line\r\nbreak"}, "printable"),
+        ({"X-A": "v" * 4097}, "printable"),
+        ({"X A": "v"}, "not a valid header name"),
+        ({"x-dup": "1", "X-Dup": "2"}, "letter case"),
+        ({f"X-{i}": "v" for i in range(21)}, "at most 20"),
+    ],
+)
+def test_check_headers(headers: dict[str, str], problem: str | None) -> None:
+    violations = check_headers("headers", headers)
+    if problem is None:
+        assert violations == []
+    else:
+        assert any(problem in v.description for v in violations), violations
+
+
+def test_header_redaction_round_trip() -> None:
+    stored = {"Authorization": "Bearer s3cret", "X-Api-Key": "k", "X-Team": "crm"}
+    shown = redact_headers(stored)
+    assert shown == {"Authorization": "<redacted>", "X-Api-Key": "<redacted>", "X-Team": "crm"}
+    assert merge_redacted({**shown, "X-Team": "ops"}, stored) == {**stored, "X-Team": "ops"}
+    assert merge_redacted({"Authorization": "Bearer new"}, stored) == {
+        "Authorization": "Bearer new"
+    }
+
+
+def test_validate_subscription_event_types_against_catalog() -> None:
+    catalog = {n: EventType(name=n) for n in ("lead.created", "lead.updated", "person.created")}
+
+    def problems(items: tuple[str, ...]) -> list[str]:
+        spec = SubscriptionSpec(name="n", url="https://example.com/", event_types=items)
+        return [
+            v.description
+            for v in validate_subscription(spec, catalog=catalog, allow_http=False, allow_cidrs=())
+        ]
+
+    assert problems(()) == []
+    assert problems(("*",)) == []
+    assert problems(("lead.*", "person.created")) == []
+    assert problems(("lead.created", "lead.created")) == ["must not repeat an event type"]
+    assert problems(("x.y", "z")) == ["unknown event types: x.y, z"]
+    assert problems(("invoice.*",)) == ["patterns match no event type: invoice.*"]
+    assert problems(("lead.**",)) == ["malformed event types: lead.**"]
+    assert problems(tuple(f"t{i}" for i in range(101))) == ["must name at most 100 event types"]
+
+
+@pytest.mark.parametrize(
+    ("paths", "populated", "result"),
+    [
+        ([], ["name"], {"name"}),
+        (["*"], [], {"name", "url", "enabled"}),
+        (["url"], ["name"], {"url"}),
+    ],
+)
+def test_resolve_mask(paths: list[str], populated: list[str], result: set[str]) -> None:
+    mask = resolve_mask(
+        paths, allowed=("name", "url", "enabled"), output_only=("id",), populated=populated
+    )
+    assert mask == result
+
+
+@pytest.mark.parametrize(
+    ("paths", "populated", "problem"),
+    [
+        ([], [], "names no field"),
+        (["id"], [], "output only"),
+        (["colour"], [], "unknown field colour"),
+    ],
+)
+def test_resolve_mask_errors(paths: list[str], populated: list[str], problem: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        resolve_mask(paths, allowed=("name",), output_only=("id",), populated=populated)
+    assert problem in caught.value.violations[0].description
+
+
+def test_page_tokens_round_trip_and_are_bound_to_their_query() -> None:
+    query = pagination.query_fingerprint("subscriptions", "acme")
+    token = pagination.encode_token("sub_123", query)
+    assert pagination.decode_token(token, query) == "sub_123"
+    assert pagination.decode_token("", query) is None
+    for bad_token, fingerprint in [
+        (token, pagination.query_fingerprint("x")),
+        ("%%%", query),
+        ("e30", query),
+    ]:
+        with pytest.raises(InvalidArgument):
+            pagination.decode_token(bad_token, fingerprint)
+
+
+@pytest.mark.parametrize(("requested", "size"), [(0, 50), (1, 1), (100, 100)])
+def test_page_size(requested: int, size: int) -> None:
+    assert pagination.page_size(requested) == size
+
+
+def test_ids_sort_by_creation_time() -> None:
+    ids = [new_id("sub", now_ms=ms) for ms in (1, 2, 1000, 10**12, 2**47)]
+    assert ids == sorted(ids)
+    assert all(len(i) == len("sub_") + 26 for i in ids)
+    assert len({new_id("sub", now_ms=5) for _ in range(100)}) == 100
+
+
+def test_secrets_and_prefixes() -> None:
+    secret = new_secret()
+    assert secret.startswith("whsec_") and len(secret) == len("whsec_") + 44
+    assert secret_prefix(secret) == secret[:12] and secret_prefix(secret) != secret
+    assert new_secret() != secret
+
+
+def test_secret_box_rotates_keys_and_never_echoes_tokens() -> None:
+    old, new = new_encryption_key(), new_encryption_key()
+    token = SecretBox([old]).encrypt("whsec_x")
+    assert b"whsec_x" not in token
+    assert SecretBox([new, old]).decrypt(token) == "whsec_x"
+    with pytest.raises(ValueError, match="cannot be decrypted") as caught:
+        SecretBox([new]).decrypt(token)
+    assert token.decode() not in str(caught.value)
+
+
+KEY = "whk_test_key"
+KEYS_DOC = {
+    "keys": [
+        {
+            "id": "a",
+            "sha256": hash_key(KEY),
+            "tenant": "acme",
+            "principal": "alice",
+            "scopes": ["webhooks:write"],
+        },
+        {"sha256": hash_key("old"), "tenant": "acme", "scopes": [], "revoked": True},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (None, "MISSING_API_KEY"),
+        ("", "MISSING_API_KEY"),
+        ("Bearer", "MALFORMED_API_KEY"),
+        (f"Token {KEY}", "MALFORMED_API_KEY"),
+        ("Bearer nope", "INVALID_API_KEY"),
+        ("Bearer old", "REVOKED_API_KEY"),
+    ],
+)
+def test_authenticate_refusals(header: str | None, reason: str) -> None:
+    with pytest.raises(Unauthenticated) as caught:
+        authenticate(parse_keys(KEYS_DOC), header)
+    assert caught.value.reason == reason
+
+
+def test_authenticate_and_scope_implication() -> None:
+    principal = authenticate(parse_keys(KEYS_DOC), f"bearer  {KEY} ")
+    assert principal.tenant == "acme" and principal.name == "alice"
+    assert principal.has("webhooks:read") and not principal.has("webhooks:admin")
+    assert expand_scopes(["webhooks:admin"]) == {
+        "webhooks:admin",
+        "webhooks:write",
+        "webhooks:read",
+    }
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ([], '"keys" list'),
+        ({"keys": [{"sha256": "abc", "tenant": "t"}]}, "64 hex digits"),
+        ({"keys": [{"sha256": "a" * 64, "tenant": ""}]}, "tenant"),
+        (
+            {"keys": [{"sha256": "a" * 64, "tenant": "t", "scopes": "webhooks:read"}]},
+            "list of strings",
+        ),
+        (
+            {"keys": [{"sha256": "a" * 64, "tenant": "t"}, {"sha256": "A" * 64, "tenant": "u"}]},
+            "repeats a key",
+        ),
+    ],
+)
+def test_keys_file_errors(document: Any, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_keys(document)
+
+
+def test_owner_or_admin() -> None:
+    alice = Principal("k1", "acme", "alice", frozenset({"webhooks:write"}))
+    admin = Principal("k2", "acme", "root", frozenset({"webhooks:admin"}))
+    require_owner_or_admin(alice, "alice")
+    require_owner_or_admin(admin, "alice")
+    with pytest.raises(PermissionDenied):
+        require_owner_or_admin(alice, "bob")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"keys": []}')
+    return {
+        "WEBHOOKS_API_KEYS_FILE": str(keys),
+        "WEBHOOKS_SECRET_ENCRYPTION_KEYS": new_encryption_key(),
+        **extra,
+    }
+
+
+def test_settings_defaults_and_parsing(tmp_path: Path) -> None:
+    settings = Settings.from_env(_env(tmp_path))
+    assert settings.grpc_address == "127.0.0.1:50051"
+    assert settings.kafka_bootstrap_servers == "localhost:9092"
+    assert settings.database_url == "sqlite:///webhooks.db"
+    assert settings.kafka_topics == ("domain-events",)
+    assert settings.rotation_overlap_seconds == 86_400
+    custom = Settings.from_env(
+        _env(
+            tmp_path,
+            WEBHOOKS_TENANT_QUOTAS="acme=3, globex=0",
+            WEBHOOKS_SSRF_ALLOW_CIDRS="10.0.0.0/8,::1/128",
+        )
+    )
+    assert (
+        custom.quota_for("acme") == 3
+        and custom.quota_for("globex") == 0
+        and custom.quota_for("x") == 100
+    )
+    assert len(custom.ssrf_allow_cidrs) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"WEBHOOKS_DATABASE_URL": "mysql://x"}, "must start with sqlite:///"),
+        ({"WEBHOOKS_SECRET_ENCRYPTION_KEYS": "short"}, "32 url-safe base64 bytes"),
+        ({"WEBHOOKS_TENANT_QUOTAS": "acme"}, "tenant=number"),
+        ({"WEBHOOKS_TLS_CERT_FILE": "/nonexistent.pem"}, "go together"),
+        ({"WEBHOOKS_ROTATION_OVERLAP_SECONDS": "604801"}, "between 0 and 604800"),
+        ({"WEBHOOKS_KAFKA_TOPICS": " , "}, "at least one"),
+        ({"WEBHOOKS_LOG_LEVEL": "loud"}, "DEBUG, INFO"),
+    ],
+)
+def test_settings_errors(tmp_path: Path, extra: dict[str, str], problem: str) -> None:
+    with pytest.raises(SettingsError, match=problem):
+        Settings.from_env(_env(tmp_path, **extra))
