@@ -1,6 +1,6 @@
 # Developer and operator entry points. `make run` and `make test` are the two
 # commands README.md promises; everything installs into .venv.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.domain.access import hash_key, new_api_key
 from tests.support import KEYS, Api, base_env, expect_error
 from webhooks.v1 import webhook_service_pb2 as pb
 
@@ -133,6 +134,30 @@ def test_service_process_serves_and_stops_gracefully_on_sigterm(tmp_path: Path) 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             api = Api(f"127.0.0.1:{port}", None, channel)  # type: ignore[arg-type]
             secret = api.create(name="proc").secret
+            # SIGHUP reloads the keys file: a key added now works without a restart.
+            new_key = new_api_key()
+            keys_file = Path(env["WEBHOOKS_API_KEYS_FILE"])
+            document = json.loads(keys_file.read_text())
+            document["keys"].append(
+                {"sha256": hash_key(new_key), "tenant": "acme", "scopes": ["webhooks:read"]}
+            )
+            keys_file.write_text(json.dumps(document))
+            expect_error(
+                grpc.StatusCode.UNAUTHENTICATED,
+                api.call,
+                "ListSubscriptions",
+                pb.ListSubscriptionsRequest(),
+                key=new_key,
+            )
+            proc.send_signal(signal.SIGHUP)
+            _eventually(
+                lambda: (
+                    api.call(
+                        "ListSubscriptions", pb.ListSubscriptionsRequest(), key=new_key
+                    ).total_size
+                    == 1
+                )
+            )
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -141,7 +166,8 @@ def test_service_process_serves_and_stops_gracefully_on_sigterm(tmp_path: Path) 
     assert proc.returncode == 0, stderr
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     messages = [line["message"] for line in lines]
-    assert "serving gRPC" in messages and "shutting down" in messages and messages[-1] == "stopped"
+    assert "serving gRPC" in messages and "API keys reloaded" in messages
+    assert "shutting down" in messages and messages[-1] == "stopped"
     # No secret or API key ever reaches the logs.
     for secret_text in (secret, *KEYS.values()):
         assert secret_text not in stderr
@@ -149,6 +175,19 @@ def test_service_process_serves_and_stops_gracefully_on_sigterm(tmp_path: Path) 
     assert secret.encode() not in (tmp_path / "proc.db").read_bytes()
     wal = tmp_path / "proc.db-wal"
     assert not wal.exists() or secret.encode() not in wal.read_bytes()
+
+
+def _eventually(check: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("condition never became true")
+        time.sleep(0.1)
 
 
 def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:

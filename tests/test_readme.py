@@ -1,0 +1,22 @@
+"""README.md stays true: its two commands exist and its settings table lists every setting."""
+
+import re
+from pathlib import Path
+
+from service.config import describe
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_settings_table_lists_every_setting_and_nothing_else() -> None:
+    documented = set(re.findall(r"^\| `(WEBHOOKS_[A-Z_]+)` \|", README, flags=re.MULTILINE))
+    assert documented == {name for name, _, _ in describe()}
+
+
+def test_readme_commands_are_make_targets() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("run", "test", "install", "proto", "lint", "test-fast", "up", "down"):
+        assert f"make {target}" in README
+        assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.MULTILINE), target
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
