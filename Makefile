@@ -21,6 +21,8 @@ PROTO_OUT ?= generated
 proto: $(STAMP)
 	mkdir -p $(PROTO_OUT)
 	$(PY) -m grpc_tools.protoc -I protos \
+		--plugin=protoc-gen-mypy=$(dir $(PY))protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(dir $(PY))protoc-gen-mypy_grpc \
 		--python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 		--mypy_out=quiet:$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) \
 		protos/webhooks/v1/*.proto
