@@ -51,11 +51,13 @@ class SubscriptionStore:
         for attempt in range(2):
             try:
                 with self._db.atomic():
+                    # The tenant lock comes first: a concurrent retry of the same
+                    # request_id waits here, then finds the first one's record.
+                    self._lock_tenant(tenant)
                     if request_id:
                         replay = self._replay(tenant, request_id, request_hash)
                         if replay is not None:
                             return replay
-                    self._lock_tenant(tenant)
                     if (
                         quota
                         and SubscriptionRow.select().where(SubscriptionRow.tenant == tenant).count()
