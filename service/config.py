@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from kafka import topics
 
 PREFIX = "WEBHOOKS_"
-T = TypeVar("T")
+N = TypeVar("N", int, float)
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -37,19 +37,9 @@ def _bool(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        number = int(value)
-        if not low <= number <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return number
-
-    return parse
-
-
-def _float_range(low: float, high: float) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        number = float(value)
+def _in_range(cast: Callable[[str], N], low: N, high: N) -> Callable[[str], N]:
+    def parse(value: str) -> N:
+        number = cast(value)
         if not low <= number <= high:
             raise ValueError(f"must be between {low} and {high}")
         return number
@@ -140,7 +130,7 @@ class Settings:
     )
     default_tenant: str = _setting("default", str, "tenant of events that name none")
     subscription_quota: int = _setting(
-        100, _int_range(0, 1_000_000), "subscriptions per tenant; 0 = unlimited"
+        100, _in_range(int, 0, 1_000_000), "subscriptions per tenant; 0 = unlimited"
     )
     tenant_quotas: tuple[tuple[str, int], ...] = _setting(
         (), _quotas, "per-tenant overrides, e.g. acme=3,globex=500"
@@ -150,16 +140,16 @@ class Settings:
         (), _cidrs, "non-public networks endpoints may use, e.g. 10.1.0.0/16"
     )
     rotation_overlap_seconds: int = _setting(
-        86_400, _int_range(0, 7 * 86_400), "default life of the old secret after a rotation"
+        86_400, _in_range(int, 0, 7 * 86_400), "default life of the old secret after a rotation"
     )
     tls_cert_file: Path | None = _setting(None, _optional_path, "PEM certificate for gRPC TLS")
     tls_key_file: Path | None = _setting(None, _optional_path, "PEM private key for gRPC TLS")
     tls_client_ca_file: Path | None = _setting(
         None, _optional_path, "PEM CA bundle; when set, clients need a certificate (mTLS)"
     )
-    store_threads: int = _setting(4, _int_range(1, 64), "threads running database work")
+    store_threads: int = _setting(4, _in_range(int, 1, 64), "threads running database work")
     shutdown_grace_seconds: float = _setting(
-        10.0, _float_range(0, 300), "time in-flight calls get at shutdown"
+        10.0, _in_range(float, 0, 300), "time in-flight calls get at shutdown"
     )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 

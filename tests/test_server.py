@@ -88,6 +88,18 @@ def test_reflection_only_client_drives_the_api(api: Api) -> None:
     assert "unauthenticated" in (refused.stdout + refused.stderr).lower()
 
 
+def _service(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs `python -m service ARGS` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,14 +118,7 @@ def _wait_healthy(port: int, env: dict[str, str], proc: subprocess.Popen[str]) -
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"service exited early: {proc.communicate()[1]}"
-        check = subprocess.run(
-            [sys.executable, "-m", "service", "healthcheck", "--address", f"127.0.0.1:{port}"],
-            env=env,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if check.returncode == 0:
+        if _service("healthcheck", "--address", f"127.0.0.1:{port}", env=env).returncode == 0:
             return
         time.sleep(0.3)
     pytest.fail("service never became healthy")
@@ -192,13 +197,7 @@ def _eventually(check: Any, seconds: float = 10) -> None:
 
 def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
     port = _free_port()
-    check = subprocess.run(
-        [sys.executable, "-m", "service", "healthcheck", "--address", f"127.0.0.1:{port}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    check = _service("healthcheck", "--address", f"127.0.0.1:{port}")
     assert check.returncode == 1
     assert "NOT SERVING" in check.stderr
 
@@ -211,14 +210,7 @@ def test_bad_settings_fail_fast_with_every_problem_named(tmp_path: Path) -> None
         "WEBHOOKS_ALLOW_HTTP": "maybe",
         "WEBHOOKS_COLOUR": "blue",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _service("serve", env=env)
     assert result.returncode == 2
     for expected in (
         "WEBHOOKS_API_KEYS_FILE is required",
@@ -235,38 +227,17 @@ def test_bad_settings_fail_fast_with_every_problem_named(tmp_path: Path) -> None
 def test_unreachable_database_is_a_clear_startup_error(tmp_path: Path) -> None:
     env = _service_env(tmp_path, _free_port())
     env["WEBHOOKS_DATABASE_URL"] = "postgresql://nobody:hunter2@127.0.0.1:1/none"
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _service("serve", env=env)
     assert result.returncode == 2
     assert "cannot reach the database at postgresql://nobody@127.0.0.1:1/none" in result.stderr
     assert "hunter2" not in result.stderr
 
 
 def test_new_api_key_prints_a_usable_keys_file_entry(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "new-api-key",
-            "--tenant",
-            "t1",
-            "--principal",
-            "ci",
-            "--scope",
-            "webhooks:read",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+    result = _service(
+        "new-api-key", "--tenant", "t1", "--principal", "ci", "--scope", "webhooks:read"
     )
+    assert result.returncode == 0, result.stderr
     key = result.stdout.split("shown once, give it to the caller): ")[1].split()[0]
     entry = json.loads(result.stdout[result.stdout.index("{") :])
     from service.domain.access import authenticate, parse_keys
