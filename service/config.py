@@ -149,7 +149,7 @@ class Settings:
     )
     store_threads: int = _setting(4, _in_range(int, 1, 64), "threads running database work")
     shutdown_grace_seconds: float = _setting(
-        10.0, _in_range(float, 0, 300), "time in-flight calls get at shutdown"
+        10.0, _in_range(float, 0.0, 300.0), "time in-flight calls get at shutdown"
     )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
