@@ -1,0 +1,25 @@
+"""Standard Webhooks signatures: `v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`."""
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+from service.domain.signing_secrets import SECRET_PREFIX
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key: the base64 part of `whsec_...` decoded."""
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
+def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """One `v1,<signature>` entry."""
+    signed = b"%s.%d.%s" % (message_id.encode(), timestamp, body)
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signature_header(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: one entry per live secret, space-separated."""
+    return " ".join(sign(key, message_id, timestamp, body) for key in keys)

@@ -1,0 +1,181 @@
+"""Table-driven tests of the delivery rules: signing, retry timing, outcomes, the body."""
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from service.domain.envelope import webhook_body
+from service.domain.models import DisabledReason
+from service.domain.outcomes import AttemptResult, Decision, ErrorKind, Outcome, decide
+from service.domain.retry import DEFAULT_SCHEDULE, next_delay, parse_retry_after
+from service.domain.signing import secret_key, signature_header
+from service.domain.signing_secrets import new_secret
+
+NOW = datetime(2026, 11, 23, 12, 0, 0)
+
+
+def test_signatures_verify_with_the_standardwebhooks_package_for_every_live_secret() -> None:
+    old, new = new_secret(), new_secret()
+    body = b'{"id":"e1","data":{"x":1}}'
+    timestamp = int(datetime.now().timestamp())
+    header = signature_header([secret_key(new), secret_key(old)], "msg_1", timestamp, body)
+    assert len(header.split(" ")) == 2 and all(part.startswith("v1,") for part in header.split(" "))
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": header,
+    }
+    for secret in (old, new):
+        assert Webhook(secret).verify(body, headers) == {"id": "e1", "data": {"x": 1}}
+    with pytest.raises(Exception, match="No matching signature"):
+        Webhook(new_secret()).verify(body, headers)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "random", "delay"),
+    [
+        (1, 0.5, 5.0),
+        (2, 0.5, 300.0),
+        (7, 0.5, 36000.0),
+        (8, 0.5, None),
+        (0, 0.5, None),
+        (1, 0.0, 4.5),
+        (1, 0.999999, 5.5),
+    ],
+)
+def test_next_delay(attempts: int, random: float, delay: float | None) -> None:
+    got = next_delay(attempts, DEFAULT_SCHEDULE, 0.1, random)
+    assert got == pytest.approx(delay) if delay is not None else got is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, None),
+        ("", None),
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("Mon, 23 Nov 2026 12:00:30 GMT", 30.0),
+        ("Mon, 23 Nov 2026 11:00:00 GMT", 0.0),
+        ("soon", None),
+        ("-5", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value, NOW) == seconds
+
+
+def _decide(
+    result: AttemptResult,
+    attempts: int = 1,
+    failing_since: datetime | None = None,
+    test: bool = False,
+) -> Decision:
+    return decide(
+        result,
+        attempts_made=attempts,
+        schedule=(5, 60),
+        jitter=0.0,
+        random=0.5,
+        now=NOW,
+        failing_since=failing_since,
+        disable_after=timedelta(days=5),
+        test=test,
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "attempts", "failing_since", "test", "decision"),
+    [
+        (AttemptResult(http_status=200), 1, None, False, Decision(Outcome.SUCCEEDED)),
+        (
+            AttemptResult(http_status=204),
+            3,
+            NOW - timedelta(days=9),
+            False,
+            Decision(Outcome.SUCCEEDED),
+        ),
+        (AttemptResult(http_status=500), 1, None, False, Decision(Outcome.RETRY_SCHEDULED, 5.0)),
+        (AttemptResult(http_status=500), 2, None, False, Decision(Outcome.RETRY_SCHEDULED, 60.0)),
+        (AttemptResult(http_status=500), 3, None, False, Decision(Outcome.FAILED)),
+        (
+            AttemptResult(http_status=302, error_kind=ErrorKind.REDIRECT),
+            1,
+            None,
+            False,
+            Decision(Outcome.RETRY_SCHEDULED, 5.0),
+        ),
+        (
+            AttemptResult(error_kind=ErrorKind.TIMEOUT),
+            1,
+            None,
+            False,
+            Decision(Outcome.RETRY_SCHEDULED, 5.0),
+        ),
+        (
+            AttemptResult(http_status=410),
+            1,
+            None,
+            False,
+            Decision(Outcome.FAILED, None, DisabledReason.ENDPOINT_GONE),
+        ),
+        (
+            AttemptResult(http_status=429, retry_after=30),
+            1,
+            None,
+            False,
+            Decision(Outcome.RETRY_SCHEDULED, 30.0),
+        ),
+        (
+            AttemptResult(http_status=503, retry_after=9999),
+            1,
+            None,
+            False,
+            Decision(Outcome.RETRY_SCHEDULED, 60.0),
+        ),
+        (
+            AttemptResult(http_status=500, retry_after=30),
+            1,
+            None,
+            False,
+            Decision(Outcome.RETRY_SCHEDULED, 5.0),
+        ),
+        (
+            AttemptResult(http_status=500),
+            1,
+            NOW - timedelta(days=5),
+            False,
+            Decision(Outcome.FAILED, None, DisabledReason.ENDPOINT_FAILING),
+        ),
+        (
+            AttemptResult(http_status=500),
+            1,
+            NOW - timedelta(days=4),
+            False,
+            Decision(Outcome.RETRY_SCHEDULED, 5.0),
+        ),
+        (AttemptResult(http_status=410), 1, None, True, Decision(Outcome.FAILED)),
+        (AttemptResult(http_status=500), 1, None, True, Decision(Outcome.FAILED)),
+    ],
+)
+def test_decide(
+    result: AttemptResult,
+    attempts: int,
+    failing_since: datetime | None,
+    test: bool,
+    decision: Decision,
+) -> None:
+    assert _decide(result, attempts, failing_since, test) == decision
+
+
+def test_body_keeps_data_byte_for_byte() -> None:
+    data = b'{"amount": 12345678901234567890, "price": 19.90}'
+    body = webhook_body("e1", "invoice.paid", NOW, "acme", data)
+    assert body.endswith(b',"data":' + data + b"}")
+    parsed = json.loads(body)
+    assert parsed["id"] == "e1" and parsed["type"] == "invoice.paid" and parsed["tenant"] == "acme"
+    assert parsed["timestamp"] == "2026-11-23T12:00:00.000000Z"
+    assert parsed["data"]["amount"] == 12345678901234567890 and "test" not in parsed
+    assert json.loads(webhook_body("e1", "t", NOW, "acme", b"{}", test=True))["test"] is True
