@@ -7,6 +7,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from service.domain.envelope import webhook_body
+from service.domain.limits import CircuitBreaker, TokenBucket
 from service.domain.models import DisabledReason
 from service.domain.outcomes import AttemptResult, Decision, ErrorKind, Outcome, decide
 from service.domain.retry import DEFAULT_SCHEDULE, next_delay, parse_retry_after
@@ -179,3 +180,42 @@ def test_body_keeps_data_byte_for_byte() -> None:
     assert parsed["timestamp"] == "2026-11-23T12:00:00.000000Z"
     assert parsed["data"]["amount"] == 12345678901234567890 and "test" not in parsed
     assert json.loads(webhook_body("e1", "t", NOW, "acme", b"{}", test=True))["test"] is True
+
+
+def test_token_bucket_spaces_sends_at_the_rate() -> None:
+    bucket = TokenBucket(rate=10, burst=2)
+    waits = [bucket.take(100.0) for _ in range(5)]
+    assert waits == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3])
+    # After a quiet second the burst is available again, and no more.
+    assert (
+        bucket.take(102.0) == 0.0
+        and bucket.take(102.0) == 0.0
+        and bucket.take(102.0) == pytest.approx(0.1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        # (time, success or None to ask allow) -> allow answers in order
+        ([(0, False), (1, False), (2, None)], [True]),
+        (
+            [(0, False), (1, False), (2, False), (3, None), (32, None), (33, None)],
+            [False, True, False],
+        ),
+        ([(0, False), (1, False), (2, False), (33, None), (33, True), (34, None)], [True, True]),
+        (
+            [(0, False), (1, False), (2, False), (33, None), (33, False), (80, None), (94, None)],
+            [True, False, True],
+        ),
+    ],
+)
+def test_circuit_breaker(events: list[tuple[float, bool | None]], expected: list[bool]) -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=30, max_cooldown=300)
+    answers = []
+    for now, success in events:
+        if success is None:
+            answers.append(breaker.allow(now))
+        else:
+            breaker.record(success, now)
+    assert answers == expected

@@ -55,3 +55,16 @@ class EventType:
     example_json: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A domain event as ingested: attributes plus the JSON payload, kept as bytes."""
+
+    id: str
+    type: str
+    tenant: str
+    time: datetime
+    data: bytes
+    source: str = ""
+    subject: str = ""

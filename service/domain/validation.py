@@ -12,6 +12,7 @@ from jsonschema.exceptions import ValidationError as SchemaValidationError
 
 from service.domain import event_patterns
 from service.domain.models import EventType, SubscriptionSpec
+from service.domain.ssrf import address_allowed
 from service.errors import FieldViolation
 
 MAX_NAME = 255
@@ -124,9 +125,7 @@ def check_literal_host(host: str, allow_cidrs: Sequence[IpNetwork]) -> str | Non
             address = ipaddress.ip_address(name)
         except ValueError:
             return None if _valid_hostname(name) else "host is not a valid name"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_global or any(address in net for net in allow_cidrs):
+    if address_allowed(address, allow_cidrs):
         return None
     return "host is a non-public address, which is not allowed"
 

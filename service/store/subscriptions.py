@@ -251,7 +251,7 @@ class SubscriptionStore:
         )
         out: dict[str, list[SigningSecretRow]] = {}
         for row in rows:
-            out.setdefault(row.subscription_id, []).append(row)  # type: ignore[attr-defined]
+            out.setdefault(row.subscription_id, []).append(row)
         return out
 
     def _load(self, tenant: str, subscription_id: str, *, lock: bool = False) -> Subscription:

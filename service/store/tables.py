@@ -61,6 +61,7 @@ class SigningSecretRow(BaseModel):
 
     id = pw.AutoField()
     subscription = pw.ForeignKeyField(SubscriptionRow, on_delete="CASCADE", backref="secrets")
+    subscription_id: str  # peewee's accessor for the key column, declared for type checkers
     secret_encrypted = pw.BlobField()
     prefix = pw.CharField(max_length=20)
     created_at = pw.DateTimeField()
@@ -108,6 +109,8 @@ class DeliveryRow(BaseModel):
     tenant = pw.CharField(max_length=128)
     subscription = pw.ForeignKeyField(SubscriptionRow, on_delete="CASCADE", backref="deliveries")
     event = pw.ForeignKeyField(EventRow, on_delete="CASCADE", backref="deliveries")
+    subscription_id: str
+    event_id: int
     event_type = pw.CharField(max_length=128)
     status = pw.SmallIntegerField()
     attempt_count = pw.IntegerField(default=0)

@@ -1,0 +1,175 @@
+"""Codecs: Kafka records to events (CloudEvents structured, binary, protobuf) and attempts back."""
+
+import base64
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from service.domain.clock import utcnow
+from service.domain.event_rules import EventRejected, check_event
+from service.domain.models import Event
+from webhooks.v1 import events_pb2
+
+Headers = Sequence[tuple[str, bytes]]
+
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+PROTOBUF = "application/x-protobuf"
+_PROTOBUF_TYPES = (PROTOBUF, "application/protobuf", "application/vnd.google.protobuf")
+_JSON_TYPES = ("application/json", "text/json", "")
+
+
+def header(headers: Headers, name: str) -> str | None:
+    """A header's value as text (the last one wins), or None."""
+    found = None
+    for key, value in headers:
+        if key.lower() == name:
+            found = value.decode("utf-8", "replace") if value is not None else ""
+    return found
+
+
+def decode_event(
+    value: bytes | None, headers: Headers, *, default_tenant: str, max_bytes: int
+) -> Event:
+    """A checked Event, or EventRejected with the reason the dead-letter record will carry."""
+    if value is None:
+        raise EventRejected("EMPTY", "the record has no value")
+    if len(value) > max_bytes:
+        raise EventRejected(
+            "TOO_LARGE", f"the record is {len(value)} bytes; the limit is {max_bytes}"
+        )
+    content_type = (header(headers, "content-type") or "").split(";")[0].strip().lower()
+    if header(headers, "ce_specversion") is not None:
+        event = _binary(value, headers, content_type, default_tenant)
+    elif content_type == CLOUDEVENTS_JSON or (not content_type and value.lstrip()[:1] == b"{"):
+        event = _structured(value, default_tenant)
+    elif content_type in _PROTOBUF_TYPES:
+        event = _protobuf(value, default_tenant)
+    else:
+        raise EventRejected(
+            "UNSUPPORTED_CONTENT_TYPE", f"content-type {content_type!r} is not supported"
+        )
+    check_event(event)
+    return event
+
+
+def _structured(value: bytes, default_tenant: str) -> Event:
+    try:
+        document = json.loads(value)
+    except UnicodeDecodeError:
+        raise EventRejected("INVALID_UTF8", "the record is not valid UTF-8") from None
+    except RecursionError:
+        raise EventRejected("TOO_DEEP", "the record nests too deeply") from None
+    except ValueError as exc:
+        raise EventRejected("MALFORMED_JSON", f"the record is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise EventRejected("MALFORMED_CLOUDEVENT", "a structured CloudEvent is a JSON object")
+    _check_spec_version(document.get("specversion"))
+    if "data_base64" in document:
+        try:
+            data = base64.b64decode(str(document["data_base64"]), validate=True)
+        except ValueError:
+            raise EventRejected("MALFORMED_CLOUDEVENT", "data_base64 is not valid base64") from None
+    else:
+        data = json.dumps(document.get("data"), separators=(",", ":"), ensure_ascii=False).encode()
+    return Event(
+        id=_text(document.get("id")),
+        type=_text(document.get("type")),
+        source=_text(document.get("source")),
+        subject=_text(document.get("subject")),
+        tenant=_text(document.get("tenant")) or default_tenant,
+        time=_time(document.get("time")),
+        data=data,
+    )
+
+
+def _binary(value: bytes, headers: Headers, content_type: str, default_tenant: str) -> Event:
+    _check_spec_version(header(headers, "ce_specversion"))
+    if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
+        raise EventRejected(
+            "UNSUPPORTED_CONTENT_TYPE", f"binary-mode data must be JSON, not {content_type!r}"
+        )
+    return Event(
+        id=header(headers, "ce_id") or "",
+        type=header(headers, "ce_type") or "",
+        source=header(headers, "ce_source") or "",
+        subject=header(headers, "ce_subject") or "",
+        tenant=header(headers, "ce_tenant") or default_tenant,
+        time=_time(header(headers, "ce_time")),
+        data=value,
+    )
+
+
+def _protobuf(value: bytes, default_tenant: str) -> Event:
+    message = events_pb2.DomainEvent()
+    try:
+        message.ParseFromString(value)
+    except ProtobufDecodeError:
+        raise EventRejected(
+            "MALFORMED_PROTOBUF", "the record is not a webhooks.v1.DomainEvent"
+        ) from None
+    return event_from_proto(message, default_tenant)
+
+
+def event_from_proto(message: events_pb2.DomainEvent, default_tenant: str) -> Event:
+    """The Event a DomainEvent describes (also used by PublishEvent)."""
+    when = message.time.ToDatetime() if message.HasField("time") else utcnow()
+    return Event(
+        id=message.id,
+        type=message.type,
+        source=message.source,
+        subject=message.subject,
+        tenant=message.tenant or default_tenant,
+        time=when,
+        data=message.data or b"null",
+    )
+
+
+def event_to_proto(event: Event) -> events_pb2.DomainEvent:
+    message = events_pb2.DomainEvent(
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        tenant=event.tenant,
+        data=event.data,
+    )
+    message.time.FromDatetime(event.time.replace(tzinfo=UTC))
+    return message
+
+
+def _check_spec_version(value: object) -> None:
+    if value != "1.0":
+        raise EventRejected("UNSUPPORTED_SPEC_VERSION", f"specversion must be '1.0', not {value!r}")
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def _time(value: object) -> datetime:
+    """RFC 3339 time as naive UTC; the ingest time when absent."""
+    if value in (None, ""):
+        return utcnow()
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise EventRejected("INVALID_TIME", f"time {value!r} is not RFC 3339") from None
+    if parsed.tzinfo is None:
+        return parsed
+    return parsed.astimezone(UTC).replace(tzinfo=None)
+
+
+def dead_letter_headers(
+    headers: Headers, reason: str, message: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """The original headers plus where the record came from and why it was refused."""
+    return [
+        *[(k, v) for k, v in headers if not k.startswith("dlq-")],
+        ("dlq-reason", reason.encode()),
+        ("dlq-error", message[:1000].encode()),
+        ("dlq-topic", topic.encode()),
+        ("dlq-partition", str(partition).encode()),
+        ("dlq-offset", str(offset).encode()),
+    ]

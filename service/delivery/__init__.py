@@ -1,0 +1,1 @@
+"""The delivery engine: HTTP client, per-endpoint limits, dispatcher and retry scheduler."""

@@ -1,0 +1,74 @@
+"""Rules every ingested event satisfies, whichever way it arrived (Kafka or PublishEvent)."""
+
+import json
+import re
+
+from service.domain import event_patterns
+from service.domain.models import Event
+
+MAX_ID = 255
+MAX_ATTRIBUTE = 255
+MAX_DEPTH = 64
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+
+
+class EventRejected(Exception):
+    """An event that cannot be accepted; `reason` is a stable UPPER_SNAKE code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def check_event(event: Event) -> None:
+    """Raises EventRejected naming the first problem."""
+    if not event.id:
+        raise EventRejected("MISSING_ID", "the event has no id")
+    if len(event.id) > MAX_ID or not _PRINTABLE.fullmatch(event.id):
+        raise EventRejected(
+            "INVALID_ID", f"the id must be 1 to {MAX_ID} printable ASCII characters"
+        )
+    if not event.type:
+        raise EventRejected("MISSING_TYPE", "the event has no type")
+    if not event_patterns.is_valid_name(event.type):
+        raise EventRejected("INVALID_TYPE", "the type is not a valid event type name")
+    if not _TENANT.fullmatch(event.tenant):
+        raise EventRejected(
+            "INVALID_TENANT", "the tenant must be 1 to 128 letters, digits, '_', '.', '-'"
+        )
+    if len(event.source) > MAX_ATTRIBUTE or len(event.subject) > MAX_ATTRIBUTE:
+        raise EventRejected(
+            "INVALID_ATTRIBUTE", f"source and subject are at most {MAX_ATTRIBUTE} characters"
+        )
+    parse_data(event.data)
+
+
+def parse_data(data: bytes) -> object:
+    """The payload as JSON; refuses invalid UTF-8, invalid JSON and nesting deeper than 64."""
+    try:
+        value = json.loads(data)
+    except UnicodeDecodeError:
+        raise EventRejected("INVALID_UTF8", "the data is not valid UTF-8") from None
+    except RecursionError:
+        raise EventRejected("TOO_DEEP", f"the data nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise EventRejected("MALFORMED_JSON", f"the data is not valid JSON: {exc}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise EventRejected("TOO_DEEP", f"the data nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth(value: object) -> int:
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest

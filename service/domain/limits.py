@@ -1,0 +1,66 @@
+"""Per-endpoint limits with time passed in: a token bucket and a circuit breaker."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TokenBucket:
+    """At most `rate` sends per second on average, bursts of up to `burst`."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    last: float = 0.0
+
+    def take(self, now: float) -> float:
+        """Reserves one send; returns how many seconds to wait before making it (0 = now)."""
+        if self.tokens < 0 and self.last == 0.0:
+            self.tokens, self.last = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; after `cooldown` seconds lets one probe
+    through (half-open): its success closes the circuit, its failure opens it again with
+    twice the cooldown, up to `max_cooldown`."""
+
+    threshold: int
+    cooldown: float
+    max_cooldown: float
+    failures: int = 0
+    open_until: float = 0.0
+    current_cooldown: float = 0.0
+    probing: bool = False
+
+    def allow(self, now: float) -> bool:
+        if self.failures < self.threshold:
+            return True
+        if now < self.open_until or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def retry_at(self) -> float:
+        """When a deferred send should be tried again."""
+        return self.open_until
+
+    def record(self, success: bool, now: float) -> None:
+        was_probe, self.probing = self.probing, False
+        if success:
+            self.failures, self.current_cooldown = 0, 0.0
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            if was_probe or self.current_cooldown == 0.0:
+                self.current_cooldown = min(
+                    self.max_cooldown, self.current_cooldown * 2 if was_probe else self.cooldown
+                )
+            self.open_until = now + self.current_cooldown
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures >= self.threshold

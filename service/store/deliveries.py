@@ -1,0 +1,545 @@
+"""Events, deliveries, attempts and the audit outbox: the pipeline's transactions and queries."""
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import peewee as pw
+
+from service.crypto import SecretBox
+from service.domain import event_patterns
+from service.domain.clock import utcnow
+from service.domain.deliveries import AttemptRecord, DeliveryFilter, DeliveryView, Job, Target
+from service.domain.envelope import webhook_body
+from service.domain.ids import new_id
+from service.domain.models import DisabledReason, Event
+from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
+from service.domain.signing import secret_key
+from service.errors import FailedPrecondition, NotFound
+from service.store.tables import (
+    AttemptRow,
+    DeliveryRow,
+    EventRow,
+    OutboxRow,
+    SigningSecretRow,
+    SubscriptionRow,
+)
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class RecordedAttempt:
+    """What `record_attempts` writes for one attempt."""
+
+    attempt: AttemptRecord
+    disable: DisabledReason | None
+    audit_topic: str
+    audit_value: bytes
+
+
+class DeliveryStore:
+    """Every method is synchronous and runs on a store thread."""
+
+    def __init__(self, db: pw.Database, box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+
+    # -- ingest ------------------------------------------------------------------
+
+    def ingest(
+        self, events: Sequence[Event], required_scopes: Mapping[str, str], lease: timedelta
+    ) -> list[Job]:
+        """Stores a batch of events and their deliveries in one transaction.
+
+        Returns a job for every delivery created now; deliveries that existed already
+        (the batch was consumed before) are left to the retry scheduler, so nothing
+        is sent twice because of a re-consumed event. `required_scopes` maps each
+        event type to its subscribe scope (empty = none).
+        """
+        if not events:
+            return []
+        now = utcnow()
+        with self._db.atomic():
+            event_rows = self._insert_events(events, now)
+            subscriptions = self._enabled_subscriptions({e.tenant for e in events})
+            existing = self._existing_pairs(list(event_rows.values()))
+            jobs: list[Job] = []
+            rows: list[dict[str, object]] = []
+            for event in events:
+                event_pk = event_rows[(event.tenant, event.id)]
+                scope = required_scopes.get(event.type, "")
+                for sub in subscriptions.get(event.tenant, ()):
+                    if (sub.id, event_pk) in existing or not _matches(sub, event.type, scope):
+                        continue
+                    existing.add((sub.id, event_pk))
+                    delivery_id = new_id("msg")
+                    rows.append(
+                        {
+                            "id": delivery_id,
+                            "tenant": event.tenant,
+                            "subscription": sub.id,
+                            "event": event_pk,
+                            "event_type": event.type,
+                            "status": int(DeliveryStatus.PENDING),
+                            "created_at": now,
+                            # Leased to this process; the scheduler takes it over after a crash.
+                            "next_attempt_at": now + lease,
+                        }
+                    )
+                    jobs.append(
+                        Job(
+                            delivery_id=delivery_id,
+                            subscription_id=sub.id,
+                            tenant=event.tenant,
+                            event_id=event.id,
+                            event_type=event.type,
+                            body=webhook_body(
+                                event.id, event.type, event.time, event.tenant, event.data
+                            ),
+                            attempts_made=0,
+                            trigger=Trigger.SCHEDULED,
+                            event_time=event.time,
+                        )
+                    )
+            for chunk in _chunks(rows, 200):
+                DeliveryRow.insert_many(chunk).on_conflict_ignore().execute()
+        return jobs
+
+    def _insert_events(self, events: Sequence[Event], now: datetime) -> dict[tuple[str, str], int]:
+        """The row id of every event, inserting those not stored yet."""
+        ids = sorted({e.id for e in events})
+        found = self._event_pks(ids)
+        fresh = {(e.tenant, e.id): e for e in events if (e.tenant, e.id) not in found}
+        rows = [
+            {
+                "tenant": e.tenant,
+                "event_id": e.id,
+                "type": e.type,
+                "source": e.source,
+                "subject": e.subject,
+                "occurred_at": e.time,
+                "received_at": now,
+                "data": e.data,
+            }
+            for e in fresh.values()
+        ]
+        for chunk in _chunks(rows, 200):
+            # Ignored conflicts (another instance stored it a moment ago) are re-read below.
+            EventRow.insert_many(chunk).on_conflict_ignore().execute()
+        if fresh:
+            found.update(self._event_pks(sorted({e.id for e in fresh.values()})))
+        return found
+
+    def _event_pks(self, event_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        out = {}
+        for chunk in _chunks(list(event_ids), 500):
+            query = EventRow.select(EventRow.id, EventRow.tenant, EventRow.event_id).where(
+                EventRow.event_id.in_(chunk)
+            )
+            out.update({(row.tenant, row.event_id): row.id for row in query})
+        return out
+
+    def _enabled_subscriptions(self, tenants: Iterable[str]) -> dict[str, list["_Matcher"]]:
+        out: dict[str, list[_Matcher]] = {}
+        query = SubscriptionRow.select(
+            SubscriptionRow.id,
+            SubscriptionRow.tenant,
+            SubscriptionRow.event_types,
+            SubscriptionRow.granted_scopes,
+        ).where(SubscriptionRow.tenant.in_(list(tenants)) & (SubscriptionRow.enabled == True))  # noqa: E712
+        for row in query:
+            types, scopes = json.loads(row.event_types), json.loads(row.granted_scopes)
+            out.setdefault(row.tenant, []).append(_Matcher(row.id, tuple(types), frozenset(scopes)))
+        return out
+
+    def _existing_pairs(self, event_pks: Sequence[int]) -> set[tuple[str, int]]:
+        pairs: set[tuple[str, int]] = set()
+        for chunk in _chunks(list(event_pks), 500):
+            query = DeliveryRow.select(DeliveryRow.subscription, DeliveryRow.event).where(
+                DeliveryRow.event.in_(chunk)
+            )
+            pairs.update((row.subscription_id, row.event_id) for row in query)
+        return pairs
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def claim_due(self, limit: int, lease: timedelta) -> list[Job]:
+        """Takes up to `limit` due deliveries, leasing them so no other claimer takes them too."""
+        now = utcnow()
+        with self._db.atomic():
+            query = (
+                DeliveryRow.select(DeliveryRow.id)
+                .where(
+                    (DeliveryRow.status == int(DeliveryStatus.PENDING))
+                    & (DeliveryRow.next_attempt_at <= now)
+                )
+                .order_by(DeliveryRow.next_attempt_at)
+                .limit(limit)
+            )
+            if self._db.for_update:
+                query = query.for_update(skip_locked=True)  # several instances claim disjoint rows
+            ids = [row.id for row in query]
+            if not ids:
+                return []
+            DeliveryRow.update(next_attempt_at=now + lease).where(DeliveryRow.id.in_(ids)).execute()
+            return self._jobs(ids)
+
+    def _jobs(self, delivery_ids: Sequence[str], trigger: Trigger | None = None) -> list[Job]:
+        rows = (
+            DeliveryRow.select(DeliveryRow, EventRow)
+            .join(EventRow)
+            .where(DeliveryRow.id.in_(list(delivery_ids)))
+        )
+        jobs = []
+        for row in rows:
+            event = row.event
+            jobs.append(
+                Job(
+                    delivery_id=row.id,
+                    subscription_id=row.subscription_id,
+                    tenant=row.tenant,
+                    event_id=event.event_id,
+                    event_type=row.event_type,
+                    body=webhook_body(
+                        event.event_id,
+                        event.type,
+                        event.occurred_at,
+                        event.tenant,
+                        bytes(event.data),
+                        test=row.test,
+                    ),
+                    attempts_made=row.attempt_count,
+                    trigger=trigger or (Trigger.TEST if row.test else Trigger.SCHEDULED),
+                    test=row.test,
+                    event_time=event.occurred_at,
+                )
+            )
+        return jobs
+
+    def targets(self, subscription_ids: Iterable[str]) -> dict[str, Target]:
+        """Where and how to send, with the live secrets decrypted; absent ids were deleted."""
+        ids = list(set(subscription_ids))
+        if not ids:
+            return {}
+        now = utcnow()
+        keys: dict[str, list[bytes]] = {}
+        secrets = (
+            SigningSecretRow.select()
+            .where(
+                SigningSecretRow.subscription.in_(ids)
+                & (SigningSecretRow.expires_at.is_null() | (SigningSecretRow.expires_at > now))
+            )
+            .order_by(SigningSecretRow.id.desc())
+        )
+        for secret in secrets:
+            keys.setdefault(secret.subscription_id, []).append(
+                secret_key(self._box.decrypt(secret.secret_encrypted))
+            )
+        out = {}
+        for row in SubscriptionRow.select().where(SubscriptionRow.id.in_(ids)):
+            headers = (
+                json.loads(self._box.decrypt(row.headers_encrypted))
+                if row.headers_encrypted
+                else {}
+            )
+            out[row.id] = Target(
+                subscription_id=row.id,
+                tenant=row.tenant,
+                url=row.url,
+                headers=headers,
+                secret_keys=tuple(keys.get(row.id, ())),
+                rate_limit_per_second=row.rate_limit_per_second,
+                enabled=row.enabled,
+                failing_since=row.failing_since,
+            )
+        return out
+
+    def record_attempts(self, items: Sequence[RecordedAttempt]) -> None:
+        """Stores attempts, moves their deliveries on, updates the subscriptions and queues the
+        audit records, all in one transaction (deliveries deleted meanwhile are skipped)."""
+        if not items:
+            return
+        with self._db.atomic():
+            alive = {
+                row.id
+                for row in DeliveryRow.select(DeliveryRow.id).where(
+                    DeliveryRow.id.in_([i.attempt.delivery_id for i in items])
+                )
+            }
+            now = utcnow()
+            for item in items:
+                a = item.attempt
+                if a.delivery_id not in alive:
+                    continue
+                AttemptRow.insert(
+                    id=a.attempt_id,
+                    delivery=a.delivery_id,
+                    attempt_number=a.attempt_number,
+                    trigger=int(a.trigger),
+                    started_at=a.attempt_time,
+                    latency_ms=a.latency_ms,
+                    url=a.url,
+                    http_status=a.http_status,
+                    response_body=a.response_body,
+                    error_kind=int(a.error_kind),
+                    error_message=a.error_message,
+                    outcome=int(a.outcome),
+                    next_attempt_at=a.next_attempt_time,
+                ).execute()
+                status = {
+                    Outcome.SUCCEEDED: DeliveryStatus.SUCCEEDED,
+                    Outcome.RETRY_SCHEDULED: DeliveryStatus.PENDING,
+                    Outcome.FAILED: DeliveryStatus.FAILED,
+                }[a.outcome]
+                DeliveryRow.update(
+                    status=int(status),
+                    attempt_count=a.attempt_number,
+                    last_http_status=a.http_status,
+                    last_attempt_at=now,
+                    next_attempt_at=a.next_attempt_time,
+                ).where(DeliveryRow.id == a.delivery_id).execute()
+                if not a.test:
+                    self._update_subscription(a, item.disable, now)
+                OutboxRow.insert(
+                    topic=item.audit_topic,
+                    key=a.subscription_id.encode(),
+                    value=item.audit_value,
+                    created_at=now,
+                ).execute()
+
+    def _update_subscription(
+        self, a: AttemptRecord, disable: DisabledReason | None, now: datetime
+    ) -> None:
+        changes: dict[pw.Field, object] = {
+            SubscriptionRow.last_delivery_at: now,
+            SubscriptionRow.last_delivery_status: a.http_status,
+        }
+        if a.outcome == Outcome.SUCCEEDED:
+            changes[SubscriptionRow.failing_since] = None
+        else:
+            changes[SubscriptionRow.failing_since] = pw.fn.COALESCE(
+                SubscriptionRow.failing_since, now
+            )
+        if disable is not None:
+            changes[SubscriptionRow.enabled] = False
+            changes[SubscriptionRow.disabled_reason] = int(disable)
+        SubscriptionRow.update(changes).where(SubscriptionRow.id == a.subscription_id).execute()
+
+    def defer(self, delivery_ids: Sequence[str], until: datetime) -> None:
+        """Moves leased deliveries to a later time without counting an attempt."""
+        if delivery_ids:
+            DeliveryRow.update(next_attempt_at=until).where(
+                DeliveryRow.id.in_(list(delivery_ids))
+                & (DeliveryRow.status == int(DeliveryStatus.PENDING))
+            ).execute()
+
+    def fail_disabled(self, delivery_ids: Sequence[str]) -> None:
+        """Marks deliveries to a disabled subscription FAILED (RecoverDeliveries re-queues them)."""
+        if delivery_ids:
+            DeliveryRow.update(status=int(DeliveryStatus.FAILED), next_attempt_at=None).where(
+                DeliveryRow.id.in_(list(delivery_ids))
+                & (DeliveryRow.status == int(DeliveryStatus.PENDING))
+            ).execute()
+
+    # -- outbox ------------------------------------------------------------------
+
+    def outbox_batch(self, limit: int) -> list[OutboxRecord]:
+        rows = OutboxRow.select().order_by(OutboxRow.id).limit(limit)
+        return [
+            OutboxRecord(r.id, r.topic, bytes(r.key) if r.key else None, bytes(r.value))
+            for r in rows
+        ]
+
+    def outbox_delete(self, ids: Sequence[int]) -> None:
+        for chunk in _chunks(list(ids), 500):
+            OutboxRow.delete().where(OutboxRow.id.in_(chunk)).execute()
+
+    def outbox_size(self) -> int:
+        return int(OutboxRow.select().count())
+
+    # -- API queries and manual actions -------------------------------------------
+
+    def list_page(
+        self, tenant: str, where: DeliveryFilter, after: str | None, limit: int
+    ) -> tuple[list[DeliveryView], bool]:
+        """Newest first."""
+        query = (
+            DeliveryRow.select(DeliveryRow, EventRow.event_id)
+            .join(EventRow)
+            .where(DeliveryRow.tenant == tenant)
+        )
+        if where.subscription_id:
+            query = query.where(DeliveryRow.subscription == where.subscription_id)
+        if where.statuses:
+            query = query.where(DeliveryRow.status.in_([int(s) for s in where.statuses]))
+        if where.event_type:
+            query = query.where(DeliveryRow.event_type == where.event_type)
+        if where.start_time:
+            query = query.where(DeliveryRow.created_at >= where.start_time)
+        if where.end_time:
+            query = query.where(DeliveryRow.created_at < where.end_time)
+        if after is not None:
+            query = query.where(DeliveryRow.id < after)
+        rows = list(query.order_by(DeliveryRow.id.desc()).limit(limit + 1))
+        return [_view(r) for r in rows[:limit]], len(rows) > limit
+
+    def get(self, tenant: str, delivery_id: str) -> DeliveryView:
+        row = (
+            DeliveryRow.select(DeliveryRow, EventRow.event_id)
+            .join(EventRow)
+            .where((DeliveryRow.id == delivery_id) & (DeliveryRow.tenant == tenant))
+            .get_or_none()
+        )
+        if row is None:
+            raise NotFound(f"delivery {delivery_id!r} not found", reason="DELIVERY_NOT_FOUND")
+        attempts = (
+            AttemptRow.select()
+            .where(AttemptRow.delivery == delivery_id)
+            .order_by(AttemptRow.attempt_number)
+        )
+        return _view(row, tuple(_attempt(row, a) for a in attempts))
+
+    def retry(self, tenant: str, delivery_id: str) -> DeliveryView:
+        """Queues another attempt now (manual trigger), whatever the status."""
+        with self._db.atomic():
+            view = self.get(tenant, delivery_id)
+            target = SubscriptionRow.get_or_none(SubscriptionRow.id == view.subscription_id)
+            if target is None or not target.enabled:
+                raise FailedPrecondition(
+                    "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
+                )
+            DeliveryRow.update(status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow()).where(
+                DeliveryRow.id == delivery_id
+            ).execute()
+        return self.get(tenant, delivery_id)
+
+    def recover(self, tenant: str, subscription_id: str, since: datetime) -> int:
+        """Queues every FAILED delivery of the subscription created since `since`."""
+        with self._db.atomic():
+            sub = SubscriptionRow.get_or_none(
+                (SubscriptionRow.id == subscription_id) & (SubscriptionRow.tenant == tenant)
+            )
+            if sub is None:
+                raise NotFound(
+                    f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND"
+                )
+            if not sub.enabled:
+                raise FailedPrecondition(
+                    "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
+                )
+            return int(
+                DeliveryRow.update(status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow())
+                .where(
+                    (DeliveryRow.subscription == subscription_id)
+                    & (DeliveryRow.status == int(DeliveryStatus.FAILED))
+                    & (DeliveryRow.created_at >= since)
+                )
+                .execute()
+            )
+
+    def create_test_delivery(
+        self, tenant: str, subscription_id: str, event: Event, lease: timedelta
+    ) -> Job:
+        """A delivery of a test event to one subscription, leased to the caller for sending now."""
+        now = utcnow()
+        with self._db.atomic():
+            sub = SubscriptionRow.get_or_none(
+                (SubscriptionRow.id == subscription_id) & (SubscriptionRow.tenant == tenant)
+            )
+            if sub is None:
+                raise NotFound(
+                    f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND"
+                )
+            row = EventRow.create(
+                tenant=tenant,
+                event_id=event.id,
+                type=event.type,
+                occurred_at=event.time,
+                received_at=now,
+                data=event.data,
+            )
+            delivery_id = new_id("msg")
+            DeliveryRow.create(
+                id=delivery_id,
+                tenant=tenant,
+                subscription=subscription_id,
+                event=row.id,
+                event_type=event.type,
+                status=int(DeliveryStatus.PENDING),
+                test=True,
+                created_at=now,
+                next_attempt_at=now + lease,
+            )
+        return self._jobs([delivery_id], Trigger.TEST)[0]
+
+
+@dataclass(frozen=True)
+class _Matcher:
+    """What matching needs of an enabled subscription."""
+
+    id: str
+    event_types: tuple[str, ...]
+    granted_scopes: frozenset[str]
+
+
+def _matches(sub: _Matcher, event_type: str, scope: str) -> bool:
+    if not event_patterns.subscription_matches(sub.event_types, event_type):
+        return False
+    # Exact names were scope-checked at subscribe time; patterns only cover types the
+    # subscriber's scopes allow.
+    if not scope or event_type in sub.event_types:
+        return True
+    return "*" in sub.granted_scopes or scope in sub.granted_scopes
+
+
+def _view(row: DeliveryRow, attempts: tuple[AttemptRecord, ...] = ()) -> DeliveryView:
+    return DeliveryView(
+        id=row.id,
+        subscription_id=row.subscription_id,
+        event_id=row.event.event_id,
+        event_type=row.event_type,
+        status=DeliveryStatus(row.status),
+        attempt_count=row.attempt_count,
+        last_http_status=row.last_http_status,
+        create_time=row.created_at,
+        last_attempt_time=row.last_attempt_at,
+        next_attempt_time=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None,
+        test=row.test,
+        attempts=attempts,
+    )
+
+
+def _attempt(delivery: DeliveryRow, row: AttemptRow) -> AttemptRecord:
+    return AttemptRecord(
+        attempt_id=row.id,
+        delivery_id=delivery.id,
+        subscription_id=delivery.subscription_id,
+        event_id=delivery.event.event_id,
+        tenant=delivery.tenant,
+        event_type=delivery.event_type,
+        attempt_number=row.attempt_number,
+        url=row.url,
+        trigger=Trigger(row.trigger),
+        attempt_time=row.started_at,
+        latency_ms=row.latency_ms,
+        http_status=row.http_status,
+        error_kind=ErrorKind(row.error_kind),
+        error_message=row.error_message,
+        response_body=row.response_body,
+        outcome=Outcome(row.outcome),
+        next_attempt_time=row.next_attempt_at,
+        test=delivery.test,
+    )
+
+
+def _chunks(items: Sequence[object], size: int) -> Iterable[list]:  # type: ignore[type-arg]
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
