@@ -217,7 +217,7 @@ class DeliveryStore:
                         test=row.test,
                     ),
                     attempts_made=row.attempt_count,
-                    trigger=trigger or (Trigger.TEST if row.test else Trigger.SCHEDULED),
+                    trigger=trigger or _trigger(row),
                     test=row.test,
                     event_time=event.occurred_at,
                 )
@@ -305,6 +305,7 @@ class DeliveryStore:
                     last_http_status=a.http_status,
                     last_attempt_at=now,
                     next_attempt_at=a.next_attempt_time,
+                    manual=False,
                 ).where(DeliveryRow.id == a.delivery_id).execute()
                 if not a.test:
                     self._update_subscription(a, item.disable, now)
@@ -416,9 +417,9 @@ class DeliveryStore:
                 raise FailedPrecondition(
                     "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
                 )
-            DeliveryRow.update(status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow()).where(
-                DeliveryRow.id == delivery_id
-            ).execute()
+            DeliveryRow.update(
+                status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow(), manual=True
+            ).where(DeliveryRow.id == delivery_id).execute()
         return self.get(tenant, delivery_id)
 
     def recover(self, tenant: str, subscription_id: str, since: datetime) -> int:
@@ -436,7 +437,9 @@ class DeliveryStore:
                     "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
                 )
             return int(
-                DeliveryRow.update(status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow())
+                DeliveryRow.update(
+                    status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow(), manual=True
+                )
                 .where(
                     (DeliveryRow.subscription == subscription_id)
                     & (DeliveryRow.status == int(DeliveryStatus.FAILED))
@@ -498,6 +501,12 @@ def _matches(sub: _Matcher, event_type: str, scope: str) -> bool:
     if not scope or event_type in sub.event_types:
         return True
     return "*" in sub.granted_scopes or scope in sub.granted_scopes
+
+
+def _trigger(row: DeliveryRow) -> Trigger:
+    if row.test:
+        return Trigger.TEST
+    return Trigger.MANUAL if row.manual else Trigger.SCHEDULED
 
 
 def _view(row: DeliveryRow, attempts: tuple[AttemptRecord, ...] = ()) -> DeliveryView:

@@ -116,6 +116,8 @@ class DeliveryRow(BaseModel):
     attempt_count = pw.IntegerField(default=0)
     last_http_status = pw.IntegerField(default=0)
     test = pw.BooleanField(default=False)
+    # Set by RetryDelivery/RecoverDeliveries: the next attempt is recorded as MANUAL.
+    manual = pw.BooleanField(default=False)
     created_at = pw.DateTimeField()
     last_attempt_at = pw.DateTimeField(null=True)
     next_attempt_at = pw.DateTimeField(null=True, index=True)

@@ -1,0 +1,353 @@
+"""Sends jobs through per-endpoint lanes (concurrency, rate limit, circuit breaker) with
+bounded memory, and writes each attempt, its outcome and its audit record in batches."""
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from service.delivery.http import HttpSender
+from service.domain.clock import utcnow
+from service.domain.deliveries import AttemptRecord, Job, Target
+from service.domain.ids import new_id
+from service.domain.limits import CircuitBreaker, TokenBucket
+from service.domain.outcomes import AttemptResult, Outcome, decide
+from service.domain.signing import signature_header
+from service.errors import Unavailable
+from service.store.deliveries import DeliveryStore, RecordedAttempt
+from service.store.runner import StoreRunner
+
+log = logging.getLogger(__name__)
+# How long a cached subscription target is trusted before it is read again.
+TARGET_TTL_SECONDS = 2.0
+# Results are written in one transaction per batch, at most this many at once.
+WRITE_BATCH = 500
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """The delivery settings the dispatcher and scheduler apply."""
+
+    schedule: tuple[float, ...]
+    jitter: float
+    disable_after: timedelta
+    endpoint_concurrency: int
+    default_rate_limit: int
+    circuit_failures: int
+    circuit_cooldown: float
+    max_in_flight: int
+    attempt_timeout: float
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claimed delivery stays with this process before others may take it."""
+        return timedelta(seconds=max(60.0, self.attempt_timeout * 4))
+
+    @property
+    def lane_limit(self) -> int:
+        """Most jobs one endpoint may hold in memory; the rest wait in the store."""
+        return max(50, self.endpoint_concurrency * 10)
+
+
+@dataclass
+class _Lane:
+    """One endpoint (subscription): its queue and its limits."""
+
+    slots: asyncio.Semaphore
+    breaker: CircuitBreaker
+    queue: deque[Job] = field(default_factory=deque)
+    bucket: TokenBucket | None = None
+    task: asyncio.Task[None] | None = None
+    sending: int = 0
+
+
+class Dispatcher:
+    """`submit` waits while max_in_flight jobs are held (backpressure to the consumer)."""
+
+    def __init__(
+        self,
+        *,
+        runner: StoreRunner,
+        store: DeliveryStore,
+        sender: HttpSender,
+        policy: DeliveryPolicy,
+        encode_audit: Callable[[AttemptRecord], bytes],
+        audit_topic: str,
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._sender = sender
+        self._policy = policy
+        self._encode_audit = encode_audit
+        self._audit_topic = audit_topic
+        self._capacity = asyncio.Semaphore(policy.max_in_flight)
+        self._held = 0
+        self._lanes: dict[str, _Lane] = {}
+        self._targets: dict[str, tuple[float, Target | None]] = {}
+        self._results: list[RecordedAttempt] = []
+        self._results_ready = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._writer: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def free(self) -> int:
+        """How many more jobs `submit` takes without waiting."""
+        return max(0, self._policy.max_in_flight - self._held)
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="attempt-writer")
+
+    def invalidate(self, subscription_id: str) -> None:
+        """Forgets a cached target after the subscription changed or was deleted."""
+        self._targets.pop(subscription_id, None)
+
+    async def submit(self, jobs: Sequence[Job]) -> None:
+        """Queues jobs in their endpoint's lane; jobs beyond a lane's limit are deferred."""
+        if self._stopping:
+            return  # leased in the store: sent after the restart
+        await self._load_targets({job.subscription_id for job in jobs})
+        deferred: list[Job] = []
+        for job in jobs:
+            await self._capacity.acquire()
+            self._held += 1
+            lane = self._lane(job.subscription_id)
+            if len(lane.queue) >= self._policy.lane_limit:
+                deferred.append(job)
+                self._release()
+                continue
+            lane.queue.append(job)
+            if lane.task is None:
+                lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
+        if deferred:
+            await self._defer(deferred, seconds=1.0)
+
+    async def deliver_now(self, job: Job) -> AttemptRecord:
+        """One attempt outside the lanes, recorded before returning (SendTestEvent)."""
+        target = (await self._load_targets({job.subscription_id}, force=True)).get(
+            job.subscription_id
+        )
+        if target is None:
+            raise Unavailable("the subscription disappeared before the test event was sent")
+        recorded = await self._attempt(job, target)
+        await self._runner.call(self._store.record_attempts, [recorded])
+        return recorded.attempt
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking jobs, hands queued ones back to the store (due now), lets in-flight
+        attempts finish for up to `grace` seconds and writes every result."""
+        self._stopping = True
+        queued = [job for lane in self._lanes.values() for job in lane.queue]
+        for lane in self._lanes.values():
+            lane.queue.clear()
+            if lane.task is not None:
+                lane.task.cancel()
+        if queued:
+            await self._defer(queued, seconds=0.0)
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=grace)
+        for task in self._sending:
+            task.cancel()
+        if self._writer is not None:
+            self._results_ready.set()
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._flush(tries=5)
+        await self._sender.close()
+
+    # -- lanes --------------------------------------------------------------------
+
+    def _lane(self, subscription_id: str) -> _Lane:
+        lane = self._lanes.get(subscription_id)
+        if lane is None:
+            policy = self._policy
+            lane = _Lane(
+                slots=asyncio.Semaphore(policy.endpoint_concurrency),
+                breaker=CircuitBreaker(
+                    policy.circuit_failures, policy.circuit_cooldown, policy.circuit_cooldown * 10
+                ),
+            )
+            self._lanes[subscription_id] = lane
+        return lane
+
+    async def _drain(self, subscription_id: str, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while lane.queue and not self._stopping:
+                job = lane.queue[0]
+                target = (await self._load_targets({subscription_id})).get(subscription_id)
+                if target is None or (not target.enabled and not job.test):
+                    lane.queue.popleft()
+                    if target is not None:  # disabled: FAILED until RecoverDeliveries
+                        await self._runner.call(self._store.fail_disabled, [job.delivery_id])
+                    self._release()
+                    continue
+                now = loop.time()
+                if not lane.breaker.allow(now):
+                    jobs = list(lane.queue)
+                    lane.queue.clear()
+                    await self._defer(jobs, seconds=max(1.0, lane.breaker.retry_at() - now))
+                    for _ in jobs:
+                        self._release()
+                    continue
+                wait = self._rate_wait(lane, target, now)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await lane.slots.acquire()
+                lane.sending += 1
+                lane.queue.popleft()
+                task = asyncio.create_task(self._send(job, target, lane))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        except Exception:
+            log.exception("lane failed", extra={"subscription_id": subscription_id})
+        finally:
+            lane.task = None
+            if not lane.queue and not lane.sending:
+                self._lanes.pop(subscription_id, None)
+
+    def _rate_wait(self, lane: _Lane, target: Target, now: float) -> float:
+        rate = target.rate_limit_per_second or self._policy.default_rate_limit
+        if not rate:
+            lane.bucket = None
+            return 0.0
+        if lane.bucket is None or lane.bucket.rate != rate:
+            lane.bucket = TokenBucket(rate=rate, burst=max(1.0, rate / 10))
+        return lane.bucket.take(now)
+
+    async def _send(self, job: Job, target: Target, lane: _Lane) -> None:
+        try:
+            recorded = await self._attempt(job, target)
+            lane.breaker.record(
+                recorded.attempt.outcome == Outcome.SUCCEEDED, asyncio.get_running_loop().time()
+            )
+        except Exception:
+            log.exception("attempt failed unexpectedly", extra={"delivery_id": job.delivery_id})
+            self._release()
+            return
+        finally:
+            lane.sending -= 1
+            lane.slots.release()
+        self._results.append(recorded)
+        self._results_ready.set()
+
+    # -- attempts -------------------------------------------------------------------
+
+    async def _attempt(self, job: Job, target: Target) -> RecordedAttempt:
+        started = utcnow()
+        timestamp = int(time.time())
+        headers = {
+            **target.headers,
+            "content-type": "application/json",
+            "webhook-id": job.delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(
+                target.secret_keys, job.delivery_id, timestamp, job.body
+            ),
+        }
+        result = await self._sender.send(target.url, headers, job.body)
+        return self._outcome(job, target, result, started)
+
+    def _outcome(
+        self, job: Job, target: Target, result: AttemptResult, started: datetime
+    ) -> RecordedAttempt:
+        policy = self._policy
+        now = utcnow()
+        attempt_number = job.attempts_made + 1
+        decision = decide(
+            result,
+            attempts_made=attempt_number,
+            schedule=policy.schedule,
+            jitter=policy.jitter,
+            random=random.random(),
+            now=now,
+            failing_since=target.failing_since,
+            disable_after=policy.disable_after,
+            test=job.test,
+        )
+        record = AttemptRecord(
+            attempt_id=new_id("att"),
+            delivery_id=job.delivery_id,
+            subscription_id=job.subscription_id,
+            event_id=job.event_id,
+            tenant=job.tenant,
+            event_type=job.event_type,
+            attempt_number=attempt_number,
+            url=target.url,
+            trigger=job.trigger,
+            attempt_time=started,
+            latency_ms=result.latency_ms,
+            http_status=result.http_status,
+            error_kind=result.error_kind,
+            error_message=result.error_message,
+            response_body=result.response_body,
+            outcome=decision.outcome,
+            next_attempt_time=now + timedelta(seconds=decision.delay)
+            if decision.delay is not None
+            else None,
+            test=job.test,
+        )
+        if decision.disable is not None:
+            self.invalidate(job.subscription_id)
+            log.warning(
+                "subscription disabled",
+                extra={"subscription_id": job.subscription_id, "reason": decision.disable.name},
+            )
+        return RecordedAttempt(
+            record, decision.disable, self._audit_topic, self._encode_audit(record)
+        )
+
+    # -- store --------------------------------------------------------------------
+
+    async def _load_targets(self, ids: set[str], force: bool = False) -> dict[str, Target | None]:
+        now = time.monotonic()
+        stale = {
+            i
+            for i in ids
+            if force or now - self._targets.get(i, (-1e9, None))[0] > TARGET_TTL_SECONDS
+        }
+        if stale:
+            loaded = await self._runner.call(self._store.targets, stale)
+            for subscription_id in stale:
+                self._targets[subscription_id] = (now, loaded.get(subscription_id))
+        return {i: self._targets[i][1] for i in ids}
+
+    async def _defer(self, jobs: Sequence[Job], seconds: float) -> None:
+        until = utcnow() + timedelta(seconds=seconds)
+        await self._runner.call(self._store.defer, [j.delivery_id for j in jobs], until)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            await asyncio.sleep(0.002)  # let a burst of results gather into one transaction
+            await self._flush()
+
+    async def _flush(self, tries: int | None = None) -> None:
+        """Writes every pending result; while the database is down it keeps retrying
+        (`tries` bounds that at shutdown: unwritten attempts are then simply made again)."""
+        while self._results:
+            batch = self._results[:WRITE_BATCH]
+            try:
+                await self._runner.call(self._store.record_attempts, batch)
+            except Unavailable:
+                log.warning(
+                    "attempts not recorded yet; retrying", extra={"pending": len(self._results)}
+                )
+                if tries is not None:
+                    tries -= 1
+                    if tries <= 0:
+                        return
+                await asyncio.sleep(1.0)
+                continue
+            del self._results[: len(batch)]
+            for _ in batch:
+                self._release()
+        self._results_ready.clear()
+
+    def _release(self) -> None:
+        self._held -= 1
+        self._capacity.release()

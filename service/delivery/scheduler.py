@@ -1,0 +1,52 @@
+"""The retry scheduler: claims due deliveries from the store and hands them to the dispatcher."""
+
+import asyncio
+import contextlib
+import logging
+
+from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
+from service.errors import Unavailable
+from service.store.deliveries import DeliveryStore
+from service.store.runner import StoreRunner
+
+log = logging.getLogger(__name__)
+CLAIM_BATCH = 500
+
+
+class RetryScheduler:
+    """Polls every `interval` seconds, or at once while it keeps finding full batches."""
+
+    def __init__(
+        self,
+        *,
+        runner: StoreRunner,
+        store: DeliveryStore,
+        dispatcher: Dispatcher,
+        policy: DeliveryPolicy,
+        interval: float,
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._dispatcher = dispatcher
+        self._policy = policy
+        self._interval = interval
+        self._stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopped.is_set():
+            claimed = 0
+            limit = min(CLAIM_BATCH, self._dispatcher.free)
+            if limit > 0:
+                try:
+                    jobs = await self._runner.call(self._store.claim_due, limit, self._policy.lease)
+                except Unavailable:
+                    jobs = []
+                if jobs:
+                    claimed = len(jobs)
+                    await self._dispatcher.submit(jobs)
+            if claimed < limit or limit == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), self._interval)
+
+    def stop(self) -> None:
+        self._stopped.set()
