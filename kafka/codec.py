@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from service.domain.clock import utcnow
+from service.domain.deliveries import AttemptRecord
 from service.domain.event_rules import EventRejected, check_event
 from service.domain.models import Event
 from webhooks.v1 import events_pb2
@@ -173,3 +174,27 @@ def dead_letter_headers(
         ("dlq-partition", str(partition).encode()),
         ("dlq-offset", str(offset).encode()),
     ]
+
+
+def encode_attempt(record: AttemptRecord) -> bytes:
+    """The webhooks.v1.DeliveryAttempt audit record of one attempt."""
+    message = events_pb2.DeliveryAttempt(
+        attempt_id=record.attempt_id,
+        delivery_id=record.delivery_id,
+        subscription_id=record.subscription_id,
+        event_id=record.event_id,
+        tenant=record.tenant,
+        event_type=record.event_type,
+        attempt_number=record.attempt_number,
+        url=record.url,
+        http_status=record.http_status,
+        error_kind=int(record.error_kind),  # type: ignore[arg-type]
+        error_message=record.error_message,
+        outcome=int(record.outcome),  # type: ignore[arg-type]
+        trigger=int(record.trigger),  # type: ignore[arg-type]
+    )
+    message.latency.FromMilliseconds(record.latency_ms)
+    message.attempt_time.FromDatetime(record.attempt_time.replace(tzinfo=UTC))
+    if record.next_attempt_time is not None:
+        message.next_attempt_time.FromDatetime(record.next_attempt_time.replace(tzinfo=UTC))
+    return message.SerializeToString()

@@ -1,19 +1,34 @@
-"""The composition root: wires settings, store, use cases and the gRPC server, and runs them."""
+"""The composition root: wires settings, store, use cases, the delivery engine, Kafka and the
+gRPC server, runs them in one process, and shuts them down in order."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import timedelta
+from typing import Any
 
+from kafka import topics
+from kafka.codec import encode_attempt, event_to_proto
+from kafka.ingest import IngestConsumer
+from kafka.outbox import OutboxPublisher
+from kafka.producer import Producer
 from service.api.server import GrpcServer
 from service.api.servicer import WebhookServicer
-from service.catalog import CatalogError, CatalogService
+from service.catalog import CatalogError, CatalogService, EventTypeCheck
 from service.config import Settings
 from service.crypto import SecretBox
+from service.deliveries import DeliveryService
+from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
+from service.delivery.http import HttpSender
+from service.delivery.scheduler import RetryScheduler
 from service.domain.access import KeyEntry, parse_keys
+from service.domain.models import Event
 from service.errors import Unavailable
 from service.store.database import open_database
+from service.store.deliveries import DeliveryStore
 from service.store.event_types import EventTypeStore
 from service.store.migrations import migrate
 from service.store.runner import StoreRunner
@@ -21,6 +36,7 @@ from service.store.subscriptions import SubscriptionStore
 from service.subscriptions import SubscriptionService
 
 log = logging.getLogger(__name__)
+CATALOG_REFRESH_SECONDS = 5.0
 
 
 class StartupError(Exception):
@@ -35,6 +51,20 @@ def load_keys(settings: Settings) -> dict[str, KeyEntry]:
         raise StartupError(f"WEBHOOKS_API_KEYS_FILE {path}: {exc}") from None
 
 
+def delivery_policy(settings: Settings) -> DeliveryPolicy:
+    return DeliveryPolicy(
+        schedule=settings.retry_schedule,
+        jitter=settings.retry_jitter,
+        disable_after=timedelta(seconds=settings.disable_after_seconds),
+        endpoint_concurrency=settings.endpoint_concurrency,
+        default_rate_limit=settings.default_rate_limit,
+        circuit_failures=settings.circuit_failures,
+        circuit_cooldown=settings.circuit_cooldown_seconds,
+        max_in_flight=settings.max_in_flight,
+        attempt_timeout=settings.attempt_timeout_seconds,
+    )
+
+
 class App:
     """One service instance. `start()` returns the bound gRPC port; `stop()` drains."""
 
@@ -43,6 +73,14 @@ class App:
         self._keys: Mapping[str, KeyEntry] = {}
         self._runner: StoreRunner | None = None
         self._grpc: GrpcServer | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._scheduler: RetryScheduler | None = None
+        self._producer: Producer | None = None
+        self._consumer: IngestConsumer | None = None
+        self._outbox: OutboxPublisher | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self.check = EventTypeCheck({})
 
     async def start(self) -> int:
         settings = self.settings
@@ -66,12 +104,146 @@ class App:
             except CatalogError as exc:
                 raise StartupError(f"WEBHOOKS_EVENT_TYPES_FILE {exc}") from None
             log.info("event type catalog loaded", extra={"count": count})
-        subscriptions = SubscriptionService(SubscriptionStore(db, box), event_types, settings)
-        servicer = WebhookServicer(runner, subscriptions, catalog, lambda: self._keys)
+        self._event_types = event_types
+        await self.refresh_catalog()
+
+        policy = delivery_policy(settings)
+        store = DeliveryStore(db, box)
+        self._store = store
+        sender = HttpSender(
+            allow_http=settings.allow_http,
+            allow_cidrs=settings.ssrf_allow_cidrs,
+            timeout_seconds=settings.attempt_timeout_seconds,
+            ca_file=settings.delivery_ca_file,
+        )
+        self._dispatcher = dispatcher = Dispatcher(
+            runner=runner,
+            store=store,
+            sender=sender,
+            policy=policy,
+            encode_audit=encode_attempt,
+            audit_topic=topics.DELIVERY_ATTEMPTS_TOPIC,
+            after_write=self._outbox_written,
+        )
+        dispatcher.start()
+        self._scheduler = RetryScheduler(
+            runner=runner,
+            store=store,
+            dispatcher=dispatcher,
+            policy=policy,
+            interval=settings.scheduler_interval_seconds,
+        )
+        self._spawn("scheduler", self._scheduler.run())
+        self._spawn("catalog-refresh", self._refresh_catalog_loop())
+        if settings.kafka_enabled:
+            self._start_kafka(runner, store, policy)
+
+        subscription_store = SubscriptionStore(db, box)
+        deliveries = DeliveryService(
+            runner=runner,
+            store=store,
+            event_types=event_types,
+            subscriptions=subscription_store,
+            dispatcher=dispatcher,
+            policy=policy,
+            publish=self._publish if settings.kafka_enabled else None,
+        )
+        servicer = WebhookServicer(
+            runner,
+            SubscriptionService(subscription_store, event_types, settings),
+            catalog,
+            deliveries,
+            lambda: self._keys,
+            on_subscription_change=dispatcher.invalidate,
+            on_catalog_change=self._catalog_changed,
+        )
         self._grpc = GrpcServer(settings, servicer)
         port = await self._grpc.start()
         log.info("serving gRPC", extra={"address": settings.grpc_address, "port": port})
         return port
+
+    def _start_kafka(
+        self, runner: StoreRunner, store: DeliveryStore, policy: DeliveryPolicy
+    ) -> None:
+        settings = self.settings
+        self._producer = producer = Producer(settings.kafka_bootstrap_servers)
+
+        async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
+            jobs = await runner.call(store.ingest, events, self.check.required_scopes, policy.lease)
+            assert self._dispatcher is not None
+            dispatcher = self._dispatcher
+            return lambda: dispatcher.submit(jobs)
+
+        self._consumer = IngestConsumer(
+            bootstrap=settings.kafka_bootstrap_servers,
+            topic_names=settings.kafka_topics,
+            topic_pattern=settings.kafka_topic_pattern,
+            producer=producer,
+            store_batch=store_batch,
+            check=lambda event: self.check(event),
+            default_tenant=settings.default_tenant,
+            max_event_bytes=settings.max_event_bytes,
+        )
+
+        async def fetch(limit: int) -> Any:
+            return await runner.call(store.outbox_batch, limit)
+
+        async def delete(ids: list[int]) -> None:
+            await runner.call(store.outbox_delete, ids)
+
+        self._outbox = OutboxPublisher(producer=producer, fetch=fetch, delete=delete)
+        consumer, outbox = self._consumer, self._outbox
+
+        async def run_kafka() -> None:
+            await producer.start()
+            log.info("connected to Kafka", extra={"bootstrap": settings.kafka_bootstrap_servers})
+            self._spawn("ingest", consumer.run())
+            self._spawn("outbox", outbox.run())
+
+        self._spawn("kafka-connect", run_kafka())
+
+    async def _publish(self, event: Event) -> tuple[str, int, int]:
+        if self._producer is None:
+            raise Unavailable("Kafka is disabled on this instance")
+        topic = self.settings.kafka_topics[0]
+        value = event_to_proto(event).SerializeToString()
+        [(partition, offset)] = await self._producer.send_all(
+            [(topic, event.id.encode(), value, [("content-type", b"application/x-protobuf")])]
+        )
+        return topic, partition, offset
+
+    def _outbox_written(self) -> None:
+        if self._outbox is not None:
+            self._outbox.notify()
+
+    async def refresh_catalog(self) -> None:
+        self.check = EventTypeCheck(await self._call(self._event_types.catalog))
+
+    def _catalog_changed(self) -> None:
+        self._spawn("catalog-refresh-now", self.refresh_catalog())
+
+    async def _refresh_catalog_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), CATALOG_REFRESH_SECONDS)
+            with contextlib.suppress(Unavailable):
+                await self.refresh_catalog()
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        assert self._runner is not None
+        return await self._runner.call(fn)
+
+    def _spawn(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks[name] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error(
+                    "background task failed", extra={"task": name}, exc_info=finished.exception()
+                )
+
+        task.add_done_callback(done)
 
     def reload_keys(self) -> None:
         """Re-reads the keys file (SIGHUP); keeps the old keys if the new file is invalid."""
@@ -82,11 +254,45 @@ class App:
             log.error("API keys not reloaded: %s", exc)
 
     async def stop(self) -> None:
+        """Stops taking work, finishes in-flight attempts, commits offsets, publishes what the
+        outbox holds, then closes gRPC and the database."""
+        grace = self.settings.shutdown_grace_seconds
+        self._stopping.set()
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.shutdown_grace_seconds)
+            await self._grpc.health.enter_graceful_shutdown()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            await self._finish("ingest", grace)
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            await self._finish("scheduler", grace)
+        if self._dispatcher is not None:
+            await self._dispatcher.stop(grace)
+        if self._outbox is not None:
+            await self._outbox.stop()
+            await self._finish("outbox", 1.0)
+        for name in list(self._tasks):
+            await self._finish(name, 0.0)
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
         if self._runner is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._runner.close)
         log.info("stopped")
+
+    async def _finish(self, name: str, seconds: float) -> None:
+        task = self._tasks.pop(name, None)
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), seconds)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        except Exception:
+            log.exception("background task ended with an error", extra={"task": name})
 
 
 async def serve(settings: Settings) -> None:

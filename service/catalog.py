@@ -1,11 +1,15 @@
 """Event type catalog use cases, including the catalog file loaded at start."""
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from jsonschema import Draft202012Validator
+
 from service.domain.access import Principal
-from service.domain.models import EventType
+from service.domain.event_rules import EventRejected, parse_data
+from service.domain.models import Event, EventType
 from service.domain.validation import validate_event_type
 from service.errors import InvalidArgument
 from service.store.event_types import EventTypeStore
@@ -96,3 +100,29 @@ def _as_json_text(value: object) -> str:
     if value is None or value == "":
         return ""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+class EventTypeCheck:
+    """What ingest checks against the catalog: the type exists and the data fits its schema.
+    Built from a catalog snapshot; the composition root refreshes it."""
+
+    def __init__(self, catalog: Mapping[str, EventType]) -> None:
+        self.required_scopes = {name: e.required_scope for name, e in catalog.items()}
+        self._validators = {
+            name: Draft202012Validator(json.loads(e.json_schema))
+            for name, e in catalog.items()
+            if e.json_schema
+        }
+
+    def __call__(self, event: Event) -> None:
+        if event.type not in self.required_scopes:
+            raise EventRejected(
+                "UNKNOWN_EVENT_TYPE", f"{event.type!r} is not in the event type catalog"
+            )
+        validator = self._validators.get(event.type)
+        if validator is not None:
+            error = next(validator.iter_errors(parse_data(event.data)), None)
+            if error is not None:
+                raise EventRejected(
+                    "SCHEMA_VIOLATION", f"the data does not match the schema: {error.message}"
+                )

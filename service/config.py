@@ -2,6 +2,7 @@
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 from cryptography.fernet import Fernet
 
 from kafka import topics
+from service.domain.retry import DEFAULT_SCHEDULE
 
 PREFIX = "WEBHOOKS_"
 N = TypeVar("N", int, float)
@@ -95,6 +97,21 @@ def _quotas(value: str) -> tuple[tuple[str, int], ...]:
     return tuple(out.items())
 
 
+def _schedule(value: str) -> tuple[float, ...]:
+    delays = tuple(float(v) for v in value.split(",") if v.strip())
+    if not 1 <= len(delays) <= 30 or any(d < 0 or d > 7 * 86_400 for d in delays):
+        raise ValueError("must be 1 to 30 comma-separated delays in seconds, each 0 to 604800")
+    return delays
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return value
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -122,8 +139,17 @@ class Settings:
         "sqlite:///webhooks.db", _database_url, "sqlite:///path or postgresql://user@host/db"
     )
     kafka_bootstrap_servers: str = _setting("localhost:9092", str, "Kafka bootstrap servers")
+    kafka_enabled: bool = _setting(
+        True, _bool, "run ingest and audit publishing (false: gRPC and retries only)"
+    )
     kafka_topics: tuple[str, ...] = _setting(
         (topics.DEFAULT_INGEST_TOPIC,), _names, "ingest topics, comma-separated"
+    )
+    kafka_topic_pattern: str = _setting(
+        "", _regex, "regular expression of ingest topics; replaces the list when set"
+    )
+    max_event_bytes: int = _setting(
+        1_048_576, _in_range(int, 1024, 16 * 1_048_576), "largest accepted event record"
     )
     event_types_file: Path | None = _setting(
         None, _optional_path, "JSON catalog of event types loaded at start"
@@ -138,6 +164,39 @@ class Settings:
     allow_http: bool = _setting(False, _bool, "accept http:// endpoints (development only)")
     ssrf_allow_cidrs: tuple[IpNetwork, ...] = _setting(
         (), _cidrs, "non-public networks endpoints may use, e.g. 10.1.0.0/16"
+    )
+    retry_schedule: tuple[float, ...] = _setting(
+        DEFAULT_SCHEDULE, _schedule, "seconds before each retry after the first attempt"
+    )
+    retry_jitter: float = _setting(
+        0.1, _in_range(float, 0.0, 1.0), "spread of each retry delay, as a fraction (+/-)"
+    )
+    disable_after_seconds: int = _setting(
+        432_000, _in_range(int, 60, 30 * 86_400), "failing without success this long disables"
+    )
+    attempt_timeout_seconds: float = _setting(
+        15.0, _in_range(float, 0.1, 120.0), "time limit of one HTTP attempt"
+    )
+    endpoint_concurrency: int = _setting(
+        10, _in_range(int, 1, 1000), "most simultaneous requests to one endpoint"
+    )
+    default_rate_limit: int = _setting(
+        0, _in_range(int, 0, 100_000), "requests/s per endpoint without its own; 0 = none"
+    )
+    circuit_failures: int = _setting(
+        5, _in_range(int, 1, 1000), "consecutive failures that open an endpoint's circuit"
+    )
+    circuit_cooldown_seconds: float = _setting(
+        30.0, _in_range(float, 0.1, 3600.0), "first pause of an open circuit (doubles, x10 max)"
+    )
+    max_in_flight: int = _setting(
+        2000, _in_range(int, 1, 100_000), "deliveries held in memory; beyond, ingest waits"
+    )
+    scheduler_interval_seconds: float = _setting(
+        1.0, _in_range(float, 0.05, 60.0), "how often due retries are looked for"
+    )
+    delivery_ca_file: Path | None = _setting(
+        None, _optional_path, "extra PEM CA bundle trusted for endpoints"
     )
     rotation_overlap_seconds: int = _setting(
         86_400, _in_range(int, 0, 7 * 86_400), "default life of the old secret after a rotation"
@@ -193,6 +252,7 @@ class Settings:
             "tls_cert_file",
             "tls_key_file",
             "tls_client_ca_file",
+            "delivery_ca_file",
         ):
             path = getattr(self, name)
             if path is not None and not path.is_file():

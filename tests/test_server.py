@@ -30,23 +30,13 @@ def test_health_needs_no_key(api: Api) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.parametrize(
-    ("method", "request_"),
-    [
-        ("PublishEvent", pb.PublishEventRequest()),
-        ("SendTestEvent", pb.SendTestEventRequest()),
-        ("ListDeliveries", pb.ListDeliveriesRequest()),
-        ("GetDelivery", pb.GetDeliveryRequest()),
-        ("RetryDelivery", pb.RetryDeliveryRequest()),
-        ("RecoverDeliveries", pb.RecoverDeliveriesRequest()),
-    ],
-)
-def test_pipeline_rpcs_answer_unimplemented_after_auth(
-    api: Api, method: str, request_: Any
-) -> None:
-    details = expect_error(grpc.StatusCode.UNIMPLEMENTED, api.call, method, request_, as_="admin")
-    assert details["reason"] == "NOT_IMPLEMENTED"
-    expect_error(grpc.StatusCode.UNAUTHENTICATED, api.call, method, request_, as_=None)
+def test_publish_answers_unavailable_when_kafka_is_disabled(api: Api) -> None:
+    from webhooks.v1 import events_pb2
+
+    request = pb.PublishEventRequest(event=events_pb2.DomainEvent(id="e1", type="person.created", data=b"{}"))
+    details = expect_error(grpc.StatusCode.UNAVAILABLE, api.call, "PublishEvent", request, as_="admin")
+    assert "WEBHOOKS_KAFKA_ENABLED" in details["message"]
+    expect_error(grpc.StatusCode.UNAUTHENTICATED, api.call, "PublishEvent", request, as_=None)
 
 
 def _buf_curl(

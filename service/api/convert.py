@@ -5,8 +5,11 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
+from service.domain.deliveries import AttemptRecord, DeliveryFilter, DeliveryView
 from service.domain.models import EventType, Subscription, SubscriptionSpec
+from service.domain.outcomes import DeliveryStatus
 from service.domain.validation import redact_headers
+from service.errors import invalid
 from webhooks.v1 import webhook_service_pb2 as pb
 
 
@@ -94,3 +97,61 @@ def _set_times(message: Message, **values: datetime | None) -> None:
         stamp = timestamp(value)
         if stamp is not None:
             getattr(message, name).CopyFrom(stamp)
+
+
+def attempt_to_pb(record: AttemptRecord) -> pb.Attempt:
+    out = pb.Attempt(
+        id=record.attempt_id,
+        attempt_number=record.attempt_number,
+        trigger=int(record.trigger),  # type: ignore[arg-type]
+        url=record.url,
+        http_status=record.http_status,
+        response_body=record.response_body,
+        error_kind=int(record.error_kind),  # type: ignore[arg-type]
+        error_message=record.error_message,
+        outcome=int(record.outcome),  # type: ignore[arg-type]
+    )
+    out.latency.FromMilliseconds(record.latency_ms)
+    _set_times(out, attempt_time=record.attempt_time, next_attempt_time=record.next_attempt_time)
+    return out
+
+
+def delivery_to_pb(view: DeliveryView) -> pb.Delivery:
+    out = pb.Delivery(
+        id=view.id,
+        subscription_id=view.subscription_id,
+        event_id=view.event_id,
+        event_type=view.event_type,
+        status=int(view.status),  # type: ignore[arg-type]
+        attempt_count=view.attempt_count,
+        last_http_status=view.last_http_status,
+        test=view.test,
+        attempts=[attempt_to_pb(a) for a in view.attempts],
+    )
+    _set_times(
+        out,
+        create_time=view.create_time,
+        last_attempt_time=view.last_attempt_time,
+        next_attempt_time=view.next_attempt_time,
+    )
+    return out
+
+
+def delivery_filter_from_pb(request: pb.ListDeliveriesRequest) -> DeliveryFilter:
+    unknown = [s for s in request.statuses if s not in _KNOWN_STATUSES]
+    if unknown:
+        raise invalid("statuses", f"unknown or unspecified statuses: {unknown}")
+    start = request.start_time.ToDatetime() if request.HasField("start_time") else None
+    end = request.end_time.ToDatetime() if request.HasField("end_time") else None
+    if start is not None and end is not None and start >= end:
+        raise invalid("end_time", "must be after start_time")
+    return DeliveryFilter(
+        subscription_id=request.subscription_id,
+        statuses=tuple(DeliveryStatus(s) for s in request.statuses),
+        event_type=request.event_type,
+        start_time=start,
+        end_time=end,
+    )
+
+
+_KNOWN_STATUSES = {int(s) for s in DeliveryStatus}

@@ -8,10 +8,12 @@ from typing import Any, TypeVar
 
 import grpc
 
+from kafka.codec import event_from_proto
 from service import catalog, subscriptions
 from service.api import convert
 from service.api.status import INTERNAL, to_status
 from service.catalog import CatalogService
+from service.deliveries import DeliveryService
 from service.domain import pagination
 from service.domain.access import (
     ADMIN,
@@ -95,11 +97,17 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         runner: StoreRunner,
         subscriptions_: SubscriptionService,
         catalog_: CatalogService,
+        deliveries: DeliveryService,
         keys: Callable[[], Mapping[str, KeyEntry]],
+        on_subscription_change: Callable[[str], None] = lambda _: None,
+        on_catalog_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._run = runner.call
         self._subs = subscriptions_
         self._catalog = catalog_
+        self._deliveries = deliveries
+        self._subscription_changed = on_subscription_change
+        self._catalog_changed = on_catalog_change
         self.keys = keys
 
     # -- subscriptions ---------------------------------------------------------
@@ -159,6 +167,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         )
         values = convert.spec_from_pb(request.subscription)
         sub = await self._run(self._subs.update, principal, subscription_id, values, mask)
+        self._subscription_changed(subscription_id)
         return pb.UpdateSubscriptionResponse(subscription=convert.subscription_to_pb(sub))
 
     @rpc(WRITE)
@@ -166,6 +175,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self, request: pb.DeleteSubscriptionRequest, principal: Principal
     ) -> pb.DeleteSubscriptionResponse:
         await self._run(self._subs.delete, principal, _required_id(request.id))
+        self._subscription_changed(request.id)
         return pb.DeleteSubscriptionResponse()
 
     @rpc(WRITE)
@@ -176,6 +186,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         sub, secret = await self._run(
             self._subs.rotate_secret, principal, _required_id(request.id), overlap
         )
+        self._subscription_changed(sub.id)
         return pb.RotateSubscriptionSecretResponse(
             subscription=convert.subscription_to_pb(sub), secret=secret
         )
@@ -209,6 +220,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self, request: pb.CreateEventTypeRequest, principal: Principal
     ) -> pb.CreateEventTypeResponse:
         item = await self._run(self._catalog.create, convert.event_type_from_pb(request.event_type))
+        self._catalog_changed()
         return pb.CreateEventTypeResponse(event_type=convert.event_type_to_pb(item))
 
     @rpc(ADMIN)
@@ -226,6 +238,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         )
         values = convert.event_type_from_pb(request.event_type)
         item = await self._run(self._catalog.update, name, values, mask)
+        self._catalog_changed()
         return pb.UpdateEventTypeResponse(event_type=convert.event_type_to_pb(item))
 
     @rpc(ADMIN)
@@ -233,45 +246,68 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self, request: pb.DeleteEventTypeRequest, principal: Principal
     ) -> pb.DeleteEventTypeResponse:
         await self._run(self._catalog.delete, _required_id(request.name, "name"))
+        self._catalog_changed()
         return pb.DeleteEventTypeResponse()
 
-    # -- events and deliveries (the event pipeline) ----------------------------------
+    # -- events and deliveries ------------------------------------------------------
 
     @rpc(WRITE)
     async def PublishEvent(
         self, request: pb.PublishEventRequest, principal: Principal
     ) -> pb.PublishEventResponse:
-        raise _not_yet("PublishEvent")
+        event = event_from_proto(request.event, principal.tenant)
+        topic, partition, offset = await self._deliveries.publish(principal, event)
+        return pb.PublishEventResponse(
+            event_id=event.id, topic=topic, partition=partition, offset=offset
+        )
 
     @rpc(WRITE)
     async def SendTestEvent(
         self, request: pb.SendTestEventRequest, principal: Principal
     ) -> pb.SendTestEventResponse:
-        raise _not_yet("SendTestEvent")
+        subscription_id = _required_id(request.subscription_id, "subscription_id")
+        view = await self._deliveries.send_test(principal, subscription_id, request.event_type)
+        return pb.SendTestEventResponse(delivery=convert.delivery_to_pb(view))
 
     @rpc(READ)
     async def ListDeliveries(
         self, request: pb.ListDeliveriesRequest, principal: Principal
     ) -> pb.ListDeliveriesResponse:
-        raise _not_yet("ListDeliveries")
+        size = pagination.page_size(request.page_size)
+        where = convert.delivery_filter_from_pb(request)
+        query = pagination.query_fingerprint("deliveries", principal.tenant, where)
+        after = pagination.decode_token(request.page_token, query)
+        views, more = await self._deliveries.list_page(principal, where, after, size)
+        return pb.ListDeliveriesResponse(
+            deliveries=[convert.delivery_to_pb(v) for v in views],
+            next_page_token=pagination.encode_token(views[-1].id, query) if more else "",
+        )
 
     @rpc(READ)
     async def GetDelivery(
         self, request: pb.GetDeliveryRequest, principal: Principal
     ) -> pb.GetDeliveryResponse:
-        raise _not_yet("GetDelivery")
+        view = await self._deliveries.get(principal, _required_id(request.id))
+        return pb.GetDeliveryResponse(delivery=convert.delivery_to_pb(view))
 
     @rpc(WRITE)
     async def RetryDelivery(
         self, request: pb.RetryDeliveryRequest, principal: Principal
     ) -> pb.RetryDeliveryResponse:
-        raise _not_yet("RetryDelivery")
+        view = await self._deliveries.retry(principal, _required_id(request.id))
+        return pb.RetryDeliveryResponse(delivery=convert.delivery_to_pb(view))
 
     @rpc(WRITE)
     async def RecoverDeliveries(
         self, request: pb.RecoverDeliveriesRequest, principal: Principal
     ) -> pb.RecoverDeliveriesResponse:
-        raise _not_yet("RecoverDeliveries")
+        subscription_id = _required_id(request.subscription_id, "subscription_id")
+        if not request.HasField("since"):
+            raise invalid("since", "is required")
+        count = await self._deliveries.recover(
+            principal, subscription_id, request.since.ToDatetime()
+        )
+        return pb.RecoverDeliveriesResponse(queued_count=count)
 
 
 def _required_id(value: str, field: str = "id") -> str:

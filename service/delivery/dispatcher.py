@@ -77,6 +77,7 @@ class Dispatcher:
         policy: DeliveryPolicy,
         encode_audit: Callable[[AttemptRecord], bytes],
         audit_topic: str,
+        after_write: Callable[[], None] = lambda: None,
     ) -> None:
         self._runner = runner
         self._store = store
@@ -84,6 +85,7 @@ class Dispatcher:
         self._policy = policy
         self._encode_audit = encode_audit
         self._audit_topic = audit_topic
+        self._after_write = after_write
         self._capacity = asyncio.Semaphore(policy.max_in_flight)
         self._held = 0
         self._lanes: dict[str, _Lane] = {}
@@ -135,6 +137,7 @@ class Dispatcher:
             raise Unavailable("the subscription disappeared before the test event was sent")
         recorded = await self._attempt(job, target)
         await self._runner.call(self._store.record_attempts, [recorded])
+        self._after_write()
         return recorded.attempt
 
     async def stop(self, grace: float) -> None:
@@ -346,6 +349,7 @@ class Dispatcher:
             del self._results[: len(batch)]
             for _ in batch:
                 self._release()
+            self._after_write()
         self._results_ready.clear()
 
     def _release(self) -> None:

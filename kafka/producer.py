@@ -1,0 +1,74 @@
+"""One aiokafka producer for the audit outbox, the dead-letter topic and PublishEvent."""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from service.errors import Unavailable
+
+log = logging.getLogger(__name__)
+Headers = Sequence[tuple[str, bytes]]
+
+
+class Producer:
+    """Acks from all in-sync replicas and idempotence, so a retried send is not duplicated."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self, stopping: asyncio.Event | None = None) -> None:
+        """Connects, retrying with backoff until the broker answers (or `stopping` is set)."""
+        delay = 0.5
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_batch_size=256 * 1024,
+                request_timeout_ms=15_000,
+            )
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning(
+                    "Kafka producer cannot connect; retrying", extra={"error": type(exc).__name__}
+                )
+                if stopping is not None and stopping.is_set():
+                    raise Unavailable("Kafka is unreachable") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self._producer = producer
+            return
+
+    @property
+    def ready(self) -> bool:
+        return self._producer is not None
+
+    async def send_all(
+        self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]
+    ) -> list[tuple[int, int]]:
+        """Sends (topic, key, value, headers) records and waits until the broker acked each;
+        returns their (partition, offset). Raises Unavailable if any was not acked."""
+        if self._producer is None:
+            raise Unavailable("Kafka is not connected yet")
+        try:
+            futures = [
+                await self._producer.send(topic, value=value, key=key, headers=list(headers))
+                for topic, key, value, headers in records
+            ]
+            results = await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise Unavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from None
+        return [(r.partition, r.offset) for r in results]
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None

@@ -1,0 +1,117 @@
+"""Delivery and event use cases: list, inspect, retry, recover, test events and publishing.
+Unlike the other use cases these are async: they reach the dispatcher and the broker."""
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from service.catalog import EventTypeCheck
+from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
+from service.domain.access import Principal
+from service.domain.clock import utcnow
+from service.domain.deliveries import DeliveryFilter, DeliveryView
+from service.domain.event_rules import EventRejected, check_event
+from service.domain.ids import new_id
+from service.domain.models import Event
+from service.errors import PermissionDenied, Unavailable, invalid
+from service.store.deliveries import DeliveryStore
+from service.store.event_types import EventTypeStore
+from service.store.runner import StoreRunner
+from service.store.subscriptions import SubscriptionStore
+
+# Writes an event to the ingest topic; returns (topic, partition, offset).
+Publish = Callable[[Event], Awaitable[tuple[str, int, int]]]
+TEST_EVENT_TYPE = "webhook.test"
+_FIELD_OF_REASON = {
+    "MISSING_ID": "event.id",
+    "INVALID_ID": "event.id",
+    "MISSING_TYPE": "event.type",
+    "INVALID_TYPE": "event.type",
+    "UNKNOWN_EVENT_TYPE": "event.type",
+    "INVALID_TENANT": "event.tenant",
+    "INVALID_ATTRIBUTE": "event.source",
+}
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        *,
+        runner: StoreRunner,
+        store: DeliveryStore,
+        event_types: EventTypeStore,
+        subscriptions: SubscriptionStore,
+        dispatcher: Dispatcher,
+        policy: DeliveryPolicy,
+        publish: Publish | None,
+    ) -> None:
+        self._run = runner.call
+        self._store = store
+        self._event_types = event_types
+        self._subscriptions = subscriptions
+        self._dispatcher = dispatcher
+        self._policy = policy
+        self._publish = publish
+
+    async def list_page(
+        self, principal: Principal, where: DeliveryFilter, after: str | None, limit: int
+    ) -> tuple[list[DeliveryView], bool]:
+        return await self._run(self._store.list_page, principal.tenant, where, after, limit)
+
+    async def get(self, principal: Principal, delivery_id: str) -> DeliveryView:
+        return await self._run(self._store.get, principal.tenant, delivery_id)
+
+    async def retry(self, principal: Principal, delivery_id: str) -> DeliveryView:
+        """Queued for the scheduler's next pass (within WEBHOOKS_SCHEDULER_INTERVAL_SECONDS)."""
+        return await self._run(self._store.retry, principal.tenant, delivery_id)
+
+    async def recover(self, principal: Principal, subscription_id: str, since: datetime) -> int:
+        return await self._run(self._store.recover, principal.tenant, subscription_id, since)
+
+    async def send_test(
+        self, principal: Principal, subscription_id: str, event_type: str
+    ) -> DeliveryView:
+        """Sends a sample of `event_type` (its catalog example, marked test) and returns the
+        delivery with its attempt."""
+        catalog = await self._run(self._event_types.catalog)
+        subscription = await self._run(self._subscriptions.get, principal.tenant, subscription_id)
+        if not event_type:
+            exact = [t for t in subscription.spec.event_types if t in catalog]
+            event_type = exact[0] if exact else TEST_EVENT_TYPE
+        if event_type not in catalog:
+            raise invalid("event_type", f"{event_type!r} is not in the event type catalog")
+        example = catalog[event_type].example_json or "{}"
+        event = Event(
+            id=new_id("test"),
+            type=event_type,
+            tenant=principal.tenant,
+            time=utcnow(),
+            data=json.dumps(json.loads(example), separators=(",", ":")).encode(),
+        )
+        job = await self._run(
+            self._store.create_test_delivery,
+            principal.tenant,
+            subscription_id,
+            event,
+            self._policy.lease,
+        )
+        await self._dispatcher.deliver_now(job)
+        return await self._run(self._store.get, principal.tenant, job.delivery_id)
+
+    async def publish(self, principal: Principal, event: Event) -> tuple[str, int, int]:
+        """Validates like ingest does, then writes to the ingest topic."""
+        if event.tenant != principal.tenant:
+            raise PermissionDenied(
+                "events may only be published to the caller's own tenant", reason="WRONG_TENANT"
+            )
+        check = EventTypeCheck(await self._run(self._event_types.catalog))
+        try:
+            check_event(event)
+            check(event)
+        except EventRejected as rejected:
+            raise invalid(
+                _FIELD_OF_REASON.get(rejected.reason, "event.data"), rejected.message
+            ) from None
+        if self._publish is None:
+            raise Unavailable("Kafka is disabled on this instance (WEBHOOKS_KAFKA_ENABLED=false)")
+        return await self._publish(event)
