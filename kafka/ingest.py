@@ -37,6 +37,7 @@ class IngestConsumer:
         check: Callable[[Event], None],
         default_tenant: str,
         max_event_bytes: int,
+        session_timeout_ms: int = 10_000,
         batch_size: int = 500,
     ) -> None:
         self._bootstrap = bootstrap
@@ -48,6 +49,7 @@ class IngestConsumer:
         self._default_tenant = default_tenant
         self._max_bytes = max_event_bytes
         self._batch_size = batch_size
+        self._session_timeout_ms = session_timeout_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._stopped = asyncio.Event()
         self.lag: dict[TopicPartition, int] = {}
@@ -78,6 +80,9 @@ class IngestConsumer:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max(1024 * 1024, self._max_bytes + 1024),
             fetch_max_bytes=16 * 1024 * 1024,
+            # A joining member waits up to half of this for the group to settle.
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=max(300, self._session_timeout_ms // 4),
         )
         if self._pattern:
             consumer.subscribe(pattern=self._pattern)

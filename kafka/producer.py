@@ -14,7 +14,8 @@ Headers = Sequence[tuple[str, bytes]]
 
 
 class Producer:
-    """Acks from all in-sync replicas and idempotence, so a retried send is not duplicated."""
+    """Acks from all in-sync replicas. Idempotence stays off: tansu lacks InitProducerId, and
+    at-least-once already allows a duplicate (audit records carry a unique attempt_id)."""
 
     def __init__(self, bootstrap: str) -> None:
         self._bootstrap = bootstrap
@@ -27,7 +28,6 @@ class Producer:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 acks="all",
-                enable_idempotence=True,
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 request_timeout_ms=15_000,

@@ -183,6 +183,7 @@ class App:
             check=lambda event: self.check(event),
             default_tenant=settings.default_tenant,
             max_event_bytes=settings.max_event_bytes,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
         )
 
         async def fetch(limit: int) -> Any:

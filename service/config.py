@@ -148,6 +148,11 @@ class Settings:
     kafka_topic_pattern: str = _setting(
         "", _regex, "regular expression of ingest topics; replaces the list when set"
     )
+    kafka_session_timeout_ms: int = _setting(
+        10_000,
+        _in_range(int, 1000, 300_000),
+        "consumer group session timeout (brokers want >= 6000)",
+    )
     max_event_bytes: int = _setting(
         1_048_576, _in_range(int, 1024, 16 * 1_048_576), "largest accepted event record"
     )

@@ -1,7 +1,9 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the local PostgreSQL."""
 
+import asyncio
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,9 @@ import grpc
 import psycopg2
 import pytest
 
+from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
 from service.config import Settings
+from tests.pipeline_support import Receiver, Record, produce
 from tests.support import POSTGRES_URL, Api, ServerThread, base_env
 
 
@@ -62,3 +66,59 @@ def make_server(tmp_path: Path, database_url: str) -> Iterator[Any]:
 def api(make_server: Any) -> Api:
     server: Api = make_server()
     return server
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One tansu broker for the session; each test uses its own ingest topic."""
+    instance = EmbeddedBroker(free_port())
+    instance.start()
+    asyncio.run(create_topics(instance.bootstrap, service_topics([])))
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    instance = Receiver().start()
+    yield instance
+    instance.stop()
+
+
+@dataclass
+class Pipeline:
+    """A running service with Kafka on, its ingest topic and its client."""
+
+    api: Api
+    bootstrap: str
+    topic: str
+
+    def send(self, *records: Record) -> None:
+        produce(self.bootstrap, self.topic, records)
+
+
+@pytest.fixture
+def make_pipeline(make_server: Any, broker: EmbeddedBroker) -> Any:
+    def start(**overrides: str) -> Pipeline:
+        topic = f"events-{uuid.uuid4().hex[:10]}"
+        asyncio.run(create_topics(broker.bootstrap, [topic]))
+        env = {
+            "WEBHOOKS_KAFKA_ENABLED": "true",
+            "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "WEBHOOKS_KAFKA_TOPICS": topic,
+            "WEBHOOKS_ALLOW_HTTP": "true",
+            "WEBHOOKS_RETRY_SCHEDULE": "0.2,0.2",
+            "WEBHOOKS_RETRY_JITTER": "0",
+            "WEBHOOKS_SCHEDULER_INTERVAL_SECONDS": "0.05",
+            "WEBHOOKS_ATTEMPT_TIMEOUT_SECONDS": "2",
+            "WEBHOOKS_KAFKA_SESSION_TIMEOUT_MS": "2000",
+        } | overrides
+        return Pipeline(make_server(**env), broker.bootstrap, topic)
+
+    return start
+
+
+@pytest.fixture
+def pipeline(make_pipeline: Any) -> Pipeline:
+    running: Pipeline = make_pipeline()
+    return running

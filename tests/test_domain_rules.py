@@ -104,6 +104,10 @@ def test_event_type_names(name: str, valid: bool) -> None:
         ("https://LOCALHOST/", False, "non-public"),
         ("https://api.localhost/", False, "non-public"),
         ("https://8.8.8.8/", False, None),
+        ("https://2130706433/", False, "non-public"),
+        ("https://0177.0.0.1/", False, "non-public"),
+        ("https://0x7f.1/", False, "non-public"),
+        ("https://134744072/", False, None),
     ],
 )
 def test_check_url(url: str, allow_http: bool, problem: str | None) -> None:

@@ -33,8 +33,12 @@ def test_health_needs_no_key(api: Api) -> None:
 def test_publish_answers_unavailable_when_kafka_is_disabled(api: Api) -> None:
     from webhooks.v1 import events_pb2
 
-    request = pb.PublishEventRequest(event=events_pb2.DomainEvent(id="e1", type="person.created", data=b"{}"))
-    details = expect_error(grpc.StatusCode.UNAVAILABLE, api.call, "PublishEvent", request, as_="admin")
+    request = pb.PublishEventRequest(
+        event=events_pb2.DomainEvent(id="e1", type="person.created", data=b"{}")
+    )
+    details = expect_error(
+        grpc.StatusCode.UNAVAILABLE, api.call, "PublishEvent", request, as_="admin"
+    )
     assert "WEBHOOKS_KAFKA_ENABLED" in details["message"]
     expect_error(grpc.StatusCode.UNAUTHENTICATED, api.call, "PublishEvent", request, as_=None)
 

@@ -3,6 +3,7 @@
 import ipaddress
 import json
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -119,15 +120,29 @@ def check_literal_host(host: str, allow_cidrs: Sequence[IpNetwork]) -> str | Non
     """
     name = host.rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):
-        address = ipaddress.ip_address("127.0.0.1")
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("127.0.0.1")
     else:
         try:
             address = ipaddress.ip_address(name)
         except ValueError:
-            return None if _valid_hostname(name) else "host is not a valid name"
+            numeric = _numeric_ipv4(name)
+            if numeric is None:
+                return None if _valid_hostname(name) else "host is not a valid name"
+            address = numeric
     if address_allowed(address, allow_cidrs):
         return None
     return "host is a non-public address, which is not allowed"
+
+
+def _numeric_ipv4(name: str) -> ipaddress.IPv4Address | None:
+    """Decimal, octal and hex forms (`2130706433`, `0177.1`, `0x7f.1`) that resolvers accept
+    as IPv4 addresses although they are not dotted quads."""
+    if not re.fullmatch(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", name):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:
+        return None
 
 
 def _valid_hostname(name: str) -> bool:

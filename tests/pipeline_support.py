@@ -1,0 +1,227 @@
+"""Pipeline test helpers: a real HTTP receiver on loopback, Kafka producing and reading."""
+
+import asyncio
+import json
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from kafka import topics
+from webhooks.v1 import events_pb2
+
+
+@dataclass
+class Reply:
+    """How the receiver answers one request."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    body: str = "ok"
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """An aiohttp server on 127.0.0.1 in its own thread. Each path answers with its list of
+    replies in turn (the last one repeats); unknown paths answer 200."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.requests: list[Received] = []
+        self._replies: dict[str, list[Reply]] = {}
+        self._counts: dict[str, int] = {}
+        self._ssl = ssl_context
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._lock = threading.Lock()
+        self.port = 0
+
+    def start(self) -> "Receiver":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        with self._lock:
+            self.requests.append(
+                Received(request.path, dict(request.headers), body, time.monotonic())
+            )
+            count = self._counts.get(request.path, 0)
+            self._counts[request.path] = count + 1
+            replies = self._replies.get(request.path, [Reply()])
+        reply = replies[min(count, len(replies) - 1)]
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return web.Response(status=reply.status, headers=reply.headers, text=reply.body)
+
+    def reply(self, path: str, *replies: Reply) -> str:
+        """Sets how `path` answers; returns its URL."""
+        with self._lock:
+            self._replies[path] = list(replies)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        scheme = "https" if self._ssl else "http"
+        host = "localhost" if self._ssl else "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def wait_for(self, path: str, count: int, timeout: float = 20.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.at(path)
+            if len(got) >= count:
+                return got
+            time.sleep(0.02)
+        raise AssertionError(f"{path}: {len(self.at(path))} of {count} requests after {timeout} s")
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def cloud_event(
+    event_type: str, data: Any, *, event_id: str | None = None, tenant: str | None = "acme"
+) -> dict[str, Any]:
+    event = {
+        "specversion": "1.0",
+        "id": event_id or f"evt-{uuid.uuid4().hex[:12]}",
+        "type": event_type,
+        "source": "tests/pipeline",
+        "time": "2026-11-23T12:00:00Z",
+        "data": data,
+    }
+    if tenant is not None:
+        event["tenant"] = tenant
+    return event
+
+
+Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def structured(event: dict[str, Any]) -> Record:
+    return (
+        event["id"].encode(),
+        json.dumps(event).encode(),
+        [("content-type", b"application/cloudevents+json")],
+    )
+
+
+def binary(event: dict[str, Any]) -> Record:
+    headers = [(f"ce_{k}", str(v).encode()) for k, v in event.items() if k != "data"]
+    return (
+        event["id"].encode(),
+        json.dumps(event["data"]).encode(),
+        [*headers, ("content-type", b"application/json")],
+    )
+
+
+def protobuf(event: dict[str, Any]) -> Record:
+    message = events_pb2.DomainEvent(
+        id=event["id"],
+        type=event["type"],
+        source=event["source"],
+        tenant=event.get("tenant", ""),
+        data=json.dumps(event["data"]).encode(),
+    )
+    return (
+        event["id"].encode(),
+        message.SerializeToString(),
+        [("content-type", b"application/x-protobuf")],
+    )
+
+
+def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, key=k, value=v, headers=h) for k, v, h in records]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def read_topic(
+    bootstrap: str, topic: str, until: Callable[[list[Any]], bool], timeout: float = 20.0
+) -> list[Any]:
+    """Every record of the topic from the start, read until `until(records)` holds."""
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        )
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0})
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            records: list[Any] = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for items in batch.values():
+                    records.extend(items)
+                if until(records):
+                    return records
+            raise AssertionError(
+                f"{topic}: condition not met after {timeout} s ({len(records)} records)"
+            )
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def audit_records(
+    bootstrap: str, delivery_ids: set[str], count: int, timeout: float = 20.0
+) -> list[events_pb2.DeliveryAttempt]:
+    """The DeliveryAttempt records of the given deliveries, once `count` of them are there."""
+
+    def mine(records: list[Any]) -> list[events_pb2.DeliveryAttempt]:
+        out = []
+        for record in records:
+            message = events_pb2.DeliveryAttempt.FromString(record.value)
+            if message.delivery_id in delivery_ids:
+                out.append(message)
+        return out
+
+    records = read_topic(
+        bootstrap, topics.DELIVERY_ATTEMPTS_TOPIC, lambda r: len(mine(r)) >= count, timeout
+    )
+    return mine(records)
