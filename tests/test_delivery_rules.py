@@ -134,6 +134,20 @@ def _decide(
             1,
             None,
             False,
+            Decision(Outcome.RETRY_SCHEDULED, 9999.0),
+        ),
+        (
+            AttemptResult(http_status=503, retry_after=10**7),
+            1,
+            None,
+            False,
+            Decision(Outcome.RETRY_SCHEDULED, 86400.0),
+        ),
+        (
+            AttemptResult(http_status=429, retry_after=1),
+            2,
+            None,
+            False,
             Decision(Outcome.RETRY_SCHEDULED, 60.0),
         ),
         (

@@ -63,6 +63,14 @@ class _Lane:
     bucket: TokenBucket | None = None
     task: asyncio.Task[None] | None = None
     sending: int = 0
+    # Set whenever a send of this lane finishes.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _forgettable(lane: _Lane) -> bool:
+    """An idle lane with nothing to remember (closed circuit, no rate debt) can go."""
+    in_debt = lane.bucket is not None and lane.bucket.tokens < 0
+    return not lane.queue and not lane.sending and not lane.breaker.failures and not in_debt
 
 
 class Dispatcher:
@@ -189,8 +197,17 @@ class Dispatcher:
                         await self._runner.call(self._store.fail_disabled, [job.delivery_id])
                     self._release()
                     continue
+                await lane.slots.acquire()
+                if lane.breaker.failures and lane.sending:
+                    # After a failure, one request at a time until one succeeds: a dead
+                    # endpoint costs one attempt per wave, not a full concurrent batch.
+                    lane.slots.release()
+                    lane.finished.clear()
+                    await lane.finished.wait()
+                    continue
                 now = loop.time()
                 if not lane.breaker.allow(now):
+                    lane.slots.release()
                     jobs = list(lane.queue)
                     lane.queue.clear()
                     await self._defer(jobs, seconds=max(1.0, lane.breaker.retry_at() - now))
@@ -200,7 +217,6 @@ class Dispatcher:
                 wait = self._rate_wait(lane, target, now)
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await lane.slots.acquire()
                 lane.sending += 1
                 lane.queue.popleft()
                 task = asyncio.create_task(self._send(job, target, lane))
@@ -210,7 +226,7 @@ class Dispatcher:
             log.exception("lane failed", extra={"subscription_id": subscription_id})
         finally:
             lane.task = None
-            if not lane.queue and not lane.sending:
+            if _forgettable(lane):
                 self._lanes.pop(subscription_id, None)
 
     def _rate_wait(self, lane: _Lane, target: Target, now: float) -> float:
@@ -235,6 +251,7 @@ class Dispatcher:
         finally:
             lane.sending -= 1
             lane.slots.release()
+            lane.finished.set()
         self._results.append(recorded)
         self._results_ready.set()
 

@@ -8,6 +8,9 @@ from enum import IntEnum
 from service.domain.models import DisabledReason
 from service.domain.retry import next_delay
 
+# The longest wait a Retry-After header can impose.
+MAX_RETRY_AFTER = 86_400.0
+
 
 class ErrorKind(IntEnum):
     """Matches webhooks.v1.ErrorKind."""
@@ -98,5 +101,6 @@ def decide(
     if delay is None:
         return Decision(Outcome.FAILED)
     if result.retry_after is not None and result.http_status in (429, 503):
-        delay = min(max(result.retry_after, 0.0), max(schedule))
+        # Never sooner than the schedule says, never later than a day.
+        delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
     return Decision(Outcome.RETRY_SCHEDULED, delay=delay)

@@ -1,0 +1,235 @@
+"""Each delivery outcome with real receivers: retries, exhaustion, 410, 429, timeouts, redirects,
+SSRF refusal, rate limits, the circuit breaker and duplicate events."""
+
+import itertools
+import socket
+import time
+from datetime import timedelta
+from typing import Any
+
+from service.domain.clock import utcnow
+from tests.conftest import Pipeline
+from tests.pipeline_support import Receiver, Reply, audit_records, cloud_event, structured
+from webhooks.v1 import events_pb2
+from webhooks.v1 import webhook_service_pb2 as pb
+
+E = events_pb2
+
+
+def _delivery(pipeline: Pipeline, delivery_id: str) -> Any:
+    return pipeline.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
+
+
+def _wait_status(pipeline: Pipeline, delivery_id: str, status: int, timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        delivery = _delivery(pipeline, delivery_id)
+        if delivery.status == status:
+            return delivery
+        if time.monotonic() > deadline:
+            raise AssertionError(f"delivery stayed {delivery.status}, wanted {status}")
+        time.sleep(0.05)
+
+
+def _send_one(
+    pipeline: Pipeline, receiver: Receiver, path: str, *replies: Reply, **fields: Any
+) -> tuple[Any, str]:
+    created = pipeline.api.create(url=receiver.reply(path, *replies), **fields)
+    pipeline.send(structured(cloud_event("person.created", {"n": 1})))
+    first = receiver.wait_for(path, 1)[0]
+    return created, first.headers["webhook-id"]
+
+
+def test_retry_then_success_keeps_the_webhook_id(pipeline: Pipeline, receiver: Receiver) -> None:
+    _, delivery_id = _send_one(pipeline, receiver, "/flaky", Reply(500), Reply(503), Reply(200))
+    requests = receiver.wait_for("/flaky", 3)
+    assert {r.headers["webhook-id"] for r in requests} == {delivery_id}
+    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    assert [a.http_status for a in delivery.attempts] == [500, 503, 200]
+    assert [a.outcome for a in delivery.attempts] == [
+        E.ATTEMPT_OUTCOME_RETRY_SCHEDULED,
+        E.ATTEMPT_OUTCOME_RETRY_SCHEDULED,
+        E.ATTEMPT_OUTCOME_SUCCEEDED,
+    ]
+    assert delivery.attempts[0].error_kind == E.ERROR_KIND_HTTP_STATUS
+    audits = audit_records(pipeline.bootstrap, {delivery_id}, 3)
+    assert sorted(a.attempt_number for a in audits) == [1, 2, 3]
+
+
+def test_exhausted_schedule_fails_the_delivery(pipeline: Pipeline, receiver: Receiver) -> None:
+    created, delivery_id = _send_one(pipeline, receiver, "/down", Reply(500, body="boom"))
+    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_FAILED)
+    assert delivery.attempt_count == 3  # the first attempt and the two retries of the schedule
+    assert delivery.attempts[-1].outcome == E.ATTEMPT_OUTCOME_FAILED
+    assert delivery.attempts[-1].response_body == "boom"
+    assert not delivery.HasField("next_attempt_time")
+    time.sleep(0.5)
+    assert len(receiver.at("/down")) == 3
+    subscription = pipeline.api.call(
+        "GetSubscription", pb.GetSubscriptionRequest(id=created.subscription.id)
+    )
+    assert subscription.subscription.enabled  # failing for less than the disable period
+    audits = audit_records(pipeline.bootstrap, {delivery_id}, 3)
+    assert sorted(a.outcome for a in audits) == [
+        E.ATTEMPT_OUTCOME_RETRY_SCHEDULED,
+        E.ATTEMPT_OUTCOME_RETRY_SCHEDULED,
+        E.ATTEMPT_OUTCOME_FAILED,
+    ]
+
+
+def test_gone_disables_the_subscription(pipeline: Pipeline, receiver: Receiver) -> None:
+    created, delivery_id = _send_one(pipeline, receiver, "/gone", Reply(410))
+    _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_FAILED)
+    subscription = pipeline.api.call(
+        "GetSubscription", pb.GetSubscriptionRequest(id=created.subscription.id)
+    )
+    assert not subscription.subscription.enabled
+    assert subscription.subscription.disabled_reason == pb.DISABLED_REASON_ENDPOINT_GONE
+    pipeline.send(structured(cloud_event("person.created", {"n": 2})))
+    time.sleep(1.0)
+    assert len(receiver.at("/gone")) == 1
+
+
+def test_failing_too_long_disables_the_subscription(make_pipeline: Any, receiver: Receiver) -> None:
+    pipeline = make_pipeline(
+        WEBHOOKS_DISABLE_AFTER_SECONDS="60", WEBHOOKS_RETRY_SCHEDULE="0.2,0.2,0.2"
+    )
+    created = pipeline.api.create(url=receiver.reply("/failing", Reply(500)))
+    # Pretend the endpoint has been failing for two minutes already.
+    from service.store.tables import SubscriptionRow, database_proxy
+
+    with database_proxy.obj.connection_context():
+        SubscriptionRow.update(failing_since=utcnow() - timedelta(minutes=2)).where(
+            SubscriptionRow.id == created.subscription.id
+        ).execute()
+    pipeline.send(structured(cloud_event("person.created", {})))
+    delivery_id = receiver.wait_for("/failing", 1)[0].headers["webhook-id"]
+    _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_FAILED)
+    got = pipeline.api.call(
+        "GetSubscription", pb.GetSubscriptionRequest(id=created.subscription.id)
+    ).subscription
+    assert not got.enabled and got.disabled_reason == pb.DISABLED_REASON_ENDPOINT_FAILING
+    # Re-enabling clears the reason and the failure streak.
+    from google.protobuf import field_mask_pb2
+
+    request = pb.UpdateSubscriptionRequest(
+        subscription=pb.Subscription(id=created.subscription.id, enabled=True),
+        update_mask=field_mask_pb2.FieldMask(paths=["enabled"]),
+    )
+    again = pipeline.api.call("UpdateSubscription", request).subscription
+    assert again.enabled and again.disabled_reason == pb.DISABLED_REASON_UNSPECIFIED
+
+
+def test_429_honours_retry_after(pipeline: Pipeline, receiver: Receiver) -> None:
+    _, delivery_id = _send_one(
+        pipeline, receiver, "/busy", Reply(429, {"Retry-After": "1"}), Reply(200)
+    )
+    first, second = receiver.wait_for("/busy", 2)
+    assert second.at - first.at >= 0.9  # the schedule alone would retry after 0.2 s
+    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    assert delivery.attempts[0].http_status == 429
+
+
+def test_timeout_is_an_attempt_failure(make_pipeline: Any, receiver: Receiver) -> None:
+    pipeline = make_pipeline(WEBHOOKS_ATTEMPT_TIMEOUT_SECONDS="0.3")
+    _, delivery_id = _send_one(pipeline, receiver, "/slow", Reply(200, delay=1.0), Reply(200))
+    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    first = delivery.attempts[0]
+    assert first.error_kind == E.ERROR_KIND_TIMEOUT and first.http_status == 0
+    assert 250 <= first.latency.ToMilliseconds() < 1000
+
+
+def test_redirects_are_not_followed(pipeline: Pipeline, receiver: Receiver) -> None:
+    target = receiver.url("/elsewhere")
+    _, delivery_id = _send_one(
+        pipeline, receiver, "/moved", Reply(302, {"Location": target}), Reply(200)
+    )
+    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    assert (
+        delivery.attempts[0].error_kind == E.ERROR_KIND_REDIRECT
+        and delivery.attempts[0].http_status == 302
+    )
+    assert receiver.at("/elsewhere") == []
+
+
+def test_ssrf_guard_refuses_names_that_resolve_to_private_addresses(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    # The host's own name resolves to loopback here; only 127.0.0.2 is allow-listed, so the
+    # create-time check (which cannot resolve) passes and the delivery-time check refuses.
+    host = socket.gethostname()
+    assert socket.gethostbyname(host).startswith("127."), (
+        "this test needs the host name to resolve to loopback"
+    )
+    pipeline = make_pipeline(WEBHOOKS_SSRF_ALLOW_CIDRS="127.0.0.2/32")
+    created = pipeline.api.create(url=f"http://{host}:{receiver.port}/ssrf")
+    assert created.subscription.id
+    pipeline.send(structured(cloud_event("person.created", {})))
+    [delivery] = _deliveries(pipeline, 1)
+    delivery = _wait_status(pipeline, delivery.id, E.DELIVERY_STATUS_FAILED)
+    assert {a.error_kind for a in delivery.attempts} == {E.ERROR_KIND_SSRF_BLOCKED}
+    assert receiver.at("/ssrf") == []
+
+
+def _deliveries(pipeline: Pipeline, count: int, timeout: float = 15) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(pipeline.api.call("ListDeliveries", pb.ListDeliveriesRequest()).deliveries)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} of {count} deliveries")
+        time.sleep(0.05)
+
+
+def test_rate_limit_spaces_deliveries(pipeline: Pipeline, receiver: Receiver) -> None:
+    pipeline.api.create(url=receiver.url("/limited"), rate_limit_per_second=10)
+    pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(12)])
+    requests = receiver.wait_for("/limited", 12)
+    span = requests[-1].at - requests[0].at
+    assert span >= 1.0  # 12 requests at 10/s with a burst of 1 take at least 1.1 s
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    assert min(gaps) > 0.05
+
+
+def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: Receiver) -> None:
+    pipeline = make_pipeline(
+        WEBHOOKS_CIRCUIT_FAILURES="3",
+        WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS="30",
+        WEBHOOKS_RETRY_SCHEDULE="0.2,0.2,0.2",
+        WEBHOOKS_ENDPOINT_CONCURRENCY="4",
+    )
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    dead = pipeline.api.create(url=f"http://127.0.0.1:{dead_port}/dead")
+    pipeline.api.create(url=receiver.url("/healthy"))
+    start = time.monotonic()
+    pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(20)])
+    receiver.wait_for("/healthy", 20, timeout=10)
+    healthy_time = time.monotonic() - start
+    assert healthy_time < 8
+    time.sleep(1.0)
+    listed = pipeline.api.call(
+        "ListDeliveries",
+        pb.ListDeliveriesRequest(subscription_id=dead.subscription.id, page_size=100),
+    ).deliveries
+    assert len(listed) == 20
+    attempts = sum(d.attempt_count for d in listed)
+    # Without the breaker: 20 deliveries x 4 attempts. With it, the first concurrent wave
+    # (4) fails, the circuit opens, and the rest wait for the cooldown without an attempt.
+    assert attempts <= 4, attempts
+    assert all(d.status == E.DELIVERY_STATUS_PENDING for d in listed)
+
+
+def test_duplicate_events_are_delivered_once(pipeline: Pipeline, receiver: Receiver) -> None:
+    pipeline.api.create(url=receiver.url("/dup"))
+    event = cloud_event("person.created", {"n": 1}, event_id="same-id")
+    pipeline.send(structured(event), structured(event))
+    pipeline.send(structured(event))
+    receiver.wait_for("/dup", 1)
+    marker = cloud_event("person.created", {"n": 2})
+    pipeline.send(structured(marker))
+    receiver.wait_for("/dup", 2)
+    time.sleep(0.5)
+    assert sorted(r.json["id"] for r in receiver.at("/dup")) == sorted(["same-id", marker["id"]])
