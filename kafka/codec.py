@@ -34,7 +34,7 @@ def decode_event(
     value: bytes | None, headers: Headers, *, default_tenant: str, max_bytes: int
 ) -> Event:
     """A checked Event, or EventRejected with the reason the dead-letter record will carry."""
-    if value is None:
+    if not value:
         raise EventRejected("EMPTY", "the record has no value")
     if len(value) > max_bytes:
         raise EventRejected(
