@@ -77,7 +77,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_still_flow(
     reasons = {header(r.headers, "dlq-reason"): r for r in dead}
     assert set(reasons) == set(bad)
     for reason, record in reasons.items():
-        assert record.value == bad[reason][1]  # the original bytes, untouched
+        assert record.value == bad[str(reason)][1]  # the original bytes, untouched
         assert record.key == b"k"
         assert header(record.headers, "dlq-partition") is not None
         assert int(header(record.headers, "dlq-offset") or -1) >= 0

@@ -79,7 +79,7 @@ def test_list_deliveries_filters_and_pages(pipeline: Pipeline, receiver: Receive
         grpc.StatusCode.INVALID_ARGUMENT,
         api.call,
         "ListDeliveries",
-        pb.ListDeliveriesRequest(statuses=[0]),
+        pb.ListDeliveriesRequest(statuses=[E.DELIVERY_STATUS_UNSPECIFIED]),
     )
     assert "statuses" in details["violations"]
     # Another tenant sees none of it.
