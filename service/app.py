@@ -62,6 +62,7 @@ def delivery_policy(settings: Settings) -> DeliveryPolicy:
         circuit_cooldown=settings.circuit_cooldown_seconds,
         max_in_flight=settings.max_in_flight,
         attempt_timeout=settings.attempt_timeout_seconds,
+        lease=timedelta(seconds=settings.delivery_lease_seconds),
     )
 
 

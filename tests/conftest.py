@@ -13,7 +13,7 @@ import pytest
 
 from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
 from service.config import Settings
-from tests.pipeline_support import Receiver, Record, produce
+from tests.pipeline_support import Receiver, Record, new_topic, pipeline_env, produce
 from tests.support import POSTGRES_URL, Api, ServerThread, base_env
 
 
@@ -100,21 +100,8 @@ class Pipeline:
 @pytest.fixture
 def make_pipeline(make_server: Any, broker: EmbeddedBroker) -> Any:
     def start(**overrides: str) -> Pipeline:
-        topic = f"events-{uuid.uuid4().hex[:10]}"
-        asyncio.run(create_topics(broker.bootstrap, [topic]))
-        env = {
-            "WEBHOOKS_KAFKA_ENABLED": "true",
-            "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "WEBHOOKS_KAFKA_TOPICS": topic,
-            "WEBHOOKS_ALLOW_HTTP": "true",
-            "WEBHOOKS_RETRY_SCHEDULE": "0.2,0.2",
-            "WEBHOOKS_RETRY_JITTER": "0",
-            "WEBHOOKS_SCHEDULER_INTERVAL_SECONDS": "0.05",
-            "WEBHOOKS_ATTEMPT_TIMEOUT_SECONDS": "2",
-            "WEBHOOKS_KAFKA_SESSION_TIMEOUT_MS": "2000",
-            # Retry tests fail one endpoint many times; the breaker test sets its own threshold.
-            "WEBHOOKS_CIRCUIT_FAILURES": "100",
-        } | overrides
+        topic = new_topic(broker.bootstrap)
+        env = pipeline_env(broker.bootstrap, topic) | overrides
         return Pipeline(make_server(**env), broker.bootstrap, topic)
 
     return start

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from kafka import topics
+from kafka.embedded import create_topics
 from webhooks.v1 import events_pb2
 
 
@@ -225,3 +226,27 @@ def audit_records(
         bootstrap, topics.DELIVERY_ATTEMPTS_TOPIC, lambda r: len(mine(r)) >= count, timeout
     )
     return mine(records)
+
+
+def pipeline_env(bootstrap: str, topic: str) -> dict[str, str]:
+    """Settings of a test service with Kafka on and short, deterministic retries."""
+    return {
+        "WEBHOOKS_KAFKA_ENABLED": "true",
+        "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "WEBHOOKS_KAFKA_TOPICS": topic,
+        "WEBHOOKS_ALLOW_HTTP": "true",
+        "WEBHOOKS_RETRY_SCHEDULE": "0.2,0.2",
+        "WEBHOOKS_RETRY_JITTER": "0",
+        "WEBHOOKS_SCHEDULER_INTERVAL_SECONDS": "0.05",
+        "WEBHOOKS_ATTEMPT_TIMEOUT_SECONDS": "2",
+        "WEBHOOKS_DELIVERY_LEASE_SECONDS": "5",
+        "WEBHOOKS_KAFKA_SESSION_TIMEOUT_MS": "2000",
+        # Retry tests fail one endpoint many times; the breaker test sets its own threshold.
+        "WEBHOOKS_CIRCUIT_FAILURES": "100",
+    }
+
+
+def new_topic(bootstrap: str) -> str:
+    topic = f"events-{uuid.uuid4().hex[:10]}"
+    asyncio.run(create_topics(bootstrap, [topic]))
+    return topic

@@ -3,7 +3,11 @@
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +16,10 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from kafka.embedded import free_port
 from service.app import App
 from service.config import Settings
 from service.crypto import new_encryption_key
@@ -149,3 +155,58 @@ def expect_error(code: grpc.StatusCode, fn: Any, *args: Any, **kwargs: Any) -> d
     details = error_details(error)
     details["message"] = error.details()
     return details
+
+
+class ServiceProcess:
+    """`python -m service serve` as a real process; logs go to a file so no pipe fills up."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = int(env["WEBHOOKS_GRPC_ADDRESS"].rsplit(":", 1)[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> "ServiceProcess":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve"], env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (
+                f"service exited: {self.log_path.read_text()[-2000:]}"
+            )
+            with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.2)
+        raise AssertionError("service never became healthy")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def process_env(tmp_path: Path, database_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of a service process: this one's, minus WEBHOOKS_*, plus the test's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
+    env |= base_env(tmp_path, database_url)
+    env["WEBHOOKS_GRPC_ADDRESS"] = f"127.0.0.1:{free_port()}"
+    return env | overrides

@@ -41,11 +41,8 @@ class DeliveryPolicy:
     circuit_cooldown: float
     max_in_flight: int
     attempt_timeout: float
-
-    @property
-    def lease(self) -> timedelta:
-        """How long a claimed delivery stays with this process before others may take it."""
-        return timedelta(seconds=max(60.0, self.attempt_timeout * 4))
+    # How long a claimed delivery stays with this process before others may take it.
+    lease: timedelta
 
     @property
     def lane_limit(self) -> int:
