@@ -8,11 +8,15 @@ import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service import config, logs
 from service.config import Settings, SettingsError
 from service.crypto import new_encryption_key
 from service.domain.access import ADMIN, hash_key, new_api_key
+
+if TYPE_CHECKING:
+    from kafka.embedded import EmbeddedBroker
 
 DEV_DIR = Path(".dev")
 
@@ -49,7 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "healthcheck":
         return _healthcheck(args.address)
     if args.command == "dev":
-        _prepare_dev_environment(os.environ)
+        broker = _prepare_dev_environment(os.environ)
+        try:
+            return _run("serve")
+        finally:
+            if broker is not None:
+                broker.stop()
     return _run(args.command)
 
 
@@ -107,8 +116,11 @@ def _new_api_key(tenant: str, principal: str, scopes: list[str]) -> int:
     return 0
 
 
-def _prepare_dev_environment(environ: "os._Environ[str]") -> None:
-    """Creates .dev/ with a key, an encryption key and a sample catalog; prints how to call."""
+def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | None":
+    """Creates .dev/ with a key, an encryption key and a sample catalog, starts the embedded
+    broker unless WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS names one, and prints how to call."""
+    from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
+
     DEV_DIR.mkdir(exist_ok=True)
     key_file = DEV_DIR / "dev-api-key"
     if not key_file.exists():
@@ -144,15 +156,38 @@ def _prepare_dev_environment(environ: "os._Environ[str]") -> None:
     }
     for name, value in defaults.items():
         environ.setdefault(name, value)
+    broker = None
+    if "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS" not in environ:
+        broker = EmbeddedBroker(9092 if _port_free(9092) else free_port(), DEV_DIR / "tansu.log")
+        broker.start()
+        topic_names = service_topics(
+            environ.get("WEBHOOKS_KAFKA_TOPICS", "domain-events").split(",")
+        )
+        asyncio.run(create_topics(broker.bootstrap, topic_names))
+        environ["WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
     address = environ.get("WEBHOOKS_GRPC_ADDRESS", "127.0.0.1:50051")
     print(
         "webhook-service (development defaults, Ctrl-C to stop)\n"
         f"  gRPC      {address} (health and reflection on)\n"
         f"  API key   {key}  (tenant dev, webhooks:admin; kept in {key_file})\n"
         f"  database  {DEV_DIR / 'webhooks.db'}\n"
+        f"  Kafka     {environ['WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS']}"
+        f"{' (embedded tansu, memory only)' if broker else ''}\n"
         "  try:\n"
         f"    .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\\n"
         f"      -H 'authorization: Bearer {key}' \\\n"
         f"      http://{address}/webhooks.v1.WebhookService/ListEventTypes",
         flush=True,
     )
+    return broker
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

@@ -195,7 +195,9 @@ class Settings:
         30.0, _in_range(float, 0.1, 3600.0), "first pause of an open circuit (doubles, x10 max)"
     )
     delivery_lease_seconds: float = _setting(
-        60.0, _in_range(float, 1.0, 3600.0), "a crashed instance's deliveries are retried after this"
+        60.0,
+        _in_range(float, 1.0, 3600.0),
+        "a crashed instance's deliveries are retried after this",
     )
     max_in_flight: int = _setting(
         2000, _in_range(int, 1, 100_000), "deliveries held in memory; beyond, ingest waits"
@@ -251,7 +253,9 @@ class Settings:
     def _cross_checks(self) -> list[str]:
         problems = []
         if self.delivery_lease_seconds < 2 * self.attempt_timeout_seconds:
-            problems.append("WEBHOOKS_DELIVERY_LEASE_SECONDS must be at least twice the attempt timeout")
+            problems.append(
+                "WEBHOOKS_DELIVERY_LEASE_SECONDS must be at least twice the attempt timeout"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             problems.append("WEBHOOKS_TLS_CERT_FILE and WEBHOOKS_TLS_KEY_FILE go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
