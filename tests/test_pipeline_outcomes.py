@@ -233,3 +233,73 @@ def test_duplicate_events_are_delivered_once(pipeline: Pipeline, receiver: Recei
     receiver.wait_for("/dup", 2)
     time.sleep(0.5)
     assert sorted(r.json["id"] for r in receiver.at("/dup")) == sorted(["same-id", marker["id"]])
+
+
+def test_concurrency_limit_and_a_slow_endpoint_does_not_delay_others(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    pipeline = make_pipeline(WEBHOOKS_ENDPOINT_CONCURRENCY="2")
+    pipeline.api.create(url=receiver.url("/fast-lane"))
+    pipeline.send(structured(cloud_event("person.created", {"n": "warm-up"})))
+    receiver.wait_for("/fast-lane", 1)  # the consumer has joined its group
+    pipeline.api.create(url=receiver.reply("/slow-lane", Reply(200, delay=0.5)))
+    start = time.monotonic()
+    pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(8)])
+    fast = receiver.wait_for("/fast-lane", 9)
+    assert fast[-1].at - start < 1.5  # not queued behind the slow endpoint's 2 s of work
+    slow = receiver.wait_for("/slow-lane", 8)
+    # Never more than two requests at once at the slow endpoint: 8 x 0.5 s / 2 >= 2 s.
+    assert slow[-1].at - slow[0].at >= 1.4
+    starts = sorted(r.at for r in slow)
+    overlapping = max(sum(1 for t in starts if s <= t < s + 0.45) for s in starts)
+    assert overlapping <= 2
+
+
+def test_topic_pattern_consumes_every_matching_topic(
+    make_pipeline: Any, receiver: Receiver, broker: Any
+) -> None:
+    import asyncio
+    import uuid
+
+    from kafka.embedded import create_topics
+    from tests.pipeline_support import produce
+
+    prefix = f"pat{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}.crm", f"{prefix}.billing"]
+    asyncio.run(create_topics(broker.bootstrap, names))
+    pipeline = make_pipeline(WEBHOOKS_KAFKA_TOPIC_PATTERN=rf"{prefix}\..*")
+    pipeline.api.create(url=receiver.url("/pattern"))
+    for name in names:
+        produce(
+            broker.bootstrap, name, [structured(cloud_event("person.created", {"topic": name}))]
+        )
+    got = receiver.wait_for("/pattern", 2)
+    assert sorted(r.json["data"]["topic"] for r in got) == sorted(names)
+
+
+def test_broker_outage_delays_but_loses_no_audit_record(
+    pipeline: Pipeline, receiver: Receiver, broker: Any
+) -> None:
+    from service.store.tables import OutboxRow, database_proxy
+
+    created = pipeline.api.create(url=receiver.url("/outage"))
+    broker.pause()
+    try:
+        reply = pipeline.api.call(
+            "SendTestEvent", pb.SendTestEventRequest(subscription_id=created.subscription.id)
+        )
+        assert reply.delivery.status == E.DELIVERY_STATUS_SUCCEEDED  # delivery does not need Kafka
+        time.sleep(0.5)
+        with database_proxy.obj.connection_context():
+            assert OutboxRow.select().count() >= 1  # the audit record waits in the outbox
+    finally:
+        broker.resume()
+    [record] = audit_records(pipeline.bootstrap, {reply.delivery.id}, 1, timeout=30)
+    assert record.trigger == E.ATTEMPT_TRIGGER_TEST
+    deadline = time.monotonic() + 10
+    while True:
+        with database_proxy.obj.connection_context():
+            if OutboxRow.select().count() == 0:
+                break
+        assert time.monotonic() < deadline, "the outbox never drained"
+        time.sleep(0.1)
