@@ -14,6 +14,7 @@ from kafka.producer import Producer
 from service.domain.event_rules import EventRejected
 from service.domain.models import Event
 from service.errors import Unavailable
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class IngestConsumer:
         max_event_bytes: int,
         session_timeout_ms: int = 10_000,
         batch_size: int = 500,
+        metrics: Metrics | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = list(topic_names)
@@ -52,7 +54,7 @@ class IngestConsumer:
         self._session_timeout_ms = session_timeout_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._stopped = asyncio.Event()
-        self.lag: dict[TopicPartition, int] = {}
+        self._metrics = metrics or Metrics()
 
     async def run(self) -> None:
         delay = 0.5
@@ -113,7 +115,9 @@ class IngestConsumer:
         for partition in offsets:
             end = self._consumer.highwater(partition)
             if end is not None:
-                self.lag[partition] = max(0, end - offsets[partition])
+                self._metrics.consumer_lag.labels(partition.topic, str(partition.partition)).set(
+                    max(0, end - offsets[partition])
+                )
         await after_commit()  # hands the new deliveries to the dispatcher (may wait: backpressure)
         return sum(len(records) for records in batches.values())
 
@@ -128,6 +132,7 @@ class IngestConsumer:
             )
             self._check(event)
         except EventRejected as rejected:
+            self._metrics.events_consumed.labels("dead_lettered", rejected.reason).inc()
             log.info(
                 "event dead-lettered",
                 extra={
@@ -154,6 +159,7 @@ class IngestConsumer:
                 )
             )
             return
+        self._metrics.events_consumed.labels("accepted", "").inc()
         events.append(event)
 
     async def stop(self) -> None:

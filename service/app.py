@@ -25,18 +25,22 @@ from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
 from service.delivery.http import HttpSender
 from service.delivery.scheduler import RetryScheduler
 from service.domain.access import KeyEntry, parse_keys
+from service.domain.clock import utcnow
 from service.domain.models import Event
 from service.errors import Unavailable
+from service.metrics import Metrics, MetricsServer
 from service.store.database import open_database
 from service.store.deliveries import DeliveryStore
 from service.store.event_types import EventTypeStore
 from service.store.migrations import migrate
+from service.store.retention import prune_batch
 from service.store.runner import StoreRunner
-from service.store.subscriptions import SubscriptionStore
+from service.store.subscriptions import IDEMPOTENCY_WINDOW, SubscriptionStore
 from service.subscriptions import SubscriptionService
 
 log = logging.getLogger(__name__)
 CATALOG_REFRESH_SECONDS = 5.0
+PRUNE_BATCH = 1000
 
 
 class StartupError(Exception):
@@ -82,12 +86,16 @@ class App:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self.check = EventTypeCheck({})
+        self.metrics = Metrics()
+        self._metrics_server: MetricsServer | None = None
+        self.metrics_port: int | None = None
 
     async def start(self) -> int:
         settings = self.settings
         self._keys = load_keys(settings)
         db = open_database(settings.database_url)
         self._runner = runner = StoreRunner(db, settings.store_threads)
+        self._db = db
         try:
             applied = await runner.call(migrate, db)
         except Unavailable:
@@ -125,6 +133,7 @@ class App:
             encode_audit=encode_attempt,
             audit_topic=topics.DELIVERY_ATTEMPTS_TOPIC,
             after_write=self._outbox_written,
+            metrics=self.metrics,
         )
         dispatcher.start()
         self._scheduler = RetryScheduler(
@@ -135,7 +144,10 @@ class App:
             interval=settings.scheduler_interval_seconds,
         )
         self._spawn("scheduler", self._scheduler.run())
-        self._spawn("catalog-refresh", self._refresh_catalog_loop())
+        self._spawn("catalog-refresh", self._every(CATALOG_REFRESH_SECONDS, self.refresh_catalog))
+        self._spawn("metrics-sample", self._every(settings.metrics_interval_seconds, self._sample))
+        if settings.retention_seconds:
+            self._spawn("retention", self._every(settings.retention_interval_seconds, self.prune))
         if settings.kafka_enabled:
             self._start_kafka(runner, store, policy)
 
@@ -157,10 +169,20 @@ class App:
             lambda: self._keys,
             on_subscription_change=dispatcher.invalidate,
             on_catalog_change=self._catalog_changed,
+            metrics=self.metrics,
         )
         self._grpc = GrpcServer(settings, servicer)
         port = await self._grpc.start()
         log.info("serving gRPC", extra={"address": settings.grpc_address, "port": port})
+        if settings.metrics_address:
+            try:
+                self._metrics_server = self.metrics.serve(settings.metrics_address)
+            except OSError as exc:
+                raise StartupError(
+                    f"WEBHOOKS_METRICS_ADDRESS {settings.metrics_address}: {exc.strerror}"
+                ) from None
+            self.metrics_port = self._metrics_server.port
+            log.info("serving metrics", extra={"port": self.metrics_port})
         return port
 
     def _start_kafka(
@@ -171,6 +193,7 @@ class App:
 
         async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
             jobs = await runner.call(store.ingest, events, self.check.required_scopes, policy.lease)
+            self.metrics.deliveries_created.inc(len(jobs))
             assert self._dispatcher is not None
             dispatcher = self._dispatcher
             return lambda: dispatcher.submit(jobs)
@@ -185,6 +208,7 @@ class App:
             default_tenant=settings.default_tenant,
             max_event_bytes=settings.max_event_bytes,
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            metrics=self.metrics,
         )
 
         async def fetch(limit: int) -> Any:
@@ -224,12 +248,39 @@ class App:
     def _catalog_changed(self) -> None:
         self._spawn("catalog-refresh-now", self.refresh_catalog())
 
-    async def _refresh_catalog_loop(self) -> None:
+    async def _sample(self) -> None:
+        assert self._runner is not None
+        self.metrics.pending_deliveries.set(await self._runner.call(self._store.pending_count))
+        self.metrics.outbox_backlog.set(await self._runner.call(self._store.outbox_size))
+
+    async def prune(self) -> dict[str, int]:
+        """Deletes history older than the retention, one bounded transaction at a time."""
+        assert self._runner is not None
+        now = utcnow()
+        before = now - timedelta(seconds=self.settings.retention_seconds)
+        totals: dict[str, int] = {}
+        while not self._stopping.is_set():
+            counts = await self._runner.call(
+                prune_batch, self._db, before, now - IDEMPOTENCY_WINDOW, PRUNE_BATCH
+            )
+            for table, count in counts.items():
+                totals[table] = totals.get(table, 0) + count
+                self.metrics.pruned_rows.labels(table).inc(count)
+            if counts["deliveries"] < PRUNE_BATCH and counts["events"] < PRUNE_BATCH:
+                break
+        if any(totals.values()):
+            log.info("retention pruned old history", extra=totals)
+        return totals
+
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[Any]]) -> None:
+        """Runs `work` every `seconds` until stop; a database outage only skips a round."""
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), CATALOG_REFRESH_SECONDS)
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+            if self._stopping.is_set():
+                return
             with contextlib.suppress(Unavailable):
-                await self.refresh_catalog()
+                await work()
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         assert self._runner is not None
@@ -279,6 +330,8 @@ class App:
             await self._producer.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
         if self._runner is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._runner.close)
         log.info("stopped")

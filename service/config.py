@@ -56,6 +56,10 @@ def _address(value: str) -> str:
     return value
 
 
+def _optional_address(value: str) -> str:
+    return _address(value) if value else ""
+
+
 def _database_url(value: str) -> str:
     if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ValueError("must start with sqlite:/// or postgresql://")
@@ -215,6 +219,20 @@ class Settings:
     tls_key_file: Path | None = _setting(None, _optional_path, "PEM private key for gRPC TLS")
     tls_client_ca_file: Path | None = _setting(
         None, _optional_path, "PEM CA bundle; when set, clients need a certificate (mTLS)"
+    )
+    metrics_address: str = _setting(
+        "127.0.0.1:9464", _optional_address, "Prometheus /metrics listen address; empty = off"
+    )
+    metrics_interval_seconds: float = _setting(
+        5.0, _in_range(float, 0.1, 3600.0), "how often pending and outbox gauges are sampled"
+    )
+    retention_seconds: int = _setting(
+        30 * 86_400,
+        _in_range(int, 0, 10 * 365 * 86_400),
+        "finished deliveries and events older than this are pruned; 0 = keep forever",
+    )
+    retention_interval_seconds: float = _setting(
+        3600.0, _in_range(float, 0.1, 86_400.0), "how often retention pruning runs"
     )
     store_threads: int = _setting(4, _in_range(int, 1, 64), "threads running database work")
     shutdown_grace_seconds: float = _setting(

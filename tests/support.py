@@ -68,6 +68,7 @@ def base_env(tmp_path: Path, database_url: str) -> dict[str, str]:
         "WEBHOOKS_DATABASE_URL": database_url,
         "WEBHOOKS_EVENT_TYPES_FILE": str(CATALOG),
         "WEBHOOKS_GRPC_ADDRESS": "127.0.0.1:0",
+        "WEBHOOKS_METRICS_ADDRESS": "127.0.0.1:0",
         "WEBHOOKS_SUBSCRIPTION_QUOTA": "10",
         "WEBHOOKS_TENANT_QUOTAS": "globex=2",
         "WEBHOOKS_SSRF_ALLOW_CIDRS": "127.0.0.0/8",

@@ -1,8 +1,10 @@
 """webhooks.v1.WebhookService: authenticates, converts, and runs the use cases on store threads."""
 
+import asyncio
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -26,6 +28,7 @@ from service.domain.access import (
 )
 from service.domain.updates import resolve_mask
 from service.errors import NotImplementedYet, WebhookError, invalid
+from service.metrics import Metrics
 from service.store.runner import StoreRunner
 from service.subscriptions import SubscriptionService
 from webhooks.v1 import webhook_service_pb2 as pb
@@ -47,20 +50,30 @@ def rpc(scope: str) -> Callable[[Handler[Request, Response]], Callable[..., Awai
         async def wrapper(
             self: "WebhookServicer", request: Request, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Response:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
                 principal = authenticate(self.keys(), _authorization(context))
                 require_scope(principal, scope)
                 return await handler(self, request, principal)
             except WebhookError as error:
                 status = to_status(error)
+                code = status.code
                 log.info(
                     "rpc refused",
                     extra={"rpc": method, "code": status.code.name, "reason": error.reason},
                 )
                 await context.abort(status.code, status.details, status.trailing_metadata)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the caller went away or its deadline passed
+                raise
             except Exception:
+                code = INTERNAL.code
                 log.exception("rpc failed", extra={"rpc": method})
                 await context.abort(INTERNAL.code, INTERNAL.details, INTERNAL.trailing_metadata)
+            finally:
+                self.metrics.rpcs.labels(method, code.name).inc()
+                self.metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
             raise AssertionError("abort returned")  # pragma: no cover
 
         return wrapper
@@ -101,6 +114,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         keys: Callable[[], Mapping[str, KeyEntry]],
         on_subscription_change: Callable[[str], None] = lambda _: None,
         on_catalog_change: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._run = runner.call
         self._subs = subscriptions_
@@ -109,6 +123,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self._subscription_changed = on_subscription_change
         self._catalog_changed = on_catalog_change
         self.keys = keys
+        self.metrics = metrics or Metrics()
 
     # -- subscriptions ---------------------------------------------------------
 

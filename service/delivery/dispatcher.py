@@ -18,6 +18,7 @@ from service.domain.limits import CircuitBreaker, TokenBucket
 from service.domain.outcomes import AttemptResult, Outcome, decide
 from service.domain.signing import signature_header
 from service.errors import Unavailable
+from service.metrics import Metrics, status_class
 from service.store.deliveries import DeliveryStore, RecordedAttempt
 from service.store.runner import StoreRunner
 
@@ -83,6 +84,7 @@ class Dispatcher:
         encode_audit: Callable[[AttemptRecord], bytes],
         audit_topic: str,
         after_write: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._runner = runner
         self._store = store
@@ -91,6 +93,7 @@ class Dispatcher:
         self._encode_audit = encode_audit
         self._audit_topic = audit_topic
         self._after_write = after_write
+        self._metrics = metrics or Metrics()
         self._capacity = asyncio.Semaphore(policy.max_in_flight)
         self._held = 0
         self._lanes: dict[str, _Lane] = {}
@@ -308,6 +311,7 @@ class Dispatcher:
             else None,
             test=job.test,
         )
+        self._count(job, record, now)
         if decision.disable is not None:
             self.invalidate(job.subscription_id)
             log.warning(
@@ -317,6 +321,18 @@ class Dispatcher:
         return RecordedAttempt(
             record, decision.disable, self._audit_topic, self._encode_audit(record)
         )
+
+    def _count(self, job: Job, record: AttemptRecord, now: datetime) -> None:
+        metrics = self._metrics
+        outcome = record.outcome.name.lower()
+        metrics.attempts.labels(outcome, status_class(record.http_status)).inc()
+        metrics.attempt_seconds.observe(record.latency_ms / 1000)
+        if record.outcome != Outcome.RETRY_SCHEDULED and not job.test:
+            metrics.deliveries_finished.labels(outcome).inc()
+        if record.outcome == Outcome.SUCCEEDED and job.event_time is not None and not job.test:
+            metrics.event_to_delivery_seconds.observe(
+                max(0.0, (now - job.event_time).total_seconds())
+            )
 
     # -- store --------------------------------------------------------------------
 

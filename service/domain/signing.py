@@ -23,3 +23,24 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
 def signature_header(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:
     """The `webhook-signature` value: one entry per live secret, space-separated."""
     return " ".join(sign(key, message_id, timestamp, body) for key in keys)
+
+
+def verify(
+    secrets: Sequence[str],
+    message_id: str,
+    timestamp: str,
+    signatures: str,
+    body: bytes,
+    now: int,
+    tolerance: int = 300,
+) -> bool:
+    """The receiver's check: a fresh timestamp and one `v1,` entry matching any of the secrets.
+    Compared in constant time, so a forger learns nothing from how long a refusal takes."""
+    if not timestamp.isdigit() or abs(now - int(timestamp)) > tolerance:
+        return False
+    offered = [s.strip() for s in signatures.split(" ") if s.strip().startswith("v1,")]
+    for secret in secrets:
+        expected = sign(secret_key(secret), message_id, int(timestamp), body)
+        if any(hmac.compare_digest(expected, candidate) for candidate in offered):
+            return True
+    return False

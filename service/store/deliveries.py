@@ -366,6 +366,11 @@ class DeliveryStore:
     def outbox_size(self) -> int:
         return int(OutboxRow.select().count())
 
+    def pending_count(self) -> int:
+        # Every pending delivery has a next attempt time (due or leased), finished ones none:
+        # counting on the indexed column avoids a scan of the whole history.
+        return int(DeliveryRow.select().where(DeliveryRow.next_attempt_at.is_null(False)).count())
+
     # -- API queries and manual actions -------------------------------------------
 
     def list_page(

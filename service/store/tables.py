@@ -118,7 +118,7 @@ class DeliveryRow(BaseModel):
     test = pw.BooleanField(default=False)
     # Set by RetryDelivery/RecoverDeliveries: the next attempt is recorded as MANUAL.
     manual = pw.BooleanField(default=False)
-    created_at = pw.DateTimeField()
+    created_at = pw.DateTimeField(index=True)  # retention prunes by age
     last_attempt_at = pw.DateTimeField(null=True)
     next_attempt_at = pw.DateTimeField(null=True, index=True)
 

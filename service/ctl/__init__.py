@@ -1,0 +1,1 @@
+"""webhookctl, the client CLI for people (console script `webhookctl`)."""

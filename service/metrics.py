@@ -1,0 +1,117 @@
+"""Prometheus metrics: one registry per service instance, served over HTTP."""
+
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Loopback deliveries take about a millisecond, real endpoints up to the 15 s timeout.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
+# From the producer's event time to a 2xx: seconds normally, hours when retried.
+END_TO_END_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300, 1800, 7200, 36000, 86400)
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
+
+def status_class(http_status: int) -> str:
+    """`2xx`..`5xx`, or `none` when no answer came (timeout, refused, SSRF...)."""
+    return f"{http_status // 100}xx" if 100 <= http_status <= 599 else "none"
+
+
+class Metrics:
+    """Every metric the service exports. Tests build several instances in one process,
+    so each has its own registry rather than the global one."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.events_consumed = Counter(
+            "webhooks_events_consumed_total",
+            "Kafka records consumed, by outcome (accepted or dead_lettered) and reason",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.deliveries_created = Counter(
+            "webhooks_deliveries_created_total",
+            "Deliveries created from consumed events (one per matching subscription)",
+            registry=registry,
+        )
+        self.deliveries_finished = Counter(
+            "webhooks_deliveries_finished_total",
+            "Deliveries that reached a final state, by outcome (succeeded or failed)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "webhooks_delivery_attempts_total",
+            "HTTP delivery attempts, by outcome and response status class",
+            ["outcome", "status_class"],
+            registry=registry,
+        )
+        self.attempt_seconds = Histogram(
+            "webhooks_delivery_attempt_duration_seconds",
+            "Time of one HTTP attempt, request sent to response read",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.event_to_delivery_seconds = Histogram(
+            "webhooks_event_to_delivery_seconds",
+            "From the event's time to its successful delivery",
+            buckets=END_TO_END_BUCKETS,
+            registry=registry,
+        )
+        self.pending_deliveries = Gauge(
+            "webhooks_pending_deliveries",
+            "Deliveries waiting for an attempt or a retry (sampled)",
+            registry=registry,
+        )
+        self.outbox_backlog = Gauge(
+            "webhooks_audit_outbox_backlog",
+            "Audit records written but not yet acknowledged by Kafka (sampled)",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "webhooks_consumer_lag",
+            "Records on the ingest topic not yet consumed, per partition",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.rpcs = Counter(
+            "webhooks_grpc_server_handled_total",
+            "gRPC calls completed, by method and status code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.rpc_seconds = Histogram(
+            "webhooks_grpc_server_handling_seconds",
+            "Time to handle a gRPC call, by method",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=registry,
+        )
+        self.pruned_rows = Counter(
+            "webhooks_retention_pruned_total",
+            "Rows deleted by retention, by table",
+            ["table"],
+            registry=registry,
+        )
+
+    def serve(self, address: str) -> "MetricsServer":
+        host, _, port = address.rpartition(":")
+        server, thread = start_http_server(int(port), host, registry=self.registry)
+        return MetricsServer(server, thread)
+
+
+class MetricsServer:
+    """The scrape endpoint's HTTP server, running on its own thread."""
+
+    def __init__(self, server: WSGIServer, thread: Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
