@@ -95,7 +95,7 @@ class App:
         self._keys = load_keys(settings)
         db = open_database(settings.database_url)
         self._runner = runner = StoreRunner(db, settings.store_threads)
-        self._db = db
+        self.database = db
         try:
             applied = await runner.call(migrate, db)
         except Unavailable:
@@ -261,7 +261,7 @@ class App:
         totals: dict[str, int] = {}
         while not self._stopping.is_set():
             counts = await self._runner.call(
-                prune_batch, self._db, before, now - IDEMPOTENCY_WINDOW, PRUNE_BATCH
+                prune_batch, self.database, before, now - IDEMPOTENCY_WINDOW, PRUNE_BATCH
             )
             for table, count in counts.items():
                 totals[table] = totals.get(table, 0) + count

@@ -56,8 +56,8 @@ def _address(value: str) -> str:
     return value
 
 
-def _optional_address(value: str) -> str:
-    return _address(value) if value else ""
+def _address_or_off(value: str) -> str:
+    return "" if value.strip().lower() == "off" else _address(value)
 
 
 def _database_url(value: str) -> str:
@@ -221,7 +221,7 @@ class Settings:
         None, _optional_path, "PEM CA bundle; when set, clients need a certificate (mTLS)"
     )
     metrics_address: str = _setting(
-        "127.0.0.1:9464", _optional_address, "Prometheus /metrics listen address; empty = off"
+        "127.0.0.1:9464", _address_or_off, "Prometheus /metrics listen address, or off"
     )
     metrics_interval_seconds: float = _setting(
         5.0, _in_range(float, 0.1, 3600.0), "how often pending and outbox gauges are sampled"

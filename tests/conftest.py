@@ -54,7 +54,7 @@ def make_server(tmp_path: Path, database_url: str) -> Iterator[Any]:
         address = f"127.0.0.1:{port}"
         channel = grpc.insecure_channel(address)
         started.append((server, channel))
-        return Api(address, settings, channel)
+        return Api(address, settings, channel, server.app)
 
     yield start
     for server, channel in started:

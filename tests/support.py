@@ -105,6 +105,7 @@ class Api:
     settings: Settings
     channel: grpc.Channel
     stub: pb_grpc.WebhookServiceStub = field(init=False)
+    app: App | None = None  # the in-process service behind the address, when there is one
 
     def __post_init__(self) -> None:
         self.stub = pb_grpc.WebhookServiceStub(self.channel)

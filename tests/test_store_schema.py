@@ -78,3 +78,19 @@ def test_deleting_a_subscription_cascades_to_secrets_deliveries_and_attempts(
         assert tables.EventRow.select().count() == 1  # events are shared; retention prunes them
     finally:
         db.close()
+
+
+def test_migration_2_adds_the_delivery_age_index_to_a_version_1_database(
+    database_url: str,
+) -> None:
+    db = _open(database_url)
+    try:
+        migrate(db)
+        assert "deliveries_created_at" in {i.name for i in db.get_indexes("deliveries")}
+        # Back to what version 1 of the schema was: no age index, migration 2 not applied.
+        db.execute_sql("DROP INDEX deliveries_created_at")  # type: ignore[no-untyped-call]
+        tables.SchemaMigration.delete().where(tables.SchemaMigration.version == 2).execute()
+        assert migrate(db) == [2]
+        assert "deliveries_created_at" in {i.name for i in db.get_indexes("deliveries")}
+    finally:
+        db.close()

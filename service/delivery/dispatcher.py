@@ -333,6 +333,23 @@ class Dispatcher:
             metrics.event_to_delivery_seconds.observe(
                 max(0.0, (now - job.event_time).total_seconds())
             )
+        # Failures at INFO for the operator; successes only at DEBUG (thousands a second).
+        level = logging.DEBUG if record.outcome == Outcome.SUCCEEDED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "delivery attempt " + outcome,
+                extra={
+                    "delivery_id": record.delivery_id,
+                    "subscription_id": record.subscription_id,
+                    "event_id": record.event_id,
+                    "event_type": record.event_type,
+                    "attempt": record.attempt_number,
+                    "http_status": record.http_status,
+                    "error_kind": record.error_kind.name,
+                    "latency_ms": record.latency_ms,
+                },
+            )
 
     # -- store --------------------------------------------------------------------
 

@@ -1,0 +1,179 @@
+"""webhookctl against a real server: every command, tables and --json, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from service.ctl.main import main
+from service.domain import signing
+from tests.conftest import Pipeline
+from tests.pipeline_support import Receiver
+from tests.support import KEYS, Api
+
+
+class Ctl:
+    """Runs webhookctl in this process with the server's address and a key."""
+
+    def __init__(self, api: Api, capsys: pytest.CaptureFixture[str], key: str) -> None:
+        self._base = ["--address", api.address, "--api-key", key]
+        self._capsys = capsys
+
+    def __call__(self, *args: str, code: int = 0) -> str:
+        self._capsys.readouterr()
+        exit_code = main([*self._base, *args])
+        out, err = self._capsys.readouterr()
+        assert exit_code == code, f"exit {exit_code}: {out}{err}"
+        return out if code == 0 else err
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self("--json", *args))
+
+
+@pytest.fixture
+def ctl(api: Api, capsys: pytest.CaptureFixture[str]) -> Ctl:
+    return Ctl(api, capsys, KEYS["alice"])
+
+
+def test_subscription_lifecycle_in_tables_and_json(ctl: Ctl) -> None:
+    out = ctl(
+        "subscriptions",
+        "create",
+        "--name",
+        "crm",
+        "--url",
+        "https://hooks.example.com/crm",
+        "--event-type",
+        "lead.*",
+        "--header",
+        "x-team=sales",
+        "--rate-limit",
+        "7",
+    )
+    assert "secret" in out and "whsec_" in out and "lead.*" in out
+    created = ctl.json("subscriptions", "get", _id_from(out))["subscription"]
+    assert created["name"] == "crm" and created["rate_limit_per_second"] == 7
+    assert created["headers"] == {"x-team": "sales"} and "secret" not in created
+
+    table = ctl("subscriptions", "list")
+    header, row = table.splitlines()[:2]
+    assert header.split()[:3] == ["ID", "NAME", "URL"]
+    assert row.split()[:3] == [created["id"], "crm", "https://hooks.example.com/crm"]
+
+    updated = ctl.json(
+        "subscriptions", "update", created["id"], "--disable", "--description", "paused"
+    )["subscription"]
+    assert updated["enabled"] is False and updated["description"] == "paused"
+    assert updated["url"] == created["url"]  # only the flags given change
+
+    rotated = ctl.json("subscriptions", "rotate-secret", created["id"], "--overlap", "0")
+    assert rotated["secret"].startswith("whsec_")
+    assert rotated["subscription"]["secret_prefix"] == rotated["secret"][:12]
+
+    assert ctl("subscriptions", "delete", created["id"]).strip() == f"deleted {created['id']}"
+    err = ctl("subscriptions", "get", created["id"], code=1)
+    assert err.startswith("webhookctl: NOT_FOUND: ") and len(err.strip().splitlines()) == 1
+
+
+def test_event_types_list_shows_the_catalog(ctl: Ctl) -> None:
+    names = [
+        t["name"] for t in ctl.json("event-types", "list", "--page-size", "100")["event_types"]
+    ]
+    assert {"lead.created", "person.created", "invoice.paid"} <= set(names)
+    table = ctl("event-types", "list", "--subscribable-only")
+    assert "lead.created" in table and "meeting.booked" not in table  # alice lacks that scope
+
+
+def test_bad_input_is_one_line_with_code_and_fields(ctl: Ctl) -> None:
+    err = ctl("subscriptions", "create", "--name", "", "--url", "ftp://x", code=1)
+    assert err.startswith("webhookctl: INVALID_ARGUMENT: ")
+    assert "subscription.name" in err and "subscription.url" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_wrong_key_and_unreachable_server_fail_clearly(api: Api, capsys: Any) -> None:
+    assert main(["--address", api.address, "--api-key", "nope", "subscriptions", "list"]) == 1
+    assert capsys.readouterr().err.startswith("webhookctl: UNAUTHENTICATED: ")
+    assert main(["--address", "127.0.0.1:1", "--api-key", "k", "subscriptions", "list"]) == 1
+    assert capsys.readouterr().err.startswith("webhookctl: UNAVAILABLE: ")
+    assert main(["--address", api.address, "--api-key", "k", "deliveries", "list", "--since", "x"])
+    assert "--since 'x' is not an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_publish_list_get_retry_and_test_event(
+    make_pipeline: Any, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline: Pipeline = make_pipeline()
+    ctl = Ctl(pipeline.api, capsys, KEYS["alice"])
+    url = receiver.url("/cli")
+    created = ctl.json(
+        "subscriptions", "create", "--name", "cli", "--url", url, "--event-type", "invoice.paid"
+    )
+    out = ctl("events", "publish", "--type", "invoice.paid", "--data", '{"invoice": 7}')
+    assert out.startswith("published ") and pipeline.topic in out
+
+    [request] = receiver.wait_for("/cli", 1)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert signing.verify(
+        [created["secret"]],
+        headers["webhook-id"],
+        headers["webhook-timestamp"],
+        headers["webhook-signature"],
+        request.body,
+        now=int(headers["webhook-timestamp"]),
+    )
+    assert request.json["data"] == {"invoice": 7}
+
+    listed = _eventually(lambda: ctl.json("deliveries", "list", "--status", "succeeded"))
+    [delivery] = listed["deliveries"]
+    assert delivery["id"] == headers["webhook-id"]
+    table = ctl("deliveries", "list", "--subscription", created["subscription"]["id"])
+    assert delivery["id"] in table and "succeeded" in table
+
+    shown = ctl("deliveries", "get", delivery["id"])
+    assert "succeeded" in shown and "scheduled" in shown and "200" in shown
+
+    retried = ctl.json("deliveries", "retry", delivery["id"])["delivery"]
+    assert retried["id"] == delivery["id"]
+    receiver.wait_for("/cli", 2)
+
+    sent = ctl.json("test-event", "send", created["subscription"]["id"])["delivery"]
+    assert sent["test"] is True and sent["status"] == "DELIVERY_STATUS_SUCCEEDED"
+    assert receiver.wait_for("/cli", 3)[-1].json["test"] is True
+
+
+def test_console_script_reads_address_and_key_from_environment(api: Api) -> None:
+    env = dict(os.environ, WEBHOOKCTL_ADDRESS=api.address, WEBHOOKCTL_API_KEY=KEYS["reader"])
+    script = os.path.join(os.path.dirname(sys.executable), "webhookctl")
+    done = subprocess.run(
+        [script, "subscriptions", "list"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "(none)", done.stderr
+    denied = subprocess.run(
+        [script, "subscriptions", "create", "--name", "n", "--url", "https://e.com/"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert denied.returncode == 1
+    assert denied.stderr.startswith("webhookctl: PERMISSION_DENIED: ")
+    assert KEYS["reader"] not in denied.stderr
+
+
+def _id_from(text: str) -> str:
+    return next(line.split()[1] for line in text.splitlines() if line.startswith("id "))
+
+
+def _eventually(fn: Any, timeout: float = 10.0) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result.get("deliveries") or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
