@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint test test-fast run up down clean
+.PHONY: install proto lint test test-fast run demo up down clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ test-fast: $(STAMP)
 # The embedded default: SQLite, a generated development API key, no Docker.
 run: $(STAMP)
 	$(PY) -m service dev
+
+# With `make run` going in another terminal: a local receiver, a subscription, three
+# published events, and the deliveries with their verified signatures.
+demo: $(STAMP)
+	$(VENV)/bin/webhookctl demo
 
 up:
 	docker compose up --build -d

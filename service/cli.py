@@ -39,6 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "new-encryption-key", help="print a key for WEBHOOKS_SECRET_ENCRYPTION_KEYS"
     )
     commands.add_parser("settings", help="list every WEBHOOKS_* setting with its default")
+    receiver = commands.add_parser(
+        "demo-receiver", help="a webhook receiver that prints and verifies what it gets"
+    )
+    receiver.add_argument("--host", default="127.0.0.1")
+    receiver.add_argument("--port", type=int, default=8080)
+    receiver.add_argument(
+        "--secret", action="append", default=[], help="repeatable signing secret (whsec_...)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "new-api-key":
@@ -50,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, default, doc in config.describe():
             print(f"{name}={default}\n    {doc}")
         return 0
+    if args.command == "demo-receiver":
+        from service.demo_receiver import run  # deferred: only this command serves HTTP
+
+        return run(args.host, args.port, args.secret)
     if args.command == "healthcheck":
         return _healthcheck(args.address)
     if args.command == "dev":
@@ -166,17 +178,19 @@ def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | N
         asyncio.run(create_topics(broker.bootstrap, topic_names))
         environ["WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
     address = environ.get("WEBHOOKS_GRPC_ADDRESS", "127.0.0.1:50051")
+    metrics = environ.get("WEBHOOKS_METRICS_ADDRESS", "127.0.0.1:9464")
+    ctl = ".venv/bin/webhookctl" + ("" if address == "127.0.0.1:50051" else f" --address {address}")
     print(
         "webhook-service (development defaults, Ctrl-C to stop)\n"
         f"  gRPC      {address} (health and reflection on)\n"
         f"  API key   {key}  (tenant dev, webhooks:admin; kept in {key_file})\n"
+        f"  metrics   http://{metrics}/metrics\n"
         f"  database  {DEV_DIR / 'webhooks.db'}\n"
         f"  Kafka     {environ['WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS']}"
         f"{' (embedded tansu, memory only)' if broker else ''}\n"
-        "  try:\n"
-        f"    .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\\n"
-        f"      -H 'authorization: Bearer {key}' \\\n"
-        f"      http://{address}/webhooks.v1.WebhookService/ListEventTypes",
+        "  next, in another terminal (webhookctl reads the key from .dev/):\n"
+        f"    {ctl} event-types list\n"
+        f"    {ctl} demo        # or: make demo",
         flush=True,
     )
     return broker

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.ctl import output
+from service.ctl.demo import DemoFailed, run_demo
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"webhookctl: {exc}", file=sys.stderr)
         return 2
+    except DemoFailed as exc:
+        print(f"webhookctl: demo failed: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         print(f"webhookctl: {output.error_line(exc)}", file=sys.stderr)
         return 1
@@ -468,6 +472,15 @@ def _parser() -> argparse.ArgumentParser:
     send = _command(test, "send", test_event_send, "deliver the type's example now")
     send.add_argument("subscription")
     send.add_argument("--event-type", default="", help="default: the subscription's first type")
+
+    demo = groups.add_parser(
+        "demo", help="local receiver + subscription + published events, end to end"
+    )
+    demo.set_defaults(run=run_demo)
+    demo.add_argument("--event-type", default="person.created")
+    demo.add_argument("--count", type=int, default=3, help="events to publish")
+    demo.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    demo.add_argument("--keep", action="store_true", help="keep the demo subscription")
     return parser
 
 
