@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kafka.embedded import free_port
 from tests.pipeline_support import Receiver
-from tests.support import free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -60,9 +60,13 @@ def test_make_run_entry_point_serves_the_cli_and_stops_on_ctrl_c(
         "WEBHOOKS_KAFKA_SESSION_TIMEOUT_MS": "2000",  # joins the group faster than the default
     }
     log = tmp_path / "run.log"
-    with open(log, "wb") as out:
+    with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "dev"], cwd=tmp_path, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "service", "dev"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
         )
     try:
         deadline = time.monotonic() + 60
