@@ -48,11 +48,14 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/webhookctl demo
 
-up:
-	docker compose up --build -d
+# The compose stack (needs a Docker engine): writes .dev/ first, whose keys file and
+# catalog the containers mount and whose encryption key they get from the environment.
+up: $(STAMP)
+	$(PY) -m service init-dev
+	WEBHOOKS_SECRET_ENCRYPTION_KEYS=$$(cat .dev/encryption-key) docker compose up --build -d
 
 down:
-	docker compose down -v
+	WEBHOOKS_SECRET_ENCRYPTION_KEYS=unused docker compose down -v
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,39 @@ DEV_DIR = Path(".dev")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    if args.command == "new-api-key":
+        return _new_api_key(args.tenant, args.principal, args.scope)
+    if args.command == "new-encryption-key":
+        print(new_encryption_key())
+        return 0
+    if args.command == "settings":
+        for name, default, doc in config.describe():
+            print(f"{name}={default}\n    {doc}")
+        return 0
+    if args.command == "init-dev":
+        key = write_dev_files(DEV_DIR)[0]
+        print(f"wrote {DEV_DIR}/ (API key {key}, tenant dev, webhooks:admin)")
+        return 0
+    if args.command == "demo-receiver":
+        from service.demo_receiver import run  # deferred: only this command serves HTTP
+
+        return run(args.host, args.port, args.secret)
+    if args.command == "healthcheck":
+        return _healthcheck(args.address)
+    if args.command == "dev":
+        broker = _prepare_dev_environment(os.environ)
+        try:
+            return _run("serve")
+        finally:
+            if broker is not None:
+                broker.stop()
+    return _run(args.command)
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every subcommand (the compose checks parse the stack's commands with it)."""
     parser = argparse.ArgumentParser(prog="webhook-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the service with settings from WEBHOOKS_* variables")
@@ -47,31 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     receiver.add_argument(
         "--secret", action="append", default=[], help="repeatable signing secret (whsec_...)"
     )
-    args = parser.parse_args(argv)
-
-    if args.command == "new-api-key":
-        return _new_api_key(args.tenant, args.principal, args.scope)
-    if args.command == "new-encryption-key":
-        print(new_encryption_key())
-        return 0
-    if args.command == "settings":
-        for name, default, doc in config.describe():
-            print(f"{name}={default}\n    {doc}")
-        return 0
-    if args.command == "demo-receiver":
-        from service.demo_receiver import run  # deferred: only this command serves HTTP
-
-        return run(args.host, args.port, args.secret)
-    if args.command == "healthcheck":
-        return _healthcheck(args.address)
-    if args.command == "dev":
-        broker = _prepare_dev_environment(os.environ)
-        try:
-            return _run("serve")
-        finally:
-            if broker is not None:
-                broker.stop()
-    return _run(args.command)
+    commands.add_parser(
+        "init-dev", help="write .dev/ (API key, keys file, encryption key, catalog) for make up"
+    )
+    return parser
 
 
 def _run(command: str) -> int:
@@ -128,13 +140,11 @@ def _new_api_key(tenant: str, principal: str, scopes: list[str]) -> int:
     return 0
 
 
-def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | None":
-    """Creates .dev/ with a key, an encryption key and a sample catalog, starts the embedded
-    broker unless WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS names one, and prints how to call."""
-    from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
-
-    DEV_DIR.mkdir(exist_ok=True)
-    key_file = DEV_DIR / "dev-api-key"
+def write_dev_files(dev_dir: Path) -> tuple[str, dict[str, str]]:
+    """Creates `dev_dir` with a development API key (kept across runs), its keys file, an
+    encryption key and the sample catalog; returns the key and the settings naming them."""
+    dev_dir.mkdir(exist_ok=True)
+    key_file = dev_dir / "dev-api-key"
     if not key_file.exists():
         key_file.write_text(new_api_key())
         key_file.chmod(0o600)
@@ -150,22 +160,32 @@ def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | N
             }
         ]
     }
-    (DEV_DIR / "api-keys.json").write_text(json.dumps(keys, indent=2))
-    enc_file = DEV_DIR / "encryption-key"
+    (dev_dir / "api-keys.json").write_text(json.dumps(keys, indent=2))
+    enc_file = dev_dir / "encryption-key"
     if not enc_file.exists():
         enc_file.write_text(new_encryption_key())
         enc_file.chmod(0o600)
-    catalog = DEV_DIR / "event-types.json"
+    catalog = dev_dir / "event-types.json"
     catalog.write_text(resources.files("service").joinpath("dev_catalog.json").read_text())
     defaults = {
-        "WEBHOOKS_API_KEYS_FILE": str(DEV_DIR / "api-keys.json"),
+        "WEBHOOKS_API_KEYS_FILE": str(dev_dir / "api-keys.json"),
         "WEBHOOKS_SECRET_ENCRYPTION_KEYS": enc_file.read_text().strip(),
-        "WEBHOOKS_DATABASE_URL": f"sqlite:///{DEV_DIR / 'webhooks.db'}",
+        "WEBHOOKS_DATABASE_URL": f"sqlite:///{dev_dir / 'webhooks.db'}",
         "WEBHOOKS_EVENT_TYPES_FILE": str(catalog),
         "WEBHOOKS_ALLOW_HTTP": "true",
         "WEBHOOKS_SSRF_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
         "WEBHOOKS_DEFAULT_TENANT": "dev",
     }
+    return key, defaults
+
+
+def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | None":
+    """Writes .dev/, starts the embedded broker unless WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS names
+    one, and prints how to call."""
+    from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
+
+    key, defaults = write_dev_files(DEV_DIR)
+    key_file = DEV_DIR / "dev-api-key"
     for name, value in defaults.items():
         environ.setdefault(name, value)
     broker = None
