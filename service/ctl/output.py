@@ -61,7 +61,7 @@ def error_line(error: grpc.RpcError) -> str:
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     line = f"{code.name}: {details}"
-    violations = _field_violations(error)
+    violations = [v for v in _field_violations(error) if v not in details]
     if violations:
         line += " (" + "; ".join(violations) + ")"
     return line
