@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint test test-fast run demo up down clean
+.PHONY: install proto lint test test-fast bench run demo up down clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The benchmark (README "Benchmark"): under 10 minutes, prints a table and writes
+# bench-results.json. BENCH_ARGS=--smoke for a quick run.
+bench: $(STAMP)
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 # The embedded default: SQLite, a generated development API key, no Docker.
 run: $(STAMP)

@@ -1,0 +1,240 @@
+"""make bench: ceilings, end to end on SQLite and PostgreSQL, latency, backlog, gRPC, RSS.
+Prints one table and writes bench-results.json. `--smoke` is the few-hundred-event version
+the test suite runs so the benchmark never rots."""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from kafka.embedded import free_port
+from tests.bench import backlog, ceilings, e2e, grpc_calls
+from tests.support import POSTGRES_URL
+
+CONCURRENCY = 64
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(POSTGRES_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+def median_of(runs: int, measure: Callable[[], dict[str, float]], key: str) -> dict[str, Any]:
+    results = [measure() for _ in range(runs)]
+    results.sort(key=lambda r: r[key])
+    middle: dict[str, Any] = dict(results[len(results) // 2])
+    middle["runs"] = [round(r[key], 1) for r in results]
+    return middle
+
+
+def pipeline_runs(
+    name: str, database_url: str, args: argparse.Namespace, receiver: e2e.Receiver, work: Path
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    stack = e2e.Stack.start(work / name, database_url)
+    try:
+        stack.subscribe(receiver.url)
+        e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
+        out["throughput"] = median_of(
+            args.runs,
+            lambda: e2e.throughput(stack, receiver, args.events, args.timeout),
+            "deliveries_per_s",
+        )
+        if name == "sqlite":
+            out["latency"] = e2e.latency(stack, receiver, args.rate, args.latency_seconds)
+        out["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
+    finally:
+        stack.stop()
+    return out
+
+
+def backlog_run(
+    database_url: str, args: argparse.Namespace, receiver: e2e.Receiver, work: Path
+) -> dict[str, Any]:
+    stack = e2e.Stack.start(work / "backlog", database_url)
+    try:
+        stack.subscribe(receiver.url)
+        stack.service.terminate()
+        started = time.monotonic()
+        backlog.seed(database_url, args.backlog_old, args.backlog_pending)
+        seeded = time.monotonic() - started
+        stack.service.start(timeout=120)
+        e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)
+        result = median_of(
+            args.runs,
+            lambda: e2e.throughput(stack, receiver, args.events, args.timeout),
+            "deliveries_per_s",
+        )
+        result["seed_s"] = seeded
+        result["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
+        return result
+    finally:
+        stack.stop()
+
+
+def grpc_run(database_url: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    port = free_port()
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.bare_grpc", "--port", str(port)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert bare.stdout is not None and bare.stdout.readline().strip() == b"ready"
+        baseline = grpc_calls.measure(f"127.0.0.1:{port}", "unused", args.grpc_seconds)
+    finally:
+        bare.kill()
+        bare.wait()
+    stack = e2e.Stack.start(
+        work / "grpc", database_url, WEBHOOKS_KAFKA_ENABLED="false", WEBHOOKS_SUBSCRIPTION_QUOTA="0"
+    )
+    try:
+        key = stack.keys["acme"]
+        service = grpc_calls.measure(f"127.0.0.1:{stack.service.port}", key, args.grpc_seconds)
+        rss = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
+    finally:
+        stack.stop()
+    return {"bare": baseline, "service": service, "rss_mb": rss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1000.0, help="latency run, events/s")
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--backlog-old", type=int, default=1_000_000)
+    parser.add_argument("--backlog-pending", type=int, default=100_000)
+    parser.add_argument("--grpc-seconds", type=float, default=5.0)
+    parser.add_argument("--ceiling-requests", type=int, default=50_000)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--skip", action="append", default=[], help="postgres, backlog, grpc")
+    parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    parser.add_argument("--smoke", action="store_true", help="a few hundred events, one run")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.events, args.runs, args.rate, args.latency_seconds = 300, 1, 100.0, 2.0
+        args.backlog_old, args.backlog_pending, args.grpc_seconds = 2000, 200, 0.5
+        args.ceiling_requests = 500
+
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": _cpus(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {k: str(v) for k, v in vars(args).items()},
+    }
+    receiver = e2e.Receiver()
+    try:
+        url = f"{receiver.url}/ceiling"
+        report["ceiling_reference"] = ceilings.reference(url, args.ceiling_requests, CONCURRENCY)
+        report["ceiling_own_client"] = ceilings.own_client(url, args.ceiling_requests, CONCURRENCY)
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            work = Path(tmp)
+            sqlite_url = f"sqlite:///{work / 'bench.db'}"
+            report["sqlite"] = pipeline_runs("sqlite", sqlite_url, args, receiver, work)
+            if "postgres" not in args.skip:
+                with postgres_schema() as url_pg:
+                    report["postgres"] = pipeline_runs("postgres", url_pg, args, receiver, work)
+            if "backlog" not in args.skip:
+                report["backlog"] = backlog_run(
+                    f"sqlite:///{work / 'backlog.db'}", args, receiver, work
+                )
+            if "grpc" not in args.skip:
+                report["grpc"] = grpc_run(f"sqlite:///{work / 'grpc.db'}", args, work)
+    finally:
+        receiver.stop()
+    report["elapsed_s"] = time.monotonic() - started
+    rows = table(report)
+    print(rows)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {args.output} in {report['elapsed_s']:.0f} s")
+    return 0
+
+
+def table(report: dict[str, Any]) -> str:
+    ref, own = report["ceiling_reference"], report["ceiling_own_client"]
+    lines: list[tuple[str, str, str, str]] = [("measure", "value", "ratio", "target")]
+
+    def add(name: str, value: str, ratio: float | None = None, target: str = "") -> None:
+        lines.append((name, value, "" if ratio is None else f"{ratio:.2f}", target))
+
+    add("(a) aiohttp on uvloop, bare POST/s", f"{ref:,.0f}")
+    add("(b) service HTTP client, bare POST/s", f"{own:,.0f}", own / ref)
+    for db, target in (("sqlite", 0.5), ("postgres", 0.35)):
+        if db not in report:
+            continue
+        t = report[db]["throughput"]
+        add(
+            f"end to end {db}, deliveries/s (median {t['runs']})",
+            f"{t['deliveries_per_s']:,.0f}",
+            t["deliveries_per_s"] / ref,
+            f">= {target} x (a)",
+        )
+        add(f"  ratio to (b), {db}", "", t["deliveries_per_s"] / own)
+        add(f"  service peak RSS, {db}", f"{report[db]['rss_mb']:.0f} MB", None, "< 300 MB")
+    lat = report["sqlite"].get("latency")
+    if lat:
+        add(
+            f"latency p50 / p99 / max ms ({lat['deliveries']} deliveries)",
+            f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f}",
+            None,
+            "p99 <= 25 ms",
+        )
+    if "backlog" in report:
+        b = report["backlog"]
+        base = report["sqlite"]["throughput"]["deliveries_per_s"]
+        add(
+            f"backlog sqlite, deliveries/s (median {b['runs']})",
+            f"{b['deliveries_per_s']:,.0f}",
+            b["deliveries_per_s"] / base,
+            ">= 0.8 x empty store",
+        )
+        add("  service peak RSS, backlog", f"{b['rss_mb']:.0f} MB", None, "< 300 MB")
+    if "grpc" in report:
+        g = report["grpc"]
+        targets = {"create": "", "get": ">= 0.5 x bare", "list50": ">= 0.2 x bare"}
+        for call, goal in targets.items():
+            add(
+                f"gRPC {call} calls/s (bare {g['bare'][call]:,.0f})",
+                f"{g['service'][call]:,.0f}",
+                g["service"][call] / g["bare"][call],
+                goal,
+            )
+        add("  service peak RSS, gRPC", f"{g['rss_mb']:.0f} MB", None, "< 300 MB")
+    widths = [max(len(row[i]) for row in lines) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    )
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

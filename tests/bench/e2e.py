@@ -1,0 +1,284 @@
+"""End to end: events produced to Kafka as fast as possible, timed until the receiver has
+every delivery and every attempt is on the audit topic; and produce-to-receipt latency at a
+fixed offered rate. The service runs as its own process, as in production."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from kafka import topics
+from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
+from service.crypto import new_encryption_key
+from service.domain.access import ADMIN, hash_key, new_api_key
+from tests.support import ServiceProcess
+from webhooks.v1 import webhook_service_pb2 as pb
+from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).parent.parent.parent
+CATALOG = ROOT / "service" / "dev_catalog.json"
+# 10 subscriptions over 3 tenants. Each tenant's events are spread over its types so that
+# an event reaches 2 subscriptions on average: real fan-out, and per-endpoint lanes.
+LAYOUT: dict[str, list[list[str]]] = {
+    "acme": [["person.*"], ["person.created"], ["invoice.*"], ["*"]],
+    "globex": [["person.created", "invoice.paid"], ["invoice.paid"], ["person.*"]],
+    "initech": [["*"], ["person.created"], ["invoice.paid"]],
+}
+TYPES = ["person.created", "invoice.paid"]
+PAD = "x" * 960  # with the other fields, about 1 KB of data per event
+
+
+def fan_out(tenant: str, event_type: str) -> int:
+    def matches(patterns: list[str]) -> bool:
+        return any(
+            p == "*" or p == event_type or (p.endswith(".*") and event_type.startswith(p[:-1]))
+            for p in patterns
+        )
+
+    return sum(matches(patterns) for patterns in LAYOUT[tenant])
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Receiver:
+    """The receiver process (tests/bench/receiver.py)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.receiver", "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == b"ready"
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=10) as response:
+            stats: dict[str, Any] = json.loads(response.read())
+            return stats
+
+    def reset(self, latency: bool = False) -> None:
+        url = f"{self.url}/reset?latency={int(latency)}"
+        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10).close()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+
+@dataclass
+class Stack:
+    """A fresh broker and a service process on the given database."""
+
+    workdir: Path
+    database_url: str
+    broker: EmbeddedBroker
+    service: ServiceProcess
+    keys: dict[str, str]
+    topic: str
+
+    @classmethod
+    def start(cls, workdir: Path, database_url: str, **settings: str) -> "Stack":
+        workdir.mkdir(parents=True, exist_ok=True)
+        broker = EmbeddedBroker(free_port())
+        broker.start()
+        topic = "domain-events"
+        asyncio.run(create_topics(broker.bootstrap, service_topics([topic]), partitions=6))
+        keys = {tenant: new_api_key() for tenant in LAYOUT}
+        entries = [
+            {"id": t, "sha256": hash_key(k), "tenant": t, "principal": t, "scopes": [ADMIN]}
+            for t, k in keys.items()
+        ]
+        (workdir / "keys.json").write_text(json.dumps({"keys": entries}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
+        env |= {
+            "WEBHOOKS_API_KEYS_FILE": str(workdir / "keys.json"),
+            "WEBHOOKS_SECRET_ENCRYPTION_KEYS": new_encryption_key(),
+            "WEBHOOKS_DATABASE_URL": database_url,
+            "WEBHOOKS_EVENT_TYPES_FILE": str(CATALOG),
+            "WEBHOOKS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+            "WEBHOOKS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+            "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "WEBHOOKS_KAFKA_TOPICS": topic,
+            "WEBHOOKS_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "WEBHOOKS_ALLOW_HTTP": "true",
+            "WEBHOOKS_SSRF_ALLOW_CIDRS": "127.0.0.0/8",
+            "WEBHOOKS_LOG_LEVEL": "WARNING",
+            **settings,
+        }
+        service = ServiceProcess(env, workdir / "service.log").start(timeout=60)
+        return cls(workdir, database_url, broker, service, keys, topic)
+
+    def subscribe(self, receiver_url: str) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{self.service.port}") as channel:
+            stub = pb_grpc.WebhookServiceStub(channel)
+            for tenant, subscriptions in LAYOUT.items():
+                for n, patterns in enumerate(subscriptions):
+                    stub.CreateSubscription(
+                        pb.CreateSubscriptionRequest(
+                            subscription=pb.Subscription(
+                                name=f"{tenant}-{n}",
+                                url=f"{receiver_url}/hook",
+                                event_types=patterns,
+                            )
+                        ),
+                        metadata=(("authorization", f"Bearer {self.keys[tenant]}"),),
+                        timeout=10,
+                    )
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.broker.stop()
+
+
+def events(count: int, start: int = 0) -> list[tuple[str, str, int]]:
+    """(tenant, type, expected deliveries) of each event, round-robin."""
+    tenants = list(LAYOUT)
+    out = []
+    for n in range(start, start + count):
+        tenant, event_type = tenants[n % 3], TYPES[(n // 3) % 2]
+        out.append((tenant, event_type, fan_out(tenant, event_type)))
+    return out
+
+
+def _record(tenant: str, event_type: str, sent: float) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "bench",
+            "type": event_type,
+            "tenant": tenant,
+            "time": "2026-01-01T00:00:00Z",
+            "datacontenttype": "application/json",
+            "data": {"sent": sent, "pad": PAD},
+        }
+    ).encode()
+
+
+HEADERS = [("content-type", b"application/cloudevents+json")]
+
+
+async def _producer(bootstrap: str) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1024 * 1024, acks=1
+    )
+    await producer.start()
+    return producer
+
+
+async def produce_all(bootstrap: str, topic: str, plan: list[tuple[str, str, int]]) -> None:
+    producer = await _producer(bootstrap)
+    try:
+        pending = [
+            await producer.send(topic, _record(t, e, 0.0), headers=HEADERS) for t, e, _ in plan
+        ]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def produce_at_rate(
+    bootstrap: str, topic: str, plan: list[tuple[str, str, int]], per_second: float
+) -> None:
+    producer = await _producer(bootstrap)
+    try:
+        started = time.monotonic()
+        for n, (tenant, event_type, _) in enumerate(plan):
+            delay = started + n / per_second - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await producer.send(topic, _record(tenant, event_type, time.time()), headers=HEADERS)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def count_audit(bootstrap: str, expected: int, deadline: float) -> int:
+    consumer = AIOKafkaConsumer(
+        topics.DELIVERY_ATTEMPTS_TOPIC,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            seen += sum(len(records) for records in batches.values())
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def wait_received(receiver: Receiver, expected: int, deadline: float) -> int:
+    while True:
+        count = int(receiver.stats()["count"])
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
+
+
+def throughput(stack: Stack, receiver: Receiver, count: int, timeout: float) -> dict[str, float]:
+    """Deliveries/s from the first produce until all deliveries arrived and were audited."""
+    receiver.reset()
+    plan = events(count)
+    expected = sum(n for _, _, n in plan)
+    started = time.monotonic()
+    deadline = started + timeout
+    asyncio.run(produce_all(stack.broker.bootstrap, stack.topic, plan))
+    produced = time.monotonic()
+    received = wait_received(receiver, expected, deadline)
+    delivered = time.monotonic()
+    audited = asyncio.run(count_audit(stack.broker.bootstrap, expected, deadline))
+    finished = time.monotonic()
+    if received < expected or audited < expected:
+        raise RuntimeError(
+            f"incomplete: {received}/{expected} received, {audited}/{expected} audited"
+        )
+    return {
+        "events": count,
+        "deliveries": expected,
+        "produce_s": produced - started,
+        "deliver_s": delivered - started,
+        "total_s": finished - started,
+        "deliveries_per_s": expected / (finished - started),
+    }
+
+
+def latency(
+    stack: Stack, receiver: Receiver, per_second: float, seconds: float
+) -> dict[str, float]:
+    receiver.reset(latency=True)
+    plan = events(int(per_second * seconds))
+    expected = sum(n for _, _, n in plan)
+    asyncio.run(produce_at_rate(stack.broker.bootstrap, stack.topic, plan, per_second))
+    wait_received(receiver, expected, time.monotonic() + 60)
+    samples: list[float] = sorted(receiver.stats()["latencies_ms"])
+    if len(samples) < expected:
+        raise RuntimeError(f"latency run: {len(samples)}/{expected} received")
+
+    def pct(p: float) -> float:
+        return samples[min(len(samples) - 1, int(p * len(samples)))]
+
+    return {"deliveries": expected, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": samples[-1]}

@@ -1,0 +1,33 @@
+"""The benchmark in miniature (a few hundred events, one run of each part), so it never rots."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.slow
+def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--smoke", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["ceiling_reference"] > 0 and report["ceiling_own_client"] > 0
+    for part in ("sqlite", "postgres"):
+        throughput = report[part]["throughput"]
+        assert throughput["deliveries"] > throughput["events"] > 0  # fan-out happened
+        assert throughput["deliveries_per_s"] > 0 and 0 < report[part]["rss_mb"] < 1000
+    assert report["sqlite"]["latency"]["p99_ms"] > 0
+    assert report["backlog"]["deliveries_per_s"] > 0
+    assert all(report["grpc"]["service"][call] > 0 for call in ("create", "get", "list50"))
+    assert "end to end sqlite" in done.stdout and "gRPC get" in done.stdout
