@@ -87,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _run(command: str) -> int:
+    import uvloop
+
     from service.app import StartupError, serve  # deferred: key commands need no server imports
 
     try:
@@ -98,7 +100,7 @@ def _run(command: str) -> int:
     try:
         if command == "migrate":
             return _migrate(settings)
-        asyncio.run(serve(settings))
+        uvloop.run(serve(settings))
     except StartupError as exc:
         print(f"webhook-service: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from service.domain.models import DisabledReason, Event
 from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 from service.domain.signing import secret_key
 from service.errors import FailedPrecondition, NotFound
+from service.store import bulk
 from service.store.tables import (
     AttemptRow,
     DeliveryRow,
@@ -25,6 +26,49 @@ from service.store.tables import (
     SigningSecretRow,
     SubscriptionRow,
 )
+
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (id, delivery_id, attempt_number, trigger, started_at, latency_ms,"
+    " url, http_status, response_body, error_kind, error_message, outcome, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_DELIVERY = (
+    "UPDATE deliveries SET status = ?, attempt_count = ?, last_http_status = ?,"
+    " last_attempt_at = ?, next_attempt_at = ?, manual = FALSE WHERE id = ?"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (tenant, event_id, type, source, subject, occurred_at, received_at, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (id, tenant, subscription_id, event_id, event_type, status,"
+    " attempt_count, last_http_status, test, manual, created_at, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, 0, 0, FALSE, FALSE, ?, ?) ON CONFLICT DO NOTHING"
+)
+_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, value, created_at) VALUES (?, ?, ?, ?)"
+_STATUS = {
+    Outcome.SUCCEEDED: DeliveryStatus.SUCCEEDED,
+    Outcome.RETRY_SCHEDULED: DeliveryStatus.PENDING,
+    Outcome.FAILED: DeliveryStatus.FAILED,
+}
+
+
+def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
+    return (
+        a.attempt_id,
+        a.delivery_id,
+        a.attempt_number,
+        int(a.trigger),
+        a.attempt_time,
+        a.latency_ms,
+        a.url,
+        a.http_status,
+        a.response_body,
+        int(a.error_kind),
+        a.error_message,
+        int(a.outcome),
+        a.next_attempt_time,
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +116,8 @@ class DeliveryStore:
             subscriptions = self._enabled_subscriptions({e.tenant for e in events})
             existing = self._existing_pairs(list(event_rows.values()))
             jobs: list[Job] = []
-            rows: list[dict[str, object]] = []
+            rows: list[tuple[object, ...]] = []
+            pending, lease_end = int(DeliveryStatus.PENDING), now + lease
             for event in events:
                 event_pk = event_rows[(event.tenant, event.id)]
                 scope = required_scopes.get(event.type, "")
@@ -81,18 +126,18 @@ class DeliveryStore:
                         continue
                     existing.add((sub.id, event_pk))
                     delivery_id = new_id("msg")
+                    # Leased to this process; the scheduler takes it over after a crash.
                     rows.append(
-                        {
-                            "id": delivery_id,
-                            "tenant": event.tenant,
-                            "subscription": sub.id,
-                            "event": event_pk,
-                            "event_type": event.type,
-                            "status": int(DeliveryStatus.PENDING),
-                            "created_at": now,
-                            # Leased to this process; the scheduler takes it over after a crash.
-                            "next_attempt_at": now + lease,
-                        }
+                        (
+                            delivery_id,
+                            event.tenant,
+                            sub.id,
+                            event_pk,
+                            event.type,
+                            pending,
+                            now,
+                            lease_end,
+                        )
                     )
                     jobs.append(
                         Job(
@@ -109,8 +154,7 @@ class DeliveryStore:
                             event_time=event.time,
                         )
                     )
-            for chunk in _chunks(rows, 200):
-                DeliveryRow.insert_many(chunk).on_conflict_ignore().execute()
+            bulk.execute_many(self._db, _INSERT_DELIVERY, rows)
         return jobs
 
     def _insert_events(self, events: Sequence[Event], now: datetime) -> dict[tuple[str, str], int]:
@@ -119,21 +163,11 @@ class DeliveryStore:
         found = self._event_pks(ids)
         fresh = {(e.tenant, e.id): e for e in events if (e.tenant, e.id) not in found}
         rows = [
-            {
-                "tenant": e.tenant,
-                "event_id": e.id,
-                "type": e.type,
-                "source": e.source,
-                "subject": e.subject,
-                "occurred_at": e.time,
-                "received_at": now,
-                "data": e.data,
-            }
+            (e.tenant, e.id, e.type, e.source, e.subject, e.time, now, e.data)
             for e in fresh.values()
         ]
-        for chunk in _chunks(rows, 200):
-            # Ignored conflicts (another instance stored it a moment ago) are re-read below.
-            EventRow.insert_many(chunk).on_conflict_ignore().execute()
+        # Ignored conflicts (another instance stored it a moment ago) are re-read below.
+        bulk.execute_many(self._db, _INSERT_EVENT, rows)
         if fresh:
             found.update(self._event_pks(sorted({e.id for e in fresh.values()})))
         return found
@@ -267,72 +301,66 @@ class DeliveryStore:
         audit records, all in one transaction (deliveries deleted meanwhile are skipped)."""
         if not items:
             return
-        with self._db.atomic():
-            alive = {
-                row.id
-                for row in DeliveryRow.select(DeliveryRow.id).where(
-                    DeliveryRow.id.in_([i.attempt.delivery_id for i in items])
-                )
-            }
+        db = self._db
+        with db.atomic():
+            ids = list({i.attempt.delivery_id for i in items})
+            alive: set[str] = set()
+            for chunk in _chunks(ids, 500):
+                query = DeliveryRow.select(DeliveryRow.id).where(DeliveryRow.id.in_(chunk))
+                alive.update(row.id for row in query)
+            live = [i for i in items if i.attempt.delivery_id in alive]
             now = utcnow()
-            for item in items:
-                a = item.attempt
-                if a.delivery_id not in alive:
-                    continue
-                AttemptRow.insert(
-                    id=a.attempt_id,
-                    delivery=a.delivery_id,
-                    attempt_number=a.attempt_number,
-                    trigger=int(a.trigger),
-                    started_at=a.attempt_time,
-                    latency_ms=a.latency_ms,
-                    url=a.url,
-                    http_status=a.http_status,
-                    response_body=a.response_body,
-                    error_kind=int(a.error_kind),
-                    error_message=a.error_message,
-                    outcome=int(a.outcome),
-                    next_attempt_at=a.next_attempt_time,
-                ).execute()
-                status = {
-                    Outcome.SUCCEEDED: DeliveryStatus.SUCCEEDED,
-                    Outcome.RETRY_SCHEDULED: DeliveryStatus.PENDING,
-                    Outcome.FAILED: DeliveryStatus.FAILED,
-                }[a.outcome]
-                DeliveryRow.update(
-                    status=int(status),
-                    attempt_count=a.attempt_number,
-                    last_http_status=a.http_status,
-                    last_attempt_at=now,
-                    next_attempt_at=a.next_attempt_time,
-                    manual=False,
-                ).where(DeliveryRow.id == a.delivery_id).execute()
-                if not a.test:
-                    self._update_subscription(a, item.disable, now)
-                OutboxRow.insert(
-                    topic=item.audit_topic,
-                    key=a.subscription_id.encode(),
-                    value=item.audit_value,
-                    created_at=now,
-                ).execute()
-
-    def _update_subscription(
-        self, a: AttemptRecord, disable: DisabledReason | None, now: datetime
-    ) -> None:
-        changes: dict[pw.Field, object] = {
-            SubscriptionRow.last_delivery_at: now,
-            SubscriptionRow.last_delivery_status: a.http_status,
-        }
-        if a.outcome == Outcome.SUCCEEDED:
-            changes[SubscriptionRow.failing_since] = None
-        else:
-            changes[SubscriptionRow.failing_since] = pw.fn.COALESCE(
-                SubscriptionRow.failing_since, now
+            bulk.execute_many(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
+            bulk.execute_many(
+                db,
+                _UPDATE_DELIVERY,
+                [
+                    (
+                        int(_STATUS[i.attempt.outcome]),
+                        i.attempt.attempt_number,
+                        i.attempt.http_status,
+                        now,
+                        i.attempt.next_attempt_time,
+                        i.attempt.delivery_id,
+                    )
+                    for i in live
+                ],
             )
-        if disable is not None:
-            changes[SubscriptionRow.enabled] = False
-            changes[SubscriptionRow.disabled_reason] = int(disable)
-        SubscriptionRow.update(changes).where(SubscriptionRow.id == a.subscription_id).execute()
+            self._update_subscriptions([i for i in live if not i.attempt.test], now)
+            bulk.execute_many(
+                db,
+                _INSERT_OUTBOX,
+                [
+                    (i.audit_topic, i.attempt.subscription_id.encode(), i.audit_value, now)
+                    for i in live
+                ],
+            )
+
+    def _update_subscriptions(self, items: Sequence[RecordedAttempt], now: datetime) -> None:
+        """One update per subscription for the whole batch: its last attempt decides the last
+        delivery status and whether it is failing; any disabling decision in the batch holds."""
+        by_subscription: dict[str, list[RecordedAttempt]] = {}
+        for item in items:
+            by_subscription.setdefault(item.attempt.subscription_id, []).append(item)
+        for subscription_id, attempts in by_subscription.items():
+            last = attempts[-1].attempt
+            changes: dict[pw.Field, object] = {
+                SubscriptionRow.last_delivery_at: now,
+                SubscriptionRow.last_delivery_status: last.http_status,
+            }
+            if last.outcome == Outcome.SUCCEEDED:
+                changes[SubscriptionRow.failing_since] = None
+            elif any(a.attempt.outcome == Outcome.SUCCEEDED for a in attempts):
+                changes[SubscriptionRow.failing_since] = now  # failing again since this batch
+            else:
+                changes[SubscriptionRow.failing_since] = pw.fn.COALESCE(
+                    SubscriptionRow.failing_since, now
+                )
+            disable = next((a.disable for a in attempts if a.disable is not None), None)
+            if disable is not None:
+                changes[SubscriptionRow.enabled] = False
+                changes[SubscriptionRow.disabled_reason] = int(disable)
+            SubscriptionRow.update(changes).where(SubscriptionRow.id == subscription_id).execute()
 
     def defer(self, delivery_ids: Sequence[str], until: datetime) -> None:
         """Moves leased deliveries to a later time without counting an attempt."""
