@@ -112,26 +112,41 @@ class DeliveryStore:
             return []
         now = utcnow()
         with self._db.atomic():
-            event_rows = self._insert_events(events, now)
+            event_rows, known = self._insert_events(events, now)
             subscriptions = self._enabled_subscriptions({e.tenant for e in events})
-            existing = self._existing_pairs(list(event_rows.values()))
+            # Only events stored before (a re-consumed batch) can have deliveries already.
+            existing = self._existing_pairs([event_rows[k] for k in known])
+            # Which subscriptions of a tenant take a type: the same few pairs recur per batch.
+            targets: dict[tuple[str, str], list[str]] = {}
             jobs: list[Job] = []
             rows: list[tuple[object, ...]] = []
             pending, lease_end = int(DeliveryStatus.PENDING), now + lease
             for event in events:
+                key = (event.tenant, event.type)
+                if key not in targets:
+                    scope = required_scopes.get(event.type, "")
+                    targets[key] = [
+                        sub.id
+                        for sub in subscriptions.get(event.tenant, ())
+                        if _matches(sub, event.type, scope)
+                    ]
                 event_pk = event_rows[(event.tenant, event.id)]
-                scope = required_scopes.get(event.type, "")
-                for sub in subscriptions.get(event.tenant, ()):
-                    if (sub.id, event_pk) in existing or not _matches(sub, event.type, scope):
+                body = b""
+                for subscription_id in targets[key]:
+                    if (subscription_id, event_pk) in existing:
                         continue
-                    existing.add((sub.id, event_pk))
+                    existing.add((subscription_id, event_pk))
+                    if not body:  # one body per event, shared by its deliveries
+                        body = webhook_body(
+                            event.id, event.type, event.time, event.tenant, event.data
+                        )
                     delivery_id = new_id("msg")
                     # Leased to this process; the scheduler takes it over after a crash.
                     rows.append(
                         (
                             delivery_id,
                             event.tenant,
-                            sub.id,
+                            subscription_id,
                             event_pk,
                             event.type,
                             pending,
@@ -142,13 +157,11 @@ class DeliveryStore:
                     jobs.append(
                         Job(
                             delivery_id=delivery_id,
-                            subscription_id=sub.id,
+                            subscription_id=subscription_id,
                             tenant=event.tenant,
                             event_id=event.id,
                             event_type=event.type,
-                            body=webhook_body(
-                                event.id, event.type, event.time, event.tenant, event.data
-                            ),
+                            body=body,
                             attempts_made=0,
                             trigger=Trigger.SCHEDULED,
                             event_time=event.time,
@@ -157,28 +170,36 @@ class DeliveryStore:
             bulk.execute_many(self._db, _INSERT_DELIVERY, rows)
         return jobs
 
-    def _insert_events(self, events: Sequence[Event], now: datetime) -> dict[tuple[str, str], int]:
-        """The row id of every event, inserting those not stored yet."""
+    def _insert_events(
+        self, events: Sequence[Event], now: datetime
+    ) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
+        """The row id of every event, inserting those not stored yet; and which were known."""
         ids = sorted({e.id for e in events})
         found = self._event_pks(ids)
+        known = set(found)
         fresh = {(e.tenant, e.id): e for e in events if (e.tenant, e.id) not in found}
         rows = [
             (e.tenant, e.id, e.type, e.source, e.subject, e.time, now, e.data)
             for e in fresh.values()
         ]
-        # Ignored conflicts (another instance stored it a moment ago) are re-read below.
-        bulk.execute_many(self._db, _INSERT_EVENT, rows)
+        inserted = bulk.execute_many(self._db, _INSERT_EVENT, rows)
+        if inserted < len(rows):
+            # Another instance stored some of them a moment ago: they may have deliveries.
+            known.update(fresh)
         if fresh:
             found.update(self._event_pks(sorted({e.id for e in fresh.values()})))
-        return found
+        return found, known
 
     def _event_pks(self, event_ids: Sequence[str]) -> dict[tuple[str, str], int]:
-        out = {}
+        out: dict[tuple[str, str], int] = {}
         for chunk in _chunks(list(event_ids), 500):
-            query = EventRow.select(EventRow.id, EventRow.tenant, EventRow.event_id).where(
-                EventRow.event_id.in_(chunk)
+            query = (
+                EventRow.select(EventRow.id, EventRow.tenant, EventRow.event_id)
+                .where(EventRow.event_id.in_(chunk))
+                .tuples()
             )
-            out.update({(row.tenant, row.event_id): row.id for row in query})
+            rows: Iterable[tuple[int, str, str]] = query  # type: ignore[assignment]
+            out.update({(tenant, event_id): pk for pk, tenant, event_id in rows})
         return out
 
     def _enabled_subscriptions(self, tenants: Iterable[str]) -> dict[str, list["_Matcher"]]:
