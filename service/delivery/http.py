@@ -89,6 +89,7 @@ class HttpSender:
         self._timer: asyncio.TimerHandle | None = None
         self._transfers: dict[pycurl.Curl, _Transfer] = {}
         self._idle: list[pycurl.Curl] = []
+        self._watching: dict[int, int] = {}  # fd -> the POLL_* libcurl asked for
 
     async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> AttemptResult:
         if url.startswith("http://") and not self._allow_http:
@@ -118,6 +119,11 @@ class HttpSender:
         for handle in self._idle:
             handle.close()
         self._idle.clear()
+        if self._loop is not None:
+            for fd in self._watching:  # before libcurl closes them
+                self._loop.remove_reader(fd)
+                self._loop.remove_writer(fd)
+        self._watching.clear()
         if self._multi is not None:
             self._multi.close()
             self._multi = None
@@ -161,20 +167,30 @@ class HttpSender:
         return open_socket
 
     def _on_socket(self, event: int, fd: int, multi: Any, data: Any) -> None:
+        # libcurl calls this often with what it already asked for; only changes reach the
+        # loop, because each add/remove is a system call.
         loop = self._loop
         assert loop is not None
-        if event == pycurl.POLL_REMOVE:
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
+        wanted = 0 if event == pycurl.POLL_REMOVE else event
+        current = self._watching.get(fd, 0)
+        if wanted == current:
             return
-        if event in (pycurl.POLL_IN, pycurl.POLL_INOUT):
+        read = wanted in (pycurl.POLL_IN, pycurl.POLL_INOUT)
+        write = wanted in (pycurl.POLL_OUT, pycurl.POLL_INOUT)
+        was_read = current in (pycurl.POLL_IN, pycurl.POLL_INOUT)
+        was_write = current in (pycurl.POLL_OUT, pycurl.POLL_INOUT)
+        if read and not was_read:
             loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
-        else:
+        elif was_read and not read:
             loop.remove_reader(fd)
-        if event in (pycurl.POLL_OUT, pycurl.POLL_INOUT):
+        if write and not was_write:
             loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
-        else:
+        elif was_write and not write:
             loop.remove_writer(fd)
+        if wanted:
+            self._watching[fd] = wanted
+        else:
+            self._watching.pop(fd, None)
 
     def _on_timer(self, milliseconds: int) -> None:
         if self._timer is not None:
@@ -235,7 +251,9 @@ def _result(transfer: _Transfer, status: int, code: int, message: str) -> Attemp
         error_message=text,
         latency_ms=latency,
         response_body=b"".join(transfer.body).decode("utf-8", "replace"),
-        retry_after=parse_retry_after(transfer.retry_after, utcnow()),
+        retry_after=parse_retry_after(transfer.retry_after, utcnow())
+        if transfer.retry_after
+        else None,
     )
 
 

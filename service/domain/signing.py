@@ -16,7 +16,7 @@ def secret_key(secret: str) -> bytes:
 def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     """One `v1,<signature>` entry."""
     signed = b"%s.%d.%s" % (message_id.encode(), timestamp, body)
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    digest = hmac.digest(key, signed, hashlib.sha256)  # one-shot C call: ~3x hmac.new()
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 

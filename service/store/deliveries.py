@@ -402,10 +402,16 @@ class DeliveryStore:
     # -- outbox ------------------------------------------------------------------
 
     def outbox_batch(self, limit: int) -> list[OutboxRecord]:
-        rows = OutboxRow.select().order_by(OutboxRow.id).limit(limit)
+        query = (
+            OutboxRow.select(OutboxRow.id, OutboxRow.topic, OutboxRow.key, OutboxRow.value)
+            .order_by(OutboxRow.id)
+            .limit(limit)
+            .tuples()
+        )
+        rows: Iterable[tuple[int, str, bytes | None, bytes]] = query  # type: ignore[assignment]
         return [
-            OutboxRecord(r.id, r.topic, bytes(r.key) if r.key else None, bytes(r.value))
-            for r in rows
+            OutboxRecord(pk, topic, bytes(key) if key else None, bytes(value))
+            for pk, topic, key, value in rows
         ]
 
     def outbox_delete(self, ids: Sequence[int]) -> None:
