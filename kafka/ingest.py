@@ -39,7 +39,7 @@ class IngestConsumer:
         default_tenant: str,
         max_event_bytes: int,
         session_timeout_ms: int = 10_000,
-        batch_size: int = 500,
+        batch_size: int = 200,  # records per poll; larger ones stall dispatch (make bench)
         metrics: Metrics | None = None,
     ) -> None:
         self._bootstrap = bootstrap

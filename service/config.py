@@ -234,7 +234,9 @@ class Settings:
     retention_interval_seconds: float = _setting(
         3600.0, _in_range(float, 0.1, 86_400.0), "how often retention pruning runs"
     )
-    store_threads: int = _setting(4, _in_range(int, 1, 64), "threads running database work")
+    store_threads: int = _setting(
+        4, _in_range(int, 1, 64), "threads running database work (PostgreSQL; SQLite uses 1)"
+    )
     shutdown_grace_seconds: float = _setting(
         10.0, _in_range(float, 0.0, 300.0), "time in-flight calls get at shutdown"
     )
