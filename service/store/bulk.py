@@ -29,3 +29,8 @@ def execute_many(db: pw.Database, sql: str, rows: Sequence[Sequence[object]]) ->
     statement = sql[: values.start()] + " VALUES %s" + sql[values.end() :]
     execute_values(cursor, statement, rows, template=values.group(1), page_size=len(rows))
     return int(cursor.rowcount)
+
+
+def sql(db: pw.Database, text: str) -> str:
+    """`text` with its `?` placeholders in the database's own style."""
+    return text.replace("?", "%s") if isinstance(db, pw.PostgresqlDatabase) else text
