@@ -80,17 +80,21 @@ def test_deleting_a_subscription_cascades_to_secrets_deliveries_and_attempts(
         db.close()
 
 
-def test_migration_2_adds_the_delivery_age_index_to_a_version_1_database(
-    database_url: str,
-) -> None:
+def test_index_migrations_add_their_index_to_a_version_1_database(database_url: str) -> None:
     db = _open(database_url)
+    added = {
+        2: ("deliveries", "deliveries_created_at"),
+        3: ("subscriptions", "subscriptions_tenant_id"),
+    }
     try:
         migrate(db)
-        assert "deliveries_created_at" in {i.name for i in db.get_indexes("deliveries")}
-        # Back to what version 1 of the schema was: no age index, migration 2 not applied.
-        db.execute_sql("DROP INDEX deliveries_created_at")  # type: ignore[no-untyped-call]
-        tables.SchemaMigration.delete().where(tables.SchemaMigration.version == 2).execute()
-        assert migrate(db) == [2]
-        assert "deliveries_created_at" in {i.name for i in db.get_indexes("deliveries")}
+        for table, index in added.values():
+            assert index in {i.name for i in db.get_indexes(table)}
+            # Back to what version 1 of the schema was: without the index.
+            db.execute_sql(f"DROP INDEX {index}")  # type: ignore[no-untyped-call]
+        tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 1).execute()
+        assert migrate(db) == sorted(added)
+        for table, index in added.values():
+            assert index in {i.name for i in db.get_indexes(table)}
     finally:
         db.close()

@@ -18,15 +18,22 @@ def _initial(db: pw.Database) -> None:
     db.create_tables(tables.ALL_TABLES, safe=False)
 
 
+# Index migrations say IF NOT EXISTS: a database created at version 1 from today's models
+# already has them.
 def _delivery_age_index(db: pw.Database) -> None:
-    # IF NOT EXISTS: a database created at version 1 from today's models already has it.
     sql = "CREATE INDEX IF NOT EXISTS deliveries_created_at ON deliveries (created_at)"
+    db.execute_sql(sql)  # type: ignore[no-untyped-call]
+
+
+def _subscription_page_index(db: pw.Database) -> None:
+    sql = "CREATE INDEX IF NOT EXISTS subscriptions_tenant_id ON subscriptions (tenant, id)"
     db.execute_sql(sql)  # type: ignore[no-untyped-call]
 
 
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
+    (3, "subscription page index", _subscription_page_index),
 )
 
 

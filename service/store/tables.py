@@ -53,7 +53,10 @@ class SubscriptionRow(BaseModel):
 
     class Meta:
         table_name = "subscriptions"
-        indexes = ((("tenant", "name"), True),)
+        indexes = (
+            (("tenant", "name"), True),
+            (("tenant", "id"), False),  # List pages in id order without sorting the tenant
+        )
 
 
 class SigningSecretRow(BaseModel):
