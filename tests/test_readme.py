@@ -16,7 +16,18 @@ def test_readme_settings_table_lists_every_setting_and_nothing_else() -> None:
 
 def test_readme_commands_are_make_targets() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    for target in ("run", "test", "install", "proto", "lint", "test-fast", "demo", "up", "down"):
+    for target in (
+        "run",
+        "test",
+        "install",
+        "proto",
+        "lint",
+        "test-fast",
+        "demo",
+        "bench",
+        "up",
+        "down",
+    ):
         assert f"make {target}" in README
         assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.MULTILINE), target
     assert "make test" in (ROOT / ".ci" / "run").read_text()
