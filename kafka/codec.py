@@ -114,8 +114,12 @@ def _protobuf(value: bytes, default_tenant: str) -> Event:
 
 
 def event_from_proto(message: events_pb2.DomainEvent, default_tenant: str) -> Event:
-    """The Event a DomainEvent describes (also used by PublishEvent)."""
-    when = message.time.ToDatetime() if message.HasField("time") else utcnow()
+    """The Event a DomainEvent describes (also used by PublishEvent); EventRejected if
+    its time is out of range."""
+    try:
+        when = message.time.ToDatetime() if message.HasField("time") else utcnow()
+    except (ValueError, OverflowError):
+        raise EventRejected("INVALID_TIME", "time is not a valid timestamp") from None
     return Event(
         id=message.id,
         type=message.type,
@@ -155,11 +159,11 @@ def _time(value: object) -> datetime:
         return utcnow()
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise EventRejected("INVALID_TIME", f"time {value!r} is not RFC 3339") from None
-    if parsed.tzinfo is None:
-        return parsed
-    return parsed.astimezone(UTC).replace(tzinfo=None)
+        if parsed.tzinfo is None:
+            return parsed
+        return parsed.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # not RFC 3339, or out of range once in UTC
+        raise EventRejected("INVALID_TIME", f"time {str(value)[:40]!r} is not RFC 3339") from None
 
 
 def dead_letter_headers(

@@ -64,8 +64,15 @@ class IngestConsumer:
                 delay = 0.5
                 while not self._stopped.is_set():
                     await self.poll_once()
-            except (KafkaError, Unavailable) as exc:
-                log.warning("ingest interrupted; reconnecting", extra={"error": type(exc).__name__})
+            except Exception as exc:
+                if isinstance(exc, KafkaError | Unavailable):
+                    log.warning(
+                        "ingest interrupted; reconnecting", extra={"error": type(exc).__name__}
+                    )
+                else:
+                    # A bug, not an outage: keep consuming (uncommitted records come again)
+                    # rather than leave a live service that ingests nothing.
+                    log.exception("ingest failed unexpectedly; reconnecting")
                 await self._close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -111,7 +118,13 @@ class IngestConsumer:
         if dead:
             await self._producer.send_all(dead)
         after_commit = await self._store_batch(events)
-        await self._consumer.commit(offsets)
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError:
+            # A rebalance took the partitions away: the new owner re-reads these records,
+            # finds their deliveries stored and leased to us, and leaves them to us.
+            await after_commit()
+            raise
         for partition in offsets:
             end = self._consumer.highwater(partition)
             if end is not None:
@@ -131,7 +144,11 @@ class IngestConsumer:
                 max_bytes=self._max_bytes,
             )
             self._check(event)
-        except EventRejected as rejected:
+        except Exception as exc:
+            rejected = exc if isinstance(exc, EventRejected) else None
+            if rejected is None:  # a decoder bug must not block the partition
+                log.exception("event could not be decoded", extra={"offset": record.offset})
+                rejected = EventRejected("DECODE_FAILED", f"unexpected {type(exc).__name__}")
             self._metrics.events_consumed.labels("dead_lettered", rejected.reason).inc()
             log.info(
                 "event dead-lettered",

@@ -29,11 +29,13 @@ class OutboxPublisher:
         producer: Producer,
         fetch: Callable[[int], Awaitable[Sequence[OutboxItem]]],
         delete: Callable[[list[int]], Awaitable[None]],
+        release: Callable[[list[int]], Awaitable[None]],
         idle_seconds: float = 0.05,
     ) -> None:
         self._producer = producer
         self._fetch = fetch
         self._delete = delete
+        self._release = release
         self._idle = idle_seconds
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -60,13 +62,19 @@ class OutboxPublisher:
         rows = await self._fetch(BATCH)
         if not rows:
             return 0
-        await self._producer.send_all(
-            [
-                (row.topic, row.key, row.value, [("content-type", b"application/x-protobuf")])
-                for row in rows
-            ]
-        )
-        await self._delete([row.id for row in rows])
+        ids = [row.id for row in rows]
+        try:
+            await self._producer.send_all(
+                [
+                    (row.topic, row.key, row.value, [("content-type", b"application/x-protobuf")])
+                    for row in rows
+                ]
+            )
+        except Unavailable:
+            with contextlib.suppress(Unavailable):
+                await self._release(ids)
+            raise
+        await self._delete(ids)
         return len(rows)
 
     async def _sleep(self, seconds: float) -> None:

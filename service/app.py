@@ -220,7 +220,12 @@ class App:
         async def delete(ids: list[int]) -> None:
             await runner.call(store.outbox_delete, ids)
 
-        self._outbox = OutboxPublisher(producer=producer, fetch=fetch, delete=delete)
+        async def release(ids: list[int]) -> None:
+            await runner.call(store.outbox_release, ids)
+
+        self._outbox = OutboxPublisher(
+            producer=producer, fetch=fetch, delete=delete, release=release
+        )
         consumer, outbox = self._consumer, self._outbox
 
         async def run_kafka() -> None:

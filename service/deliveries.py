@@ -30,6 +30,7 @@ _FIELD_OF_REASON = {
     "UNKNOWN_EVENT_TYPE": "event.type",
     "INVALID_TENANT": "event.tenant",
     "INVALID_ATTRIBUTE": "event.source",
+    "INVALID_TIME": "event.time",
 }
 
 

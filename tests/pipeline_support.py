@@ -2,7 +2,9 @@
 
 import asyncio
 import json
+import socket
 import ssl
+import struct
 import threading
 import time
 import uuid
@@ -26,6 +28,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     body: str = "ok"
+    reset: bool = False  # drop the connection with a TCP reset instead of answering
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int = 200  # what the receiver answered
 
     @property
     def json(self) -> Any:
@@ -47,7 +51,9 @@ class Receiver:
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
         self._replies: dict[str, list[Reply]] = {}
-        self._counts: dict[str, int] = {}
+        # Paths whose replies run per delivery (webhook-id) rather than per path.
+        self._each: set[str] = set()
+        self._counts: dict[str | tuple[str, str], int] = {}
         self._ssl = ssl_context
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -71,15 +77,22 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         with self._lock:
-            self.requests.append(
-                Received(request.path, dict(request.headers), body, time.monotonic())
-            )
-            count = self._counts.get(request.path, 0)
-            self._counts[request.path] = count + 1
+            key: str | tuple[str, str] = request.path
+            if request.path in self._each:
+                key = (request.path, request.headers.get("webhook-id", ""))
+            count = self._counts.get(key, 0)
+            self._counts[key] = count + 1
             replies = self._replies.get(request.path, [Reply()])
-        reply = replies[min(count, len(replies) - 1)]
+            reply = replies[min(count, len(replies) - 1)]
+            self.requests.append(
+                Received(request.path, dict(request.headers), body, time.monotonic(), reply.status)
+            )
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if reply.reset and request.transport is not None:
+            sock = request.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
         return web.Response(status=reply.status, headers=reply.headers, text=reply.body)
 
     def reply(self, path: str, *replies: Reply) -> str:
@@ -87,6 +100,12 @@ class Receiver:
         with self._lock:
             self._replies[path] = list(replies)
         return self.url(path)
+
+    def reply_each(self, path: str, *replies: Reply) -> str:
+        """Like `reply`, but every delivery (webhook-id) gets the replies in turn."""
+        with self._lock:
+            self._each.add(path)
+        return self.reply(path, *replies)
 
     def url(self, path: str) -> str:
         scheme = "https" if self._ssl else "http"
@@ -176,6 +195,28 @@ def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> None:
     asyncio.run(run())
 
 
+def produce_paced(
+    bootstrap: str, topic: str, records: Sequence[Record], interval: float
+) -> list[float]:
+    """Produces one record every `interval` seconds; returns when each was acknowledged
+    (time.monotonic())."""
+
+    async def run() -> list[float]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        acked = []
+        try:
+            for key, value, headers in records:
+                await (await producer.send(topic, key=key, value=value, headers=headers))
+                acked.append(time.monotonic())
+                await asyncio.sleep(interval)
+        finally:
+            await producer.stop()
+        return acked
+
+    return asyncio.run(run())
+
+
 def read_topic(
     bootstrap: str, topic: str, until: Callable[[list[Any]], bool], timeout: float = 20.0
 ) -> list[Any]:
@@ -250,3 +291,46 @@ def new_topic(bootstrap: str) -> str:
     topic = f"events-{uuid.uuid4().hex[:10]}"
     asyncio.run(create_topics(bootstrap, [topic]))
     return topic
+
+
+def stream_events(bootstrap: str, topic: str, ids: list[str], pause: float) -> threading.Thread:
+    """Produces `person.created` events with these ids in groups of 10, `pause` seconds
+    apart, in the background."""
+
+    def run() -> None:
+        for start in range(0, len(ids), 10):
+            group = [
+                structured(cloud_event("person.created", {"i": i}, event_id=i))
+                for i in ids[start : start + 10]
+            ]
+            produce(bootstrap, topic, group)
+            time.sleep(pause)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def webhook_ids_by_event(
+    receiver: Receiver, path: str, delivered_only: bool = False
+) -> dict[str, set[str]]:
+    """The webhook-ids each event arrived with at `path` (only 2xx answers if asked)."""
+    webhook_ids: dict[str, set[str]] = {}
+    for request in receiver.at(path):
+        if delivered_only and not 200 <= request.status < 300:
+            continue
+        webhook_ids.setdefault(request.json["id"], set()).add(request.headers["webhook-id"])
+    return webhook_ids
+
+
+def wait_all_delivered(
+    receiver: Receiver, path: str, ids: list[str], timeout: float
+) -> dict[str, set[str]]:
+    """Waits until every event id was answered 2xx at `path`; returns webhook_ids_by_event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(ids) <= set(webhook_ids_by_event(receiver, path, delivered_only=True)):
+            return webhook_ids_by_event(receiver, path)
+        time.sleep(0.1)
+    missing = set(ids) - set(webhook_ids_by_event(receiver, path, delivered_only=True))
+    raise AssertionError(f"{len(missing)} events never delivered, e.g. {sorted(missing)[:5]}")

@@ -190,6 +190,11 @@ class ServiceProcess:
             time.sleep(0.2)
         raise AssertionError("service never became healthy")
 
+    def subscribe(self, url: str, **fields: Any) -> pb.CreateSubscriptionResponse:
+        address = f"127.0.0.1:{self.port}"
+        with grpc.insecure_channel(address) as channel:
+            return Api(address, None, channel).create(url=url, **fields)  # type: ignore[arg-type]
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)

@@ -2,66 +2,24 @@
 events: every event is delivered at least once, duplicates carry the same webhook-id, and a
 clean stop sends nothing twice."""
 
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import grpc
 import pytest
 
 from kafka.embedded import EmbeddedBroker
 from tests.pipeline_support import (
     Receiver,
-    cloud_event,
+    Reply,
     new_topic,
     pipeline_env,
-    produce,
-    structured,
+    stream_events,
+    wait_all_delivered,
 )
-from tests.support import Api, ServiceProcess, process_env
+from tests.support import ServiceProcess, process_env
 
 EVENTS = 300
-
-
-def _stream(bootstrap: str, topic: str, ids: list[str], pause: float) -> threading.Thread:
-    """Produces the events in small groups, `pause` seconds apart, in the background."""
-
-    def run() -> None:
-        for start in range(0, len(ids), 10):
-            group = [
-                structured(cloud_event("person.created", {"i": i}, event_id=i))
-                for i in ids[start : start + 10]
-            ]
-            produce(bootstrap, topic, group)
-            time.sleep(pause)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def _subscribe(process: ServiceProcess, url: str) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{process.port}") as channel:
-        Api(f"127.0.0.1:{process.port}", None, channel).create(url=url)  # type: ignore[arg-type]
-
-
-def _by_event(receiver: Receiver, path: str) -> dict[str, set[str]]:
-    webhook_ids: dict[str, set[str]] = defaultdict(set)
-    for request in receiver.at(path):
-        webhook_ids[request.json["id"]].add(request.headers["webhook-id"])
-    return webhook_ids
-
-
-def _wait_all(receiver: Receiver, path: str, ids: list[str], timeout: float) -> dict[str, set[str]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = _by_event(receiver, path)
-        if set(ids) <= set(seen):
-            return seen
-        time.sleep(0.1)
-    missing = set(ids) - set(_by_event(receiver, path))
-    raise AssertionError(f"{len(missing)} events never delivered, e.g. {sorted(missing)[:5]}")
 
 
 @pytest.mark.slow
@@ -83,16 +41,16 @@ def test_sigkill_mid_stream_loses_nothing(
     first = ServiceProcess(env, tmp_path / "first.log").start()
     second = ServiceProcess(env, tmp_path / "second.log")
     try:
-        _subscribe(first, receiver.url("/crash"))
+        first.subscribe(receiver.url("/crash"))
         ids = [f"evt-{n:04d}" for n in range(EVENTS)]
-        producer = _stream(broker.bootstrap, topic, ids, pause=0.02)
+        producer = stream_events(broker.bootstrap, topic, ids, pause=0.02)
         receiver.wait_for("/crash", 40)  # well into the stream
         first.kill()
         killed_after = len(receiver.at("/crash"))
         assert killed_after < EVENTS, "the stream ended before the kill; nothing was tested"
         second.start()
         producer.join(30)
-        seen = _wait_all(receiver, "/crash", ids, timeout=60)
+        seen = wait_all_delivered(receiver, "/crash", ids, timeout=60)
     finally:
         first.stop()
         second.stop()
@@ -114,15 +72,16 @@ def test_sigterm_drains_and_commits_so_a_restart_resends_nothing(
     first = ServiceProcess(env, tmp_path / "first.log").start()
     second = ServiceProcess(env, tmp_path / "second.log")
     try:
-        _subscribe(first, receiver.url("/drain"))
+        # Slow answers: attempts are in flight when SIGTERM arrives, and must finish.
+        first.subscribe(receiver.reply("/drain", Reply(delay=0.1)))
         ids = [f"evt-{n:04d}" for n in range(100)]
-        producer = _stream(broker.bootstrap, topic, ids, pause=0.02)
+        producer = stream_events(broker.bootstrap, topic, ids, pause=0.02)
         receiver.wait_for("/drain", 20)
         assert first.terminate() == 0
         stopped_at = len(receiver.at("/drain"))
         producer.join(30)
         second.start()
-        _wait_all(receiver, "/drain", ids, timeout=60)
+        wait_all_delivered(receiver, "/drain", ids, timeout=60)
         time.sleep(1.0)
     finally:
         first.stop()

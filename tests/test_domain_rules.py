@@ -20,6 +20,7 @@ from service.domain.access import (
 from service.domain.ids import new_id
 from service.domain.models import EventType, SubscriptionSpec
 from service.domain.signing_secrets import new_secret, secret_prefix
+from service.domain.ssrf import address_allowed
 from service.domain.updates import resolve_mask
 from service.domain.validation import (
     check_headers,
@@ -108,6 +109,15 @@ def test_event_type_names(name: str, valid: bool) -> None:
         ("https://0177.0.0.1/", False, "non-public"),
         ("https://0x7f.1/", False, "non-public"),
         ("https://134744072/", False, None),
+        ("https://[::127.0.0.1]/", False, "non-public"),
+        ("https://[64:ff9b::7f00:1]/", False, "non-public"),
+        ("https://[64:ff9b::808:808]/", False, None),
+        ("https://[64:ff9b:1::1]/", False, "non-public"),
+        ("https://[2002:7f00:1::]/", False, "non-public"),
+        ("https://[::ffff:0:7f00:1]/", False, "non-public"),
+        ("https://127.1/", False, "non-public"),
+        ("https://0/", False, "non-public"),
+        ("https://[::]/", False, "non-public"),
     ],
 )
 def test_check_url(url: str, allow_http: bool, problem: str | None) -> None:
@@ -116,6 +126,38 @@ def test_check_url(url: str, allow_http: bool, problem: str | None) -> None:
         assert violations == []
     else:
         assert len(violations) == 1 and problem in violations[0].description
+
+
+@pytest.mark.parametrize(
+    ("address", "allow", "allowed"),
+    [
+        ("8.8.8.8", (), True),
+        ("2001:4860:4860::8888", (), True),
+        ("127.0.0.1", (), False),
+        ("10.1.2.3", (), False),
+        ("100.64.0.1", (), False),  # carrier-grade NAT
+        ("169.254.169.254", (), False),  # cloud metadata
+        ("224.0.0.1", (), False),
+        ("255.255.255.255", (), False),
+        ("::1", (), False),
+        ("fe80::1", (), False),
+        ("fc00::1", (), False),
+        ("::ffff:127.0.0.1", (), False),  # IPv4-mapped
+        ("::ffff:8.8.8.8", (), True),
+        ("::127.0.0.1", (), False),  # IPv4-compatible (deprecated)
+        ("::8.8.8.8", (), True),
+        ("2002:a00:1::", (), False),  # 6to4 of 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", (), False),  # NAT64 of 169.254.169.254
+        ("64:ff9b::808:808", (), True),
+        ("64:ff9b:1::8.8.8.8", (), False),  # local-use NAT64
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", (), False),  # Teredo
+        ("127.0.0.1", LOOPBACK, True),
+        ("::ffff:127.0.0.1", LOOPBACK, True),
+        ("::1", LOOPBACK, False),
+    ],
+)
+def test_address_allowed(address: str, allow: Any, allowed: bool) -> None:
+    assert address_allowed(ipaddress.ip_address(address), allow) is allowed
 
 
 @pytest.mark.parametrize(

@@ -93,8 +93,29 @@ def test_index_migrations_add_their_index_to_a_version_1_database(database_url: 
             # Back to what version 1 of the schema was: without the index.
             db.execute_sql(f"DROP INDEX {index}")  # type: ignore[no-untyped-call]
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 1).execute()
-        assert migrate(db) == sorted(added)
+        # Migration 4 finds its column there already and changes nothing.
+        assert migrate(db) == [*sorted(added), 4]
         for table, index in added.values():
             assert index in {i.name for i in db.get_indexes(table)}
+    finally:
+        db.close()
+
+
+def test_outbox_claim_column_is_added_to_an_older_database(database_url: str) -> None:
+    db = _open(database_url)
+    try:
+        migrate(db)
+        # Back to version 3: the outbox as it was, without its claim column.
+        db.drop_tables([tables.OutboxRow])
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic VARCHAR(255) NOT NULL,"
+            " key BLOB, value BLOB NOT NULL, created_at DATETIME NOT NULL)"
+            if isinstance(db, pw.SqliteDatabase)
+            else "CREATE TABLE outbox (id BIGSERIAL PRIMARY KEY, topic VARCHAR(255) NOT NULL,"
+            " key BYTEA, value BYTEA NOT NULL, created_at TIMESTAMP NOT NULL)"
+        )
+        tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 3).execute()
+        assert migrate(db) == [4]
+        assert "claimed_until" in {c.name for c in db.get_columns("outbox")}
     finally:
         db.close()

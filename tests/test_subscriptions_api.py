@@ -105,10 +105,23 @@ def test_loopback_url_is_allowed_only_through_the_allow_list(make_server: Any) -
     allowing = make_server()  # the tests allow-list 127.0.0.0/8
     assert allowing.create(url="https://127.0.0.1:8443/hook").subscription.id
     strict = make_server(WEBHOOKS_SSRF_ALLOW_CIDRS="")
-    for url in (
+    for url in (  # every spelling of an internal address
         "https://127.0.0.1:8443/hook",
+        "https://2130706433/x",  # decimal
+        "https://0177.0.0.1/x",  # octal
+        "https://0x7f.1/x",  # hex, short form
+        "https://127.1/x",
+        "https://0/x",
         "https://localhost./x",
-        "https://[::ffff:127.0.0.1]/x",
+        "https://LocalHost/x",
+        "https://api.localhost/x",
+        "https://[::1]/x",
+        "https://[::ffff:127.0.0.1]/x",  # IPv4-mapped
+        "https://[::127.0.0.1]/x",  # IPv4-compatible
+        "https://[64:ff9b::a9fe:a9fe]/x",  # NAT64 of the metadata address
+        "https://169.254.169.254/latest/meta-data",
+        "https://[fe80::1%25eth0]/x",
+        "https://100.64.0.1/x",
     ):
         details = expect_error(INVALID, strict.create, url=url)
         assert "non-public" in details["violations"]["subscription.url"]

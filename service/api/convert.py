@@ -22,8 +22,44 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return out
 
 
-def duration(value: duration_pb2.Duration) -> timedelta:
-    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+def duration(value: duration_pb2.Duration, field: str) -> timedelta:
+    """A Duration as a timedelta; InvalidArgument naming `field` when it cannot be one."""
+    try:
+        return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+    except OverflowError:
+        raise invalid(field, "is out of range") from None
+
+
+def moment(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A Timestamp as a naive-UTC datetime; InvalidArgument naming `field` when invalid."""
+    try:
+        return value.ToDatetime()
+    except (ValueError, OverflowError):
+        raise invalid(field, "is not a valid timestamp (years 1 to 9999)") from None
+
+
+def strings_with_nul(message: Message, prefix: str = "") -> list[str]:
+    """Paths of the string fields (nested, repeated and map ones too) that hold a NUL
+    character, which no database column can store."""
+    found = []
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                if "\x00" in str(key) or (isinstance(item, str) and "\x00" in item):
+                    found.append(f"{path}[{key!r}]")
+                elif isinstance(item, Message):
+                    found.extend(strings_with_nul(item, f"{path}[{key!r}]."))
+        elif field.type == field.TYPE_MESSAGE:
+            items = value if field.is_repeated else [value]
+            for index, item in enumerate(items):
+                where = f"{path}[{index}]." if field.is_repeated else f"{path}."
+                found.extend(strings_with_nul(item, where))
+        elif field.type == field.TYPE_STRING:
+            items = value if field.is_repeated else [value]
+            if any("\x00" in item for item in items):
+                found.append(path)
+    return found
 
 
 def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
@@ -141,8 +177,8 @@ def delivery_filter_from_pb(request: pb.ListDeliveriesRequest) -> DeliveryFilter
     unknown = [s for s in request.statuses if s not in _KNOWN_STATUSES]
     if unknown:
         raise invalid("statuses", f"unknown or unspecified statuses: {unknown}")
-    start = request.start_time.ToDatetime() if request.HasField("start_time") else None
-    end = request.end_time.ToDatetime() if request.HasField("end_time") else None
+    start = moment(request.start_time, "start_time") if request.HasField("start_time") else None
+    end = moment(request.end_time, "end_time") if request.HasField("end_time") else None
     if start is not None and end is not None and start >= end:
         raise invalid("end_time", "must be after start_time")
     return DeliveryFilter(

@@ -26,8 +26,15 @@ from service.domain.access import (
     authenticate,
     require_scope,
 )
+from service.domain.event_rules import EventRejected
 from service.domain.updates import resolve_mask
-from service.errors import NotImplementedYet, WebhookError, invalid
+from service.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotImplementedYet,
+    WebhookError,
+    invalid,
+)
 from service.metrics import Metrics
 from service.store.runner import StoreRunner
 from service.subscriptions import SubscriptionService
@@ -55,6 +62,10 @@ def rpc(scope: str) -> Callable[[Handler[Request, Response]], Callable[..., Awai
             try:
                 principal = authenticate(self.keys(), _authorization(context))
                 require_scope(principal, scope)
+                with_nul = convert.strings_with_nul(request)  # type: ignore[arg-type]
+                if with_nul:
+                    problem = "must not contain NUL characters"
+                    raise InvalidArgument([FieldViolation(path, problem) for path in with_nul])
                 return await handler(self, request, principal)
             except WebhookError as error:
                 status = to_status(error)
@@ -197,7 +208,9 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def RotateSubscriptionSecret(
         self, request: pb.RotateSubscriptionSecretRequest, principal: Principal
     ) -> pb.RotateSubscriptionSecretResponse:
-        overlap = convert.duration(request.overlap) if request.HasField("overlap") else None
+        overlap = (
+            convert.duration(request.overlap, "overlap") if request.HasField("overlap") else None
+        )
         sub, secret = await self._run(
             self._subs.rotate_secret, principal, _required_id(request.id), overlap
         )
@@ -270,7 +283,10 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def PublishEvent(
         self, request: pb.PublishEventRequest, principal: Principal
     ) -> pb.PublishEventResponse:
-        event = event_from_proto(request.event, principal.tenant)
+        try:
+            event = event_from_proto(request.event, principal.tenant)
+        except EventRejected as rejected:
+            raise invalid("event.time", rejected.message) from None
         topic, partition, offset = await self._deliveries.publish(principal, event)
         return pb.PublishEventResponse(
             event_id=event.id, topic=topic, partition=partition, offset=offset
@@ -320,7 +336,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         if not request.HasField("since"):
             raise invalid("since", "is required")
         count = await self._deliveries.recover(
-            principal, subscription_id, request.since.ToDatetime()
+            principal, subscription_id, convert.moment(request.since, "since")
         )
         return pb.RecoverDeliveriesResponse(queued_count=count)
 

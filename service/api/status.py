@@ -8,6 +8,15 @@ from grpc_status import rpc_status
 from service import errors
 
 DOMAIN = "webhooks.v1"
+# Errors quote the caller's input, which can be large; gRPC clients refuse trailers over
+# 8 KB by default (and then see RESOURCE_EXHAUSTED), so every text and list is bounded.
+MAX_TEXT = 300
+MAX_VIOLATIONS = 20
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
 
 STATUS_CODES: dict[type[errors.WebhookError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -34,16 +43,20 @@ def to_status(error: errors.WebhookError) -> grpc.Status:
     apply, BadRequest field violations or a QuotaFailure."""
     code = status_code(error)
     details = [
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+        error_details_pb2.ErrorInfo(
+            reason=error.reason,
+            domain=DOMAIN,
+            metadata={_clip(k): _clip(v) for k, v in error.metadata.items()},
+        )
     ]
     if isinstance(error, errors.InvalidArgument):
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_clip(v.field), description=_clip(v.description)
                     )
-                    for v in error.violations
+                    for v in error.violations[:MAX_VIOLATIONS]
                 ]
             )
         )
@@ -52,7 +65,7 @@ def to_status(error: errors.WebhookError) -> grpc.Status:
             error_details_pb2.QuotaFailure(
                 violations=[
                     error_details_pb2.QuotaFailure.Violation(
-                        subject="tenant", description=error.message
+                        subject="tenant", description=_clip(error.message)
                     )
                 ]
             )
@@ -62,7 +75,7 @@ def to_status(error: errors.WebhookError) -> grpc.Status:
         holder = any_pb2.Any()
         holder.Pack(detail)
         packed.append(holder)
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=packed)
+    status = status_pb2.Status(code=code.value[0], message=_clip(error.message), details=packed)
     return rpc_status.to_status(status)
 
 

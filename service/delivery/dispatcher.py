@@ -218,6 +218,14 @@ class Dispatcher:
                 wait = self._rate_wait(lane, target, now)
                 if wait > 0:
                     await asyncio.sleep(wait)
+                if job.lease_until - time.time() < self._policy.attempt_timeout:
+                    # The claim could run out mid-attempt and another instance send it too:
+                    # leave it to whichever scheduler claims it next.
+                    lane.queue.popleft()
+                    lane.slots.release()
+                    self._release()
+                    log.info("claim expired before sending", extra={"delivery_id": job.delivery_id})
+                    continue
                 lane.sending += 1
                 lane.queue.popleft()
                 task = asyncio.create_task(self._send(job, target, lane))

@@ -1,5 +1,6 @@
 """Records of the delivery pipeline: what to send, where, and what happened."""
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -34,6 +35,8 @@ class Job:
     trigger: Trigger
     test: bool = False
     event_time: datetime | None = None
+    # Unix time at which this process's claim on the delivery ends (inf: no claim).
+    lease_until: float = math.inf
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ def check_event(event: Event) -> None:
         raise EventRejected(
             "INVALID_ATTRIBUTE", f"source and subject are at most {MAX_ATTRIBUTE} characters"
         )
+    if "\x00" in event.source or "\x00" in event.subject:  # no database text column holds NUL
+        raise EventRejected("INVALID_ATTRIBUTE", "source and subject must not contain NUL")
     parse_data(event.data)
 
 

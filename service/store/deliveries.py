@@ -1,6 +1,7 @@
 """Events, deliveries, attempts and the audit outbox: the pipeline's transactions and queries."""
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,7 +10,7 @@ import peewee as pw
 
 from service.crypto import SecretBox
 from service.domain import event_patterns
-from service.domain.clock import utcnow
+from service.domain.clock import unix_time, utcnow
 from service.domain.deliveries import AttemptRecord, DeliveryFilter, DeliveryView, Job, Target
 from service.domain.envelope import webhook_body
 from service.domain.ids import new_id
@@ -46,6 +47,15 @@ _INSERT_DELIVERY = (
     " VALUES (?, ?, ?, ?, ?, ?, 0, 0, FALSE, FALSE, ?, ?) ON CONFLICT DO NOTHING"
 )
 _INSERT_OUTBOX = "INSERT INTO outbox (topic, key, value, created_at) VALUES (?, ?, ?, ?)"
+# Claims the oldest unclaimed (or abandoned) outbox rows; SKIP LOCKED keeps two
+# publishers from waiting on, or taking, the same rows.
+_CLAIM_OUTBOX = (
+    "UPDATE outbox SET claimed_until = %s WHERE id IN (SELECT id FROM outbox"
+    " WHERE claimed_until IS NULL OR claimed_until < %s ORDER BY id LIMIT %s"
+    " FOR UPDATE SKIP LOCKED) RETURNING id, topic, key, value"
+)
+# Longer than any publish takes; a crashed publisher's rows go to another after it.
+OUTBOX_CLAIM = timedelta(seconds=30)
 _STATUS = {
     Outcome.SUCCEEDED: DeliveryStatus.SUCCEEDED,
     Outcome.RETRY_SCHEDULED: DeliveryStatus.PENDING,
@@ -121,6 +131,7 @@ class DeliveryStore:
             jobs: list[Job] = []
             rows: list[tuple[object, ...]] = []
             pending, lease_end = int(DeliveryStatus.PENDING), now + lease
+            lease_until = unix_time(lease_end)
             for event in events:
                 key = (event.tenant, event.type)
                 if key not in targets:
@@ -165,10 +176,21 @@ class DeliveryStore:
                             attempts_made=0,
                             trigger=Trigger.SCHEDULED,
                             event_time=event.time,
+                            lease_until=lease_until,
                         )
                     )
-            bulk.execute_many(self._db, _INSERT_DELIVERY, rows)
+            if bulk.execute_many(self._db, _INSERT_DELIVERY, rows) < len(rows):
+                # Another instance stored some of these pairs a moment ago: it sends them.
+                stored = self._stored_ids([job.delivery_id for job in jobs])
+                jobs = [job for job in jobs if job.delivery_id in stored]
         return jobs
+
+    def _stored_ids(self, delivery_ids: Sequence[str]) -> set[str]:
+        stored: set[str] = set()
+        for chunk in _chunks(list(delivery_ids), 500):
+            query = DeliveryRow.select(DeliveryRow.id).where(DeliveryRow.id.in_(chunk))
+            stored.update(row.id for row in query)
+        return stored
 
     def _insert_events(
         self, events: Sequence[Event], now: datetime
@@ -245,9 +267,14 @@ class DeliveryStore:
             if not ids:
                 return []
             DeliveryRow.update(next_attempt_at=now + lease).where(DeliveryRow.id.in_(ids)).execute()
-            return self._jobs(ids)
+            return self._jobs(ids, lease_until=unix_time(now + lease))
 
-    def _jobs(self, delivery_ids: Sequence[str], trigger: Trigger | None = None) -> list[Job]:
+    def _jobs(
+        self,
+        delivery_ids: Sequence[str],
+        trigger: Trigger | None = None,
+        lease_until: float = math.inf,
+    ) -> list[Job]:
         rows = (
             DeliveryRow.select(DeliveryRow, EventRow)
             .join(EventRow)
@@ -275,6 +302,7 @@ class DeliveryStore:
                     trigger=trigger or _trigger(row),
                     test=row.test,
                     event_time=event.occurred_at,
+                    lease_until=lease_until,
                 )
             )
         return jobs
@@ -402,13 +430,23 @@ class DeliveryStore:
     # -- outbox ------------------------------------------------------------------
 
     def outbox_batch(self, limit: int) -> list[OutboxRecord]:
-        query = (
-            OutboxRow.select(OutboxRow.id, OutboxRow.topic, OutboxRow.key, OutboxRow.value)
-            .order_by(OutboxRow.id)
-            .limit(limit)
-            .tuples()
-        )
-        rows: Iterable[tuple[int, str, bytes | None, bytes]] = query  # type: ignore[assignment]
+        """The oldest records to publish. On PostgreSQL, where several instances publish,
+        they are claimed for OUTBOX_CLAIM so no other publisher sends them too."""
+        if self._db.for_update:
+            now = utcnow()
+            with self._db.atomic():
+                cursor = self._db.execute_sql(  # type: ignore[no-untyped-call]
+                    _CLAIM_OUTBOX, (now + OUTBOX_CLAIM, now, limit)
+                )
+                rows: Iterable[tuple[int, str, bytes | None, bytes]] = sorted(cursor.fetchall())
+        else:
+            query = (
+                OutboxRow.select(OutboxRow.id, OutboxRow.topic, OutboxRow.key, OutboxRow.value)
+                .order_by(OutboxRow.id)
+                .limit(limit)
+                .tuples()
+            )
+            rows = query  # type: ignore[assignment]
         return [
             OutboxRecord(pk, topic, bytes(key) if key else None, bytes(value))
             for pk, topic, key, value in rows
@@ -417,6 +455,12 @@ class DeliveryStore:
     def outbox_delete(self, ids: Sequence[int]) -> None:
         for chunk in _chunks(list(ids), 500):
             OutboxRow.delete().where(OutboxRow.id.in_(chunk)).execute()
+
+    def outbox_release(self, ids: Sequence[int]) -> None:
+        """Gives claimed records back after a failed publish, for the next try of anyone."""
+        if self._db.for_update:
+            for chunk in _chunks(list(ids), 500):
+                OutboxRow.update(claimed_until=None).where(OutboxRow.id.in_(chunk)).execute()
 
     def outbox_size(self) -> int:
         return int(OutboxRow.select().count())

@@ -1,9 +1,11 @@
 """Versioned schema migrations, applied in order and recorded in `schema_migration`.
 
 To change the schema: append a migration to MIGRATIONS (never edit an applied one).
-Migration 1 creates the tables from today's models; before the first migration that
-alters a table, copy today's model definitions into migration 1 so it stays frozen
-(tests/test_store_schema.py fails if the migrated schema and the models disagree).
+Migration 1 creates the tables from today's models, so every later migration first checks
+whether its index or column is there already (a new database has it). Once a migration
+has to change something in a way that cannot be checked like that, copy today's model
+definitions into migration 1 so it stays frozen (tests/test_store_schema.py fails if the
+migrated schema and the models disagree).
 """
 
 from collections.abc import Callable
@@ -18,8 +20,8 @@ def _initial(db: pw.Database) -> None:
     db.create_tables(tables.ALL_TABLES, safe=False)
 
 
-# Index migrations say IF NOT EXISTS: a database created at version 1 from today's models
-# already has them.
+# Later migrations check before they add: a database created at version 1 from today's
+# models already has their indexes and columns.
 def _delivery_age_index(db: pw.Database) -> None:
     sql = "CREATE INDEX IF NOT EXISTS deliveries_created_at ON deliveries (created_at)"
     db.execute_sql(sql)  # type: ignore[no-untyped-call]
@@ -30,10 +32,17 @@ def _subscription_page_index(db: pw.Database) -> None:
     db.execute_sql(sql)  # type: ignore[no-untyped-call]
 
 
+def _outbox_claims(db: pw.Database) -> None:
+    if "claimed_until" not in {c.name for c in db.get_columns("outbox")}:
+        kind = "TIMESTAMP" if isinstance(db, pw.PostgresqlDatabase) else "DATETIME"
+        db.execute_sql(f"ALTER TABLE outbox ADD COLUMN claimed_until {kind}")  # type: ignore[no-untyped-call]
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
     (3, "subscription page index", _subscription_page_index),
+    (4, "outbox claims for several publishers", _outbox_claims),
 )
 
 

@@ -160,6 +160,8 @@ class OutboxRow(BaseModel):
     key = pw.BlobField(null=True)
     value = pw.BlobField()
     created_at = pw.DateTimeField()
+    # Several instances (PostgreSQL): the publisher that claimed the row, until then.
+    claimed_until = pw.DateTimeField(null=True)
 
     class Meta:
         table_name = "outbox"
