@@ -100,6 +100,8 @@ def _all_deliveries(pipeline: Pipeline) -> list[Any]:
             return out
 
 
+# The store is not what this tests; one database keeps the suite short.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sick_endpoints_end_per_schedule_and_leave_a_healthy_one_alone(
     make_pipeline: Any, receiver: Receiver
 ) -> None:
@@ -108,7 +110,8 @@ def test_sick_endpoints_end_per_schedule_and_leave_a_healthy_one_alone(
         WEBHOOKS_RETRY_SCHEDULE=schedule,
         WEBHOOKS_ATTEMPT_TIMEOUT_SECONDS="1",
         WEBHOOKS_CIRCUIT_FAILURES="3",
-        WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS="0.3",
+        # An open circuit pauses an endpoint 0.1 s, doubling up to 1 s.
+        WEBHOOKS_CIRCUIT_COOLDOWN_SECONDS="0.1",
     )
     paths = {
         "/healthy": [Reply()],
@@ -117,15 +120,21 @@ def test_sick_endpoints_end_per_schedule_and_leave_a_healthy_one_alone(
         "/flapping": [*[Reply(500)] * 4, *[Reply()] * 4] * 25,
         "/slow": [Reply(delay=0.4)],
     }
-    for path, replies in paths.items():
-        pipeline.api.create(url=receiver.reply(path, *replies))
+    path_of = {
+        pipeline.api.create(url=receiver.reply(path, *replies)).subscription.id: path
+        for path, replies in paths.items()
+    }
     events = [cloud_event("person.created", {"n": n}) for n in range(20)]
-    # Spread over ~4 s, so healthy deliveries happen while the sick ones hang and retry.
+    # The first one waits until the consumer has joined its group and got the partitions.
+    pipeline.send(structured(events[0]))
+    receiver.wait_for("/healthy", 1, timeout=30)
+    # The rest spread over ~4 s, so healthy deliveries happen while the sick ones hang
+    # and retry.
     acked = produce_paced(
-        pipeline.bootstrap, pipeline.topic, [structured(e) for e in events], interval=0.2
+        pipeline.bootstrap, pipeline.topic, [structured(e) for e in events[1:]], interval=0.2
     )
-    sent_at = {event["id"]: at for event, at in zip(events, acked, strict=True)}
-    wait_all_delivered(receiver, "/healthy", list(sent_at), timeout=30)
+    sent_at = {event["id"]: at for event, at in zip(events[1:], acked, strict=True)}
+    wait_all_delivered(receiver, "/healthy", [e["id"] for e in events], timeout=30)
 
     deadline = time.monotonic() + 120
     while True:
@@ -142,7 +151,12 @@ def test_sick_endpoints_end_per_schedule_and_leave_a_healthy_one_alone(
         delivery = pipeline.api.call("GetDelivery", pb.GetDeliveryRequest(id=summary.id)).delivery
         numbers = [a.attempt_number for a in delivery.attempts]
         assert sorted(numbers) == list(range(1, len(numbers) + 1)), delivery
-        assert sent[delivery.id] == len(numbers), "every request made is recorded, once"
+        if path_of[delivery.subscription_id] in ("/dead", "/random"):
+            # A keep-alive connection reset before any answer is retried by libcurl on
+            # another connection within the same attempt (same webhook-id): README.
+            assert len(numbers) <= sent[delivery.id] <= 6 * len(numbers)
+        else:
+            assert sent[delivery.id] == len(numbers), "every request made is recorded, once"
         last = max(delivery.attempts, key=lambda a: a.attempt_number)
         if delivery.status == E.DELIVERY_STATUS_SUCCEEDED:
             assert 200 <= last.http_status < 300 and len(numbers) <= attempts_allowed
