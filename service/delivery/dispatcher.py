@@ -165,9 +165,18 @@ class Dispatcher:
         for task in self._sending:
             task.cancel()
         if self._writer is not None:
+            # Never cancel a write in progress: its store call would still commit, and the
+            # last flush below would write the same attempts again.
             self._results_ready.set()
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+            await asyncio.wait({self._writer}, timeout=max(grace, 5.0))
+            if not self._writer.done():
+                self._writer.cancel()
+                log.warning(
+                    "attempt results not written; those attempts are made again after restart",
+                    extra={"pending": len(self._results)},
+                )
+                await self._sender.close()
+                return
         await self._flush(tries=5)
         await self._sender.close()
 
@@ -380,8 +389,11 @@ class Dispatcher:
         await self._runner.call(self._store.defer, [j.delivery_id for j in jobs], until)
 
     async def _write_loop(self) -> None:
-        while True:
+        """Runs until stop(): then it finishes the write it is in and returns."""
+        while not self._stopping:
             await self._results_ready.wait()
+            if self._stopping:
+                return
             await asyncio.sleep(0.002)  # let a burst of results gather into one transaction
             await self._flush()
 
@@ -400,6 +412,8 @@ class Dispatcher:
                     tries -= 1
                     if tries <= 0:
                         return
+                elif self._stopping:
+                    return  # stop() makes the last tries
                 await asyncio.sleep(1.0)
                 continue
             del self._results[: len(batch)]
