@@ -31,3 +31,18 @@ def test_readme_commands_are_make_targets() -> None:
         assert f"make {target}" in README
         assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.MULTILINE), target
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_reliability_section_names_tests_that_exist() -> None:
+    section = README.split("## Reliability", 1)[1].split("\n## ", 1)[0]
+    named = 0
+    for row in section.splitlines():
+        current = None
+        for ref in re.findall(r"`((?:test_\w+\.py)?(?:::test_\w+)?)`", row):
+            path, _, function = ref.partition("::")
+            current = path or current
+            assert current is not None, ref
+            source = (ROOT / "tests" / current).read_text()
+            assert not function or f"def {function}(" in source, ref
+            named += 1
+    assert named >= 20
