@@ -1,36 +1,25 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the local PostgreSQL."""
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg2
 import pytest
 
 from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
 from service.config import Settings
 from tests.pipeline_support import Receiver, Record, new_topic, pipeline_env, produce
-from tests.support import POSTGRES_URL, Api, ServerThread, base_env
+from tests.support import Api, ServerThread, base_env, postgres_schema
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh schema in the `test` database, dropped afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(POSTGRES_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

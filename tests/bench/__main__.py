@@ -9,34 +9,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from kafka.embedded import free_port
 from tests.bench import backlog, ceilings, e2e, grpc_calls
-from tests.support import POSTGRES_URL
+from tests.support import postgres_schema
 
 CONCURRENCY = 64
-
-
-@contextmanager
-def postgres_schema() -> Iterator[str]:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(POSTGRES_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
 
 
 def median_of(runs: int, measure: Callable[[], dict[str, float]], key: str) -> dict[str, Any]:
@@ -155,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             sqlite_url = f"sqlite:///{work / 'bench.db'}"
             report["sqlite"] = pipeline_runs("sqlite", sqlite_url, args, receiver, work)
             if "postgres" not in args.skip:
-                with postgres_schema() as url_pg:
+                with postgres_schema("bench") as url_pg:
                     report["postgres"] = pipeline_runs("postgres", url_pg, args, receiver, work)
             if "backlog" not in args.skip:
                 report["backlog"] = backlog_run(
