@@ -1,11 +1,14 @@
 """Table-driven tests of the pure rules: patterns, validation, masks, pages, keys, ids, settings."""
 
 import ipaddress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import timestamp_pb2
 
+from service.api import convert
 from service.config import Settings, SettingsError
 from service.crypto import SecretBox, new_encryption_key
 from service.domain import event_patterns, pagination
@@ -31,6 +34,7 @@ from service.domain.validation import (
     validate_subscription,
 )
 from service.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from webhooks.v1 import webhook_service_pb2 as pb
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
@@ -417,3 +421,21 @@ def test_settings_defaults_and_parsing(tmp_path: Path) -> None:
 def test_settings_errors(tmp_path: Path, extra: dict[str, str], problem: str) -> None:
     with pytest.raises(SettingsError, match=problem):
         Settings.from_env(_env(tmp_path, **extra))
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 23, 12, 0, 0, 123456),
+        datetime(1, 1, 1),
+        datetime(9999, 12, 31, 23, 59, 59, 999999),
+        datetime(1969, 12, 31, 23, 59, 59, 500000),
+    ],
+)
+def test_timestamps_equal_protobufs_own_conversion(moment: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(moment.replace(tzinfo=UTC))
+    assert convert.timestamp(moment) == expected
+    message = pb.Subscription()
+    convert._set_times(message, create_time=moment, update_time=None)
+    assert message.create_time == expected and not message.HasField("update_time")

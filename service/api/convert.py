@@ -1,6 +1,6 @@
 """Conversions between webhooks.v1 messages and domain records."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -12,14 +12,22 @@ from service.domain.validation import redact_headers
 from service.errors import invalid
 from webhooks.v1 import webhook_service_pb2 as pb
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _seconds_nanos(value: datetime) -> tuple[int, int]:
+    """Seconds and nanoseconds since the epoch of a naive-UTC datetime (plain arithmetic:
+    Timestamp.FromDatetime cost ~4 us, a third of turning a subscription into a message)."""
+    delta = value - _EPOCH
+    return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
+
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     """A Timestamp from a naive-UTC datetime; None stays unset."""
     if value is None:
         return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value.replace(tzinfo=UTC))
-    return out
+    seconds, nanos = _seconds_nanos(value)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 def duration(value: duration_pb2.Duration, field: str) -> timedelta:
@@ -130,9 +138,9 @@ def event_type_to_pb(event_type: EventType) -> pb.EventType:
 
 def _set_times(message: Message, **values: datetime | None) -> None:
     for name, value in values.items():
-        stamp = timestamp(value)
-        if stamp is not None:
-            getattr(message, name).CopyFrom(stamp)
+        if value is not None:
+            stamp = getattr(message, name)
+            stamp.seconds, stamp.nanos = _seconds_nanos(value)
 
 
 def attempt_to_pb(record: AttemptRecord) -> pb.Attempt:
