@@ -137,18 +137,8 @@ class IngestConsumer:
     def _take(self, record: ConsumerRecord, events: list[Event], dead: list) -> None:  # type: ignore[type-arg]
         headers = [(k, v if v is not None else b"") for k, v in (record.headers or ())]
         try:
-            event = decode_event(
-                record.value,
-                headers,
-                default_tenant=self._default_tenant,
-                max_bytes=self._max_bytes,
-            )
-            self._check(event)
-        except Exception as exc:
-            rejected = exc if isinstance(exc, EventRejected) else None
-            if rejected is None:  # a decoder bug must not block the partition
-                log.exception("event could not be decoded", extra={"offset": record.offset})
-                rejected = EventRejected("DECODE_FAILED", f"unexpected {type(exc).__name__}")
+            event = self._decode(record, headers)
+        except EventRejected as rejected:
             self._metrics.events_consumed.labels("dead_lettered", rejected.reason).inc()
             log.info(
                 "event dead-lettered",
@@ -178,6 +168,24 @@ class IngestConsumer:
             return
         self._metrics.events_consumed.labels("accepted", "").inc()
         events.append(event)
+
+    def _decode(self, record: ConsumerRecord, headers: list[tuple[str, bytes]]) -> Event:
+        """The record's checked event, or EventRejected; a decoder bug is refused too, as
+        DECODE_FAILED, because it must not block the partition."""
+        try:
+            event = decode_event(
+                record.value,
+                headers,
+                default_tenant=self._default_tenant,
+                max_bytes=self._max_bytes,
+            )
+            self._check(event)
+        except EventRejected:
+            raise
+        except Exception as exc:
+            log.exception("event could not be decoded", extra={"offset": record.offset})
+            raise EventRejected("DECODE_FAILED", f"unexpected {type(exc).__name__}") from exc
+        return event
 
     async def stop(self) -> None:
         self._stopped.set()

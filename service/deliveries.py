@@ -13,7 +13,7 @@ from service.domain.deliveries import DeliveryFilter, DeliveryView
 from service.domain.event_rules import EventRejected, check_event
 from service.domain.ids import new_id
 from service.domain.models import Event
-from service.errors import PermissionDenied, Unavailable, invalid
+from service.errors import InvalidArgument, PermissionDenied, Unavailable, invalid
 from service.store.deliveries import DeliveryStore
 from service.store.event_types import EventTypeStore
 from service.store.runner import StoreRunner
@@ -32,6 +32,12 @@ _FIELD_OF_REASON = {
     "INVALID_ATTRIBUTE": "event.source",
     "INVALID_TIME": "event.time",
 }
+
+
+def invalid_event(rejected: EventRejected) -> InvalidArgument:
+    """The INVALID_ARGUMENT for a published event refused by the ingest rules, naming the
+    field the rule is about."""
+    return invalid(_FIELD_OF_REASON.get(rejected.reason, "event.data"), rejected.message)
 
 
 class DeliveryService:
@@ -110,9 +116,7 @@ class DeliveryService:
             check_event(event)
             check(event)
         except EventRejected as rejected:
-            raise invalid(
-                _FIELD_OF_REASON.get(rejected.reason, "event.data"), rejected.message
-            ) from None
+            raise invalid_event(rejected) from None
         if self._publish is None:
             raise Unavailable("Kafka is disabled on this instance (WEBHOOKS_KAFKA_ENABLED=false)")
         return await self._publish(event)

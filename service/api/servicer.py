@@ -15,7 +15,7 @@ from service import catalog, subscriptions
 from service.api import convert
 from service.api.status import INTERNAL, to_status
 from service.catalog import CatalogService
-from service.deliveries import DeliveryService
+from service.deliveries import DeliveryService, invalid_event
 from service.domain import pagination
 from service.domain.access import (
     ADMIN,
@@ -286,7 +286,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         try:
             event = event_from_proto(request.event, principal.tenant)
         except EventRejected as rejected:
-            raise invalid("event.time", rejected.message) from None
+            raise invalid_event(rejected) from None
         topic, partition, offset = await self._deliveries.publish(principal, event)
         return pb.PublishEventResponse(
             event_id=event.id, topic=topic, partition=partition, offset=offset

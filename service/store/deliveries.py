@@ -50,8 +50,8 @@ _INSERT_OUTBOX = "INSERT INTO outbox (topic, key, value, created_at) VALUES (?, 
 # Claims the oldest unclaimed (or abandoned) outbox rows; SKIP LOCKED keeps two
 # publishers from waiting on, or taking, the same rows.
 _CLAIM_OUTBOX = (
-    "UPDATE outbox SET claimed_until = %s WHERE id IN (SELECT id FROM outbox"
-    " WHERE claimed_until IS NULL OR claimed_until < %s ORDER BY id LIMIT %s"
+    "UPDATE outbox SET claimed_until = ? WHERE id IN (SELECT id FROM outbox"
+    " WHERE claimed_until IS NULL OR claimed_until < ? ORDER BY id LIMIT ?"
     " FOR UPDATE SKIP LOCKED) RETURNING id, topic, key, value"
 )
 # Longer than any publish takes; a crashed publisher's rows go to another after it.
@@ -436,7 +436,7 @@ class DeliveryStore:
             now = utcnow()
             with self._db.atomic():
                 cursor = self._db.execute_sql(  # type: ignore[no-untyped-call]
-                    _CLAIM_OUTBOX, (now + OUTBOX_CLAIM, now, limit)
+                    bulk.sql(self._db, _CLAIM_OUTBOX), (now + OUTBOX_CLAIM, now, limit)
                 )
                 rows: Iterable[tuple[int, str, bytes | None, bytes]] = sorted(cursor.fetchall())
         else:

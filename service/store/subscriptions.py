@@ -71,11 +71,9 @@ class _SecretRead(NamedTuple):
     secret_encrypted: bytes
 
 
-def _moment(value: datetime | str | None) -> datetime | None:
+def _moment(value: datetime | str) -> datetime:
     """A stored time as a naive-UTC datetime (SQLite hands back text)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value)
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 class SubscriptionStore:
@@ -302,13 +300,13 @@ class SubscriptionStore:
         marks = ", ".join("?" * len(ids))
         query = (
             f"SELECT {_SIGNING_KEY_COLUMNS} FROM signing_secrets WHERE subscription_id IN ({marks})"  # noqa: S608 (only ? marks)
-            " AND (expires_at IS NULL OR expires_at > ?)"
+            " AND (expires_at IS NULL OR expires_at > ?) ORDER BY id DESC"
         )
         cursor = self._db.execute_sql(  # type: ignore[no-untyped-call]
             bulk.sql(self._db, query), (*ids, utcnow())
         )
         out: dict[str, list[_SecretRead]] = {}
-        for row in sorted(cursor.fetchall(), key=lambda r: r[0], reverse=True):
+        for row in cursor.fetchall():
             out.setdefault(row[1], []).append(_SecretRead(*row))
         return out
 
@@ -335,6 +333,7 @@ class SubscriptionStore:
             else {}
         )
         previous = [_moment(s.expires_at) for s in secrets[1:] if s.expires_at is not None]
+        delivered = row.last_delivery_at
         return Subscription(
             id=row.id,
             tenant=row.tenant,
@@ -350,9 +349,9 @@ class SubscriptionStore:
             disabled_reason=DisabledReason(row.disabled_reason),
             secret_prefix=secrets[0].prefix if secrets else "",
             created_by=row.created_by,
-            create_time=_moment(row.created_at),  # type: ignore[arg-type]
-            update_time=_moment(row.updated_at),  # type: ignore[arg-type]
-            last_delivery_time=_moment(row.last_delivery_at),
+            create_time=_moment(row.created_at),
+            update_time=_moment(row.updated_at),
+            last_delivery_time=_moment(delivered) if delivered is not None else None,
             last_delivery_status=row.last_delivery_status,
-            previous_secret_expire_time=max(previous) if previous else None,  # type: ignore[type-var]
+            previous_secret_expire_time=max(previous) if previous else None,
         )
