@@ -39,6 +39,7 @@ class IngestConsumer:
         default_tenant: str,
         max_event_bytes: int,
         session_timeout_ms: int = 10_000,
+        fetch_max_wait_ms: int = 10,
         batch_size: int = 200,  # records per poll; larger ones stall dispatch (make bench)
         metrics: Metrics | None = None,
     ) -> None:
@@ -52,6 +53,7 @@ class IngestConsumer:
         self._max_bytes = max_event_bytes
         self._batch_size = batch_size
         self._session_timeout_ms = session_timeout_ms
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._stopped = asyncio.Event()
         self._metrics = metrics or Metrics()
@@ -92,6 +94,9 @@ class IngestConsumer:
             # A joining member waits up to half of this for the group to settle.
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=max(300, self._session_timeout_ms // 4),
+            # tansu holds every fetch this long even when records arrive sooner, so it
+            # bounds produce-to-delivery latency (real Kafka answers as soon as data is there).
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
         if self._pattern:
             consumer.subscribe(pattern=self._pattern)
@@ -117,21 +122,22 @@ class IngestConsumer:
             offsets[partition] = records[-1].offset + 1
         if dead:
             await self._producer.send_all(dead)
-        after_commit = await self._store_batch(events)
+        hand_off = await self._store_batch(events)
+        # The deliveries are stored: sending starts while the commit travels. The next
+        # poll waits for the hand-off (backpressure when the dispatcher is full). If a
+        # rebalance fails the commit, the new owner re-reads these records, finds their
+        # deliveries stored and leased to us, and leaves them to us.
+        handing = asyncio.ensure_future(hand_off())
         try:
             await self._consumer.commit(offsets)
-        except KafkaError:
-            # A rebalance took the partitions away: the new owner re-reads these records,
-            # finds their deliveries stored and leased to us, and leaves them to us.
-            await after_commit()
-            raise
+        finally:
+            await handing
         for partition in offsets:
             end = self._consumer.highwater(partition)
             if end is not None:
                 self._metrics.consumer_lag.labels(partition.topic, str(partition.partition)).set(
                     max(0, end - offsets[partition])
                 )
-        await after_commit()  # hands the new deliveries to the dispatcher (may wait: backpressure)
         return sum(len(records) for records in batches.values())
 
     def _take(self, record: ConsumerRecord, events: list[Event], dead: list) -> None:  # type: ignore[type-arg]

@@ -211,6 +211,7 @@ class App:
             default_tenant=settings.default_tenant,
             max_event_bytes=settings.max_event_bytes,
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             metrics=self.metrics,
         )
 

@@ -2,7 +2,8 @@
 the HTTP request it records (see README "Benchmark")."""
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import peewee as pw
 from psycopg2.extras import execute_batch, execute_values
@@ -34,3 +35,29 @@ def execute_many(db: pw.Database, sql: str, rows: Sequence[Sequence[object]]) ->
 def sql(db: pw.Database, text: str) -> str:
     """`text` with its `?` placeholders in the database's own style."""
     return text.replace("?", "%s") if isinstance(db, pw.PostgresqlDatabase) else text
+
+
+def rows_in(
+    db: pw.Database, text: str, values: Sequence[object], *params: object
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of `text`: `params` fill its first placeholders, `values` its last
+    `IN ({})`, in chunks of 500 (one statement each)."""
+    for part in _chunks(values):
+        yield from _execute_in(db, text, part, params).fetchall()
+
+
+def execute_in(db: pw.Database, text: str, values: Sequence[object], *params: object) -> int:
+    """Runs `text` as `rows_in` does; returns how many rows it changed."""
+    return sum(int(_execute_in(db, text, part, params).rowcount) for part in _chunks(values))
+
+
+def _execute_in(
+    db: pw.Database, text: str, part: Sequence[object], params: Sequence[object]
+) -> Any:
+    statement = sql(db, text.format(", ".join("?" * len(part))))
+    return db.execute_sql(statement, (*params, *part))  # type: ignore[no-untyped-call]
+
+
+def _chunks(values: Sequence[object]) -> Iterator[Sequence[object]]:
+    for start in range(0, len(values), 500):
+        yield values[start : start + 500]

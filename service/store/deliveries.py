@@ -54,6 +54,18 @@ _CLAIM_OUTBOX = (
     " WHERE claimed_until IS NULL OR claimed_until < ? ORDER BY id LIMIT ?"
     " FOR UPDATE SKIP LOCKED) RETURNING id, topic, key, value"
 )
+_RELEASE_OUTBOX = "UPDATE outbox SET claimed_until = NULL WHERE id IN ({})"
+_OUTBOX_BATCH = "SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT ?"
+_EVENT_PKS = "SELECT id, event_id FROM events WHERE tenant = ? AND event_id IN ({})"
+_DELIVERY_PAIRS = "SELECT subscription_id, event_id FROM deliveries WHERE event_id IN ({})"
+_STORED_DELIVERIES = "SELECT id FROM deliveries WHERE id IN ({})"
+# The batch's last attempt decides: cleared (succeeded), or failing since the given time, or
+# since whenever it started failing (now if it was not).
+_UPDATE_SUBSCRIPTION = (
+    "UPDATE subscriptions SET last_delivery_at = ?, last_delivery_status = ?,"
+    " failing_since = CASE WHEN ? THEN NULL ELSE COALESCE(?, failing_since, ?) END WHERE id = ?"
+)
+_DISABLE_SUBSCRIPTION = "UPDATE subscriptions SET enabled = FALSE, disabled_reason = ? WHERE id = ?"
 # Longer than any publish takes; a crashed publisher's rows go to another after it.
 OUTBOX_CLAIM = timedelta(seconds=30)
 _STATUS = {
@@ -186,42 +198,33 @@ class DeliveryStore:
         return jobs
 
     def _stored_ids(self, delivery_ids: Sequence[str]) -> set[str]:
-        stored: set[str] = set()
-        for chunk in _chunks(list(delivery_ids), 500):
-            query = DeliveryRow.select(DeliveryRow.id).where(DeliveryRow.id.in_(chunk))
-            stored.update(row.id for row in query)
-        return stored
+        return {row[0] for row in bulk.rows_in(self._db, _STORED_DELIVERIES, delivery_ids)}
 
     def _insert_events(
         self, events: Sequence[Event], now: datetime
     ) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
-        """The row id of every event, inserting those not stored yet; and which were known."""
-        ids = sorted({e.id for e in events})
-        found = self._event_pks(ids)
-        known = set(found)
-        fresh = {(e.tenant, e.id): e for e in events if (e.tenant, e.id) not in found}
+        """The row id of every event, inserting those not stored yet; and which may have been
+        stored before (a re-consumed batch, or another instance a moment ago)."""
+        unique = {(e.tenant, e.id): e for e in events}
         rows = [
             (e.tenant, e.id, e.type, e.source, e.subject, e.time, now, e.data)
-            for e in fresh.values()
+            for e in unique.values()
         ]
         inserted = bulk.execute_many(self._db, _INSERT_EVENT, rows)
-        if inserted < len(rows):
-            # Another instance stored some of them a moment ago: they may have deliveries.
-            known.update(fresh)
-        if fresh:
-            found.update(self._event_pks(sorted({e.id for e in fresh.values()})))
-        return found, known
+        # Usually every event is new. Otherwise all of them are treated as known: looking
+        # for existing deliveries of a fresh event finds none and costs one query.
+        known = set(unique) if inserted < len(rows) else set()
+        return self._event_pks(unique), known
 
-    def _event_pks(self, event_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+    def _event_pks(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, event_id in keys:
+            by_tenant.setdefault(tenant, []).append(event_id)
         out: dict[tuple[str, str], int] = {}
-        for chunk in _chunks(list(event_ids), 500):
-            query = (
-                EventRow.select(EventRow.id, EventRow.tenant, EventRow.event_id)
-                .where(EventRow.event_id.in_(chunk))
-                .tuples()
-            )
-            rows: Iterable[tuple[int, str, str]] = query  # type: ignore[assignment]
-            out.update({(tenant, event_id): pk for pk, tenant, event_id in rows})
+        for tenant, event_ids in by_tenant.items():
+            # Both columns of the unique (tenant, event_id) index, so it is used.
+            rows = bulk.rows_in(self._db, _EVENT_PKS, event_ids, tenant)
+            out.update({(tenant, event_id): pk for pk, event_id in rows})
         return out
 
     def _enabled_subscriptions(self, tenants: Iterable[str]) -> dict[str, list["_Matcher"]]:
@@ -238,13 +241,8 @@ class DeliveryStore:
         return out
 
     def _existing_pairs(self, event_pks: Sequence[int]) -> set[tuple[str, int]]:
-        pairs: set[tuple[str, int]] = set()
-        for chunk in _chunks(list(event_pks), 500):
-            query = DeliveryRow.select(DeliveryRow.subscription, DeliveryRow.event).where(
-                DeliveryRow.event.in_(chunk)
-            )
-            pairs.update((row.subscription_id, row.event_id) for row in query)
-        return pairs
+        rows = bulk.rows_in(self._db, _DELIVERY_PAIRS, event_pks)
+        return {(subscription_id, event_pk) for subscription_id, event_pk in rows}
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -352,11 +350,7 @@ class DeliveryStore:
             return
         db = self._db
         with db.atomic():
-            ids = list({i.attempt.delivery_id for i in items})
-            alive: set[str] = set()
-            for chunk in _chunks(ids, 500):
-                query = DeliveryRow.select(DeliveryRow.id).where(DeliveryRow.id.in_(chunk))
-                alive.update(row.id for row in query)
+            alive = self._stored_ids(list({i.attempt.delivery_id for i in items}))
             live = [i for i in items if i.attempt.delivery_id in alive]
             now = utcnow()
             bulk.execute_many(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
@@ -391,25 +385,21 @@ class DeliveryStore:
         by_subscription: dict[str, list[RecordedAttempt]] = {}
         for item in items:
             by_subscription.setdefault(item.attempt.subscription_id, []).append(item)
+        updates, disables = [], []
         for subscription_id, attempts in by_subscription.items():
             last = attempts[-1].attempt
-            changes: dict[pw.Field, object] = {
-                SubscriptionRow.last_delivery_at: now,
-                SubscriptionRow.last_delivery_status: last.http_status,
-            }
             if last.outcome == Outcome.SUCCEEDED:
-                changes[SubscriptionRow.failing_since] = None
+                cleared, failing = True, None
             elif any(a.attempt.outcome == Outcome.SUCCEEDED for a in attempts):
-                changes[SubscriptionRow.failing_since] = now  # failing again since this batch
+                cleared, failing = False, now  # failing again since this batch
             else:
-                changes[SubscriptionRow.failing_since] = pw.fn.COALESCE(
-                    SubscriptionRow.failing_since, now
-                )
+                cleared, failing = False, None  # failing since whenever it started
+            updates.append((now, last.http_status, cleared, failing, now, subscription_id))
             disable = next((a.disable for a in attempts if a.disable is not None), None)
             if disable is not None:
-                changes[SubscriptionRow.enabled] = False
-                changes[SubscriptionRow.disabled_reason] = int(disable)
-            SubscriptionRow.update(changes).where(SubscriptionRow.id == subscription_id).execute()
+                disables.append((int(disable), subscription_id))
+        bulk.execute_many(self._db, _UPDATE_SUBSCRIPTION, updates)
+        bulk.execute_many(self._db, _DISABLE_SUBSCRIPTION, disables)
 
     def defer(self, delivery_ids: Sequence[str], until: datetime) -> None:
         """Moves leased deliveries to a later time without counting an attempt."""
@@ -440,27 +430,20 @@ class DeliveryStore:
                 )
                 rows: Iterable[tuple[int, str, bytes | None, bytes]] = sorted(cursor.fetchall())
         else:
-            query = (
-                OutboxRow.select(OutboxRow.id, OutboxRow.topic, OutboxRow.key, OutboxRow.value)
-                .order_by(OutboxRow.id)
-                .limit(limit)
-                .tuples()
-            )
-            rows = query  # type: ignore[assignment]
+            cursor = self._db.execute_sql(_OUTBOX_BATCH, (limit,))  # type: ignore[no-untyped-call]
+            rows = cursor.fetchall()
         return [
             OutboxRecord(pk, topic, bytes(key) if key else None, bytes(value))
             for pk, topic, key, value in rows
         ]
 
     def outbox_delete(self, ids: Sequence[int]) -> None:
-        for chunk in _chunks(list(ids), 500):
-            OutboxRow.delete().where(OutboxRow.id.in_(chunk)).execute()
+        bulk.execute_in(self._db, "DELETE FROM outbox WHERE id IN ({})", ids)
 
     def outbox_release(self, ids: Sequence[int]) -> None:
         """Gives claimed records back after a failed publish, for the next try of anyone."""
         if self._db.for_update:
-            for chunk in _chunks(list(ids), 500):
-                OutboxRow.update(claimed_until=None).where(OutboxRow.id.in_(chunk)).execute()
+            bulk.execute_in(self._db, _RELEASE_OUTBOX, ids)
 
     def outbox_size(self) -> int:
         return int(OutboxRow.select().count())
@@ -651,8 +634,3 @@ def _attempt(delivery: DeliveryRow, row: AttemptRow) -> AttemptRecord:
         next_attempt_time=row.next_attempt_at,
         test=delivery.test,
     )
-
-
-def _chunks(items: Sequence[object], size: int) -> Iterable[list]:  # type: ignore[type-arg]
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
