@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from service.domain.clock import utcnow
+from service.domain.clock import epoch_parts, utcnow
 from service.domain.deliveries import AttemptRecord
 from service.domain.event_rules import EventRejected, check_event
 from service.domain.models import Event
@@ -198,7 +198,8 @@ def encode_attempt(record: AttemptRecord) -> bytes:
         trigger=int(record.trigger),  # type: ignore[arg-type]
     )
     message.latency.FromMilliseconds(record.latency_ms)
-    message.attempt_time.FromDatetime(record.attempt_time.replace(tzinfo=UTC))
+    message.attempt_time.seconds, message.attempt_time.nanos = epoch_parts(record.attempt_time)
     if record.next_attempt_time is not None:
-        message.next_attempt_time.FromDatetime(record.next_attempt_time.replace(tzinfo=UTC))
+        stamp = message.next_attempt_time
+        stamp.seconds, stamp.nanos = epoch_parts(record.next_attempt_time)
     return message.SerializeToString()

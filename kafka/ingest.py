@@ -120,6 +120,7 @@ class IngestConsumer:
             for record in records:
                 self._take(record, events, dead)
             offsets[partition] = records[-1].offset + 1
+        self._metrics.events_consumed.labels("accepted", "").inc(len(events))
         if dead:
             await self._producer.send_all(dead)
         hand_off = await self._store_batch(events)
@@ -172,7 +173,6 @@ class IngestConsumer:
                 )
             )
             return
-        self._metrics.events_consumed.labels("accepted", "").inc()
         events.append(event)
 
     def _decode(self, record: ConsumerRecord, headers: list[tuple[str, bytes]]) -> Event:

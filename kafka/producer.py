@@ -6,11 +6,33 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
+
+
+class KeyedPartitioner:
+    """Kafka's default key hashing, remembered per key: aiokafka hashes in pure Python, and
+    audit records reuse a few keys (their subscription ids) thousands of times a second."""
+
+    def __init__(self) -> None:
+        self._hash = DefaultPartitioner()
+        self._known: dict[tuple[bytes, int], int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._hash(key, all_partitions, available))
+        known = self._known.get((key, len(all_partitions)))
+        if known is None:
+            if len(self._known) >= 100_000:
+                self._known.clear()
+            known = self._known[(key, len(all_partitions))] = self._hash(
+                key, all_partitions, available
+            )
+        return known
 
 
 class Producer:
@@ -31,6 +53,7 @@ class Producer:
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 request_timeout_ms=15_000,
+                partitioner=KeyedPartitioner(),
             )
             try:
                 await producer.start()

@@ -284,6 +284,22 @@ def test_ids_sort_by_creation_time() -> None:
     assert len({new_id("sub", now_ms=5) for _ in range(100)}) == 100
 
 
+@pytest.mark.parametrize(
+    ("ms", "time_part"),
+    [
+        (0, "0000000000"),
+        (1, "0000000001"),
+        (32, "0000000010"),
+        (1_700_000_000_000, "01HF7YAT00"),
+        (2**48 - 1, "7ZZZZZZZZZ"),
+    ],
+)
+def test_id_time_part_is_crockford_base32_of_the_milliseconds(ms: int, time_part: str) -> None:
+    value = new_id("msg", now_ms=ms)
+    assert value[4:14] == time_part
+    assert set(value[14:]) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+
 def test_secrets_and_prefixes() -> None:
     secret = new_secret()
     assert secret.startswith("whsec_") and len(secret) == len("whsec_") + 44

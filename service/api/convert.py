@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
+from service.domain.clock import epoch_parts
 from service.domain.deliveries import AttemptRecord, DeliveryFilter, DeliveryView
 from service.domain.models import EventType, Subscription, SubscriptionSpec
 from service.domain.outcomes import DeliveryStatus
@@ -12,21 +13,12 @@ from service.domain.validation import redact_headers
 from service.errors import invalid
 from webhooks.v1 import webhook_service_pb2 as pb
 
-_EPOCH = datetime(1970, 1, 1)
-
-
-def _seconds_nanos(value: datetime) -> tuple[int, int]:
-    """Seconds and nanoseconds since the epoch of a naive-UTC datetime (plain arithmetic:
-    Timestamp.FromDatetime cost ~4 us, a third of turning a subscription into a message)."""
-    delta = value - _EPOCH
-    return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
-
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     """A Timestamp from a naive-UTC datetime; None stays unset."""
     if value is None:
         return None
-    seconds, nanos = _seconds_nanos(value)
+    seconds, nanos = epoch_parts(value)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
@@ -140,7 +132,7 @@ def _set_times(message: Message, **values: datetime | None) -> None:
     for name, value in values.items():
         if value is not None:
             stamp = getattr(message, name)
-            stamp.seconds, stamp.nanos = _seconds_nanos(value)
+            stamp.seconds, stamp.nanos = epoch_parts(value)
 
 
 def attempt_to_pb(record: AttemptRecord) -> pb.Attempt:

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from service.delivery.http import HttpSender
 from service.domain.clock import utcnow
@@ -104,6 +105,7 @@ class Dispatcher:
         self._sending: set[asyncio.Task[None]] = set()
         self._writer: asyncio.Task[None] | None = None
         self._stopping = False
+        self._attempt_counters: dict[tuple[str, str], Any] = {}
 
     @property
     def free(self) -> int:
@@ -343,7 +345,11 @@ class Dispatcher:
     def _count(self, job: Job, record: AttemptRecord, now: datetime) -> None:
         metrics = self._metrics
         outcome = record.outcome.name.lower()
-        metrics.attempts.labels(outcome, status_class(record.http_status)).inc()
+        labels = (outcome, status_class(record.http_status))
+        counter = self._attempt_counters.get(labels)
+        if counter is None:  # labels() costs more than the increment: done once per pair
+            counter = self._attempt_counters[labels] = metrics.attempts.labels(*labels)
+        counter.inc()
         metrics.attempt_seconds.observe(record.latency_ms / 1000)
         if record.outcome != Outcome.RETRY_SCHEDULED and not job.test:
             metrics.deliveries_finished.labels(outcome).inc()
