@@ -2,22 +2,19 @@
 bounded memory, and writes each attempt, its outcome and its audit record in batches."""
 
 import asyncio
+import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from service.delivery.http import HttpSender
 from service.domain.clock import utcnow
 from service.domain.deliveries import AttemptRecord, Job, Target
-from service.domain.ids import new_id
 from service.domain.limits import CircuitBreaker, TokenBucket
-from service.domain.outcomes import AttemptResult, Outcome, decide
-from service.domain.signing import signature_header
+from service.domain.outcomes import Outcome
 from service.errors import Unavailable
 from service.metrics import Metrics, status_class
 from service.store.deliveries import DeliveryStore, RecordedAttempt
@@ -35,9 +32,6 @@ WRITE_BATCH = 100
 class DeliveryPolicy:
     """The delivery settings the dispatcher and scheduler apply."""
 
-    schedule: tuple[float, ...]
-    jitter: float
-    disable_after: timedelta
     endpoint_concurrency: int
     default_rate_limit: int
     circuit_failures: int
@@ -73,6 +67,14 @@ def _forgettable(lane: _Lane) -> bool:
     return not lane.queue and not lane.sending and not lane.breaker.failures and not in_debt
 
 
+class Attempts(Protocol):
+    """Makes attempts: an AttemptMaker in this process, or a DeliveryWorker beside it."""
+
+    async def make(self, job: Job, target: Target) -> RecordedAttempt: ...
+
+    async def close(self) -> None: ...
+
+
 class Dispatcher:
     """`submit` waits while max_in_flight jobs are held (backpressure to the consumer)."""
 
@@ -81,19 +83,15 @@ class Dispatcher:
         *,
         runner: StoreRunner,
         store: DeliveryStore,
-        sender: HttpSender,
+        attempts: Attempts,
         policy: DeliveryPolicy,
-        encode_audit: Callable[[AttemptRecord], bytes],
-        audit_topic: str,
         after_write: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
     ) -> None:
         self._runner = runner
         self._store = store
-        self._sender = sender
+        self._attempts = attempts
         self._policy = policy
-        self._encode_audit = encode_audit
-        self._audit_topic = audit_topic
         self._after_write = after_write
         self._metrics = metrics or Metrics()
         self._capacity = asyncio.Semaphore(policy.max_in_flight)
@@ -177,10 +175,10 @@ class Dispatcher:
                     "attempt results not written; those attempts are made again after restart",
                     extra={"pending": len(self._results)},
                 )
-                await self._sender.close()
+                await self._attempts.close()
                 return
         await self._flush(tries=5)
-        await self._sender.close()
+        await self._attempts.close()
 
     # -- lanes --------------------------------------------------------------------
 
@@ -265,7 +263,11 @@ class Dispatcher:
                 recorded.attempt.outcome == Outcome.SUCCEEDED, asyncio.get_running_loop().time()
             )
         except Exception:
+            # No outcome (say the delivery worker died): due again in a second, sent by
+            # whoever claims it then; the lease covers it if this write fails too.
             log.exception("attempt failed unexpectedly", extra={"delivery_id": job.delivery_id})
+            with contextlib.suppress(Unavailable):
+                await self._defer([job], seconds=1.0)
             self._release()
             return
         finally:
@@ -278,69 +280,15 @@ class Dispatcher:
     # -- attempts -------------------------------------------------------------------
 
     async def _attempt(self, job: Job, target: Target) -> RecordedAttempt:
-        started = utcnow()
-        timestamp = int(time.time())
-        headers = {
-            **target.headers,
-            "content-type": "application/json",
-            "webhook-id": job.delivery_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(
-                target.secret_keys, job.delivery_id, timestamp, job.body
-            ),
-        }
-        result = await self._sender.send(target.url, headers, job.body)
-        return self._outcome(job, target, result, started)
-
-    def _outcome(
-        self, job: Job, target: Target, result: AttemptResult, started: datetime
-    ) -> RecordedAttempt:
-        policy = self._policy
-        now = utcnow()
-        attempt_number = job.attempts_made + 1
-        decision = decide(
-            result,
-            attempts_made=attempt_number,
-            schedule=policy.schedule,
-            jitter=policy.jitter,
-            random=random.random(),
-            now=now,
-            failing_since=target.failing_since,
-            disable_after=policy.disable_after,
-            test=job.test,
-        )
-        record = AttemptRecord(
-            attempt_id=new_id("att"),
-            delivery_id=job.delivery_id,
-            subscription_id=job.subscription_id,
-            event_id=job.event_id,
-            tenant=job.tenant,
-            event_type=job.event_type,
-            attempt_number=attempt_number,
-            url=target.url,
-            trigger=job.trigger,
-            attempt_time=started,
-            latency_ms=result.latency_ms,
-            http_status=result.http_status,
-            error_kind=result.error_kind,
-            error_message=result.error_message,
-            response_body=result.response_body,
-            outcome=decision.outcome,
-            next_attempt_time=now + timedelta(seconds=decision.delay)
-            if decision.delay is not None
-            else None,
-            test=job.test,
-        )
-        self._count(job, record, now)
-        if decision.disable is not None:
+        recorded = await self._attempts.make(job, target)
+        self._count(job, recorded.attempt, utcnow())
+        if recorded.disable is not None:
             self.invalidate(job.subscription_id)
             log.warning(
                 "subscription disabled",
-                extra={"subscription_id": job.subscription_id, "reason": decision.disable.name},
+                extra={"subscription_id": job.subscription_id, "reason": recorded.disable.name},
             )
-        return RecordedAttempt(
-            record, decision.disable, self._audit_topic, self._encode_audit(record)
-        )
+        return recorded
 
     def _count(self, job: Job, record: AttemptRecord, now: datetime) -> None:
         metrics = self._metrics

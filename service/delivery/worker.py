@@ -1,0 +1,240 @@
+"""The delivery worker: a child process that makes attempts (sign, HTTP, outcome) for the
+service process, so sending runs on a second core beside Kafka, the store and gRPC (make bench).
+
+The two ends talk over a private socket pair in length-prefixed pickle frames, each holding
+every request (or result) ready at that moment. Pickle is safe here: only this service's two
+processes hold the socket. The worker exits when the service closes its end, or dies."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from kafka.codec import encode_attempt
+from service import logs
+from service.delivery.attempts import AttemptMaker, RetryPolicy
+from service.delivery.http import HttpSender
+from service.domain.deliveries import Job, Target
+from service.domain.ssrf import IpNetwork
+from service.errors import Unavailable
+from service.store.deliveries import RecordedAttempt
+
+log = logging.getLogger(__name__)
+_LENGTH = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs to build its AttemptMaker (sent as its first frame)."""
+
+    allow_http: bool
+    allow_cidrs: tuple[IpNetwork, ...]
+    timeout_seconds: float
+    ca_file: Path | None
+    policy: RetryPolicy
+    audit_topic: str
+
+    def attempt_maker(self) -> AttemptMaker:
+        sender = HttpSender(
+            allow_http=self.allow_http,
+            allow_cidrs=self.allow_cidrs,
+            timeout_seconds=self.timeout_seconds,
+            ca_file=self.ca_file,
+        )
+        return AttemptMaker(
+            sender=sender,
+            policy=self.policy,
+            encode_audit=encode_attempt,
+            audit_topic=self.audit_topic,
+        )
+
+
+class _Frames:
+    """Both ends: collects what is ready during one loop turn and writes it as one frame."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._outgoing: list[Any] = []
+
+    def put(self, item: Any) -> None:
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(item)
+
+    def _flush(self) -> None:
+        items, self._outgoing = self._outgoing, []
+        if items and not self._writer.is_closing():
+            payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+            self._writer.write(_LENGTH.pack(len(payload)) + payload)
+
+    async def get(self) -> list[Any]:
+        """The next frame's items; IncompleteReadError once the other end is gone."""
+        (size,) = _LENGTH.unpack(await self._reader.readexactly(_LENGTH.size))
+        # Only this service's own two processes hold the socket (module docstring).
+        items: list[Any] = pickle.loads(await self._reader.readexactly(size))  # noqa: S301
+        return items
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class DeliveryWorker:
+    """The service's end. A worker that dies fails its attempts in flight with Unavailable
+    (their deliveries stay leased, so the retry scheduler sends them again) and the next
+    attempt starts a new one."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._frames: _Frames | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[RecordedAttempt]] = {}
+        self._next_id = 0
+        self._starting: asyncio.Lock | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def start(self) -> None:
+        """Starts the worker now rather than at the first attempt, whose sending (and the
+        rate limit's spacing) would otherwise wait for the process to come up."""
+        await self._started()
+
+    async def make(self, job: Job, target: Target) -> RecordedAttempt:
+        frames = await self._started()
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[RecordedAttempt] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        frames.put((request_id, job, target))
+        return await future
+
+    async def close(self) -> None:
+        """Closes the socket (the worker exits once its attempts in flight are answered)."""
+        frames, self._frames = self._frames, None
+        if frames is not None:
+            frames.close()
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
+        self._fail_pending()
+        if self._process is not None:
+            process, self._process = self._process, None
+            try:
+                await asyncio.wait_for(process.wait(), self._config.timeout_seconds + 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+    async def _started(self) -> _Frames:
+        if self._frames is not None:
+            return self._frames
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._frames is None:
+                await self._start()
+        assert self._frames is not None
+        return self._frames
+
+    async def _start(self) -> None:
+        if self._process is not None:  # the previous one died: collect it
+            await self._process.wait()
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "service.delivery.worker",
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno()],
+                # Not in the service's process group: a Ctrl-C or group signal must not end
+                # attempts in flight before the service's graceful stop has collected them.
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        frames = _Frames(reader, writer)
+        frames.put(self._config)
+        self._frames = frames
+        self._reading = asyncio.create_task(self._read(frames), name="delivery-worker-results")
+        log.info("delivery worker started", extra={"pid": self._process.pid})
+
+    async def _read(self, frames: _Frames) -> None:
+        try:
+            while True:
+                for request_id, result in await frames.get():
+                    future = self._pending.pop(request_id, None)
+                    if future is None or future.done():
+                        continue
+                    if isinstance(result, RecordedAttempt):
+                        future.set_result(result)
+                    else:
+                        future.set_exception(Unavailable(f"delivery worker: {result}"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if self._frames is frames:
+                log.error("delivery worker stopped; starting another on the next attempt")
+                self._frames = None
+                frames.close()
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(Unavailable("the delivery worker stopped"))
+
+
+async def _serve(sock: socket.socket) -> None:
+    """The worker's end: one task per request; results go back as they finish."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    frames = _Frames(reader, writer)
+    items = await frames.get()
+    config: WorkerConfig = items.pop(0)  # the first item ever sent; requests may follow
+    maker = config.attempt_maker()
+    running: set[asyncio.Task[None]] = set()
+
+    async def attempt(request_id: int, job: Job, target: Target) -> None:
+        try:
+            frames.put((request_id, await maker.make(job, target)))
+        except Exception as exc:  # reported to the service, which logs it
+            frames.put((request_id, f"{type(exc).__name__}: {exc}"))
+
+    try:
+        while True:
+            for request_id, job, target in items:
+                task = asyncio.create_task(attempt(request_id, job, target))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            items = await frames.get()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass  # the service closed its end (or died): finish what is in flight, then go
+    if running:
+        await asyncio.wait(running, timeout=config.timeout_seconds + 1)
+    await maker.close()
+
+
+def main() -> None:
+    # The service decides when attempts stop; a signal to the worker alone changes nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logs.setup(os.environ.get("WEBHOOKS_LOG_LEVEL", "INFO").upper())
+    uvloop.run(_serve(socket.socket(fileno=int(sys.argv[1]))))
+
+
+if __name__ == "__main__":
+    main()

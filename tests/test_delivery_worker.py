@@ -1,0 +1,53 @@
+"""The delivery worker process: attempts are made there, and none is lost when it dies."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.conftest import Pipeline
+from tests.pipeline_support import Receiver, Reply, cloud_event, structured, wait_all_delivered
+from webhooks.v1 import events_pb2
+from webhooks.v1 import webhook_service_pb2 as pb
+
+
+def _worker_pid(pipeline: Pipeline, timeout: float = 10.0) -> int:
+    assert pipeline.api.app is not None and pipeline.api.app.delivery_worker is not None
+    deadline = time.monotonic() + timeout
+    while (pid := pipeline.api.app.delivery_worker.pid) is None:
+        assert time.monotonic() < deadline, "no delivery worker started"
+        time.sleep(0.05)
+    return pid
+
+
+def test_attempts_are_made_by_a_child_process(pipeline: Pipeline, receiver: Receiver) -> None:
+    pipeline.api.create(url=receiver.url("/hook"))
+    pipeline.send(structured(cloud_event("person.created", {"n": 1})))
+    request = receiver.wait_for("/hook", 1)[0]
+    assert request.headers["webhook-signature"].startswith("v1,")
+    pid = _worker_pid(pipeline)
+    assert pid != os.getpid()
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"service.delivery.worker" in command
+
+
+def test_a_killed_worker_loses_no_delivery(pipeline: Pipeline, receiver: Receiver) -> None:
+    # Every delivery's first answer is slow, so all of them are in flight at the kill. Its
+    # status (503) is never read: had the worker lived, the attempts would show it.
+    url = receiver.reply_each("/slow", Reply(503, delay=3.0), Reply())
+    pipeline.api.create(url=url)
+    events = [cloud_event("person.created", {"n": n}) for n in range(5)]
+    pipeline.send(*[structured(e) for e in events])
+    receiver.wait_for("/slow", 5)
+    killed = _worker_pid(pipeline)
+    os.kill(killed, signal.SIGKILL)
+
+    ids = [e["id"] for e in events]
+    webhook_ids = wait_all_delivered(receiver, "/slow", ids, timeout=30)
+    # Sent again under the same webhook-id, by a new worker; the lost attempt left no record.
+    assert all(len(webhook_ids[i]) == 1 for i in ids)
+    assert _worker_pid(pipeline) != killed
+    for (delivery_id,) in webhook_ids.values():
+        delivery = pipeline.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
+        assert delivery.status == events_pb2.DELIVERY_STATUS_SUCCEEDED
+        assert [a.http_status for a in delivery.attempts] == [200]
