@@ -4,6 +4,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import Pipeline
 from tests.pipeline_support import Receiver, Reply, cloud_event, structured, wait_all_delivered
@@ -20,7 +21,8 @@ def _worker_pid(pipeline: Pipeline, timeout: float = 10.0) -> int:
     return pid
 
 
-def test_attempts_are_made_by_a_child_process(pipeline: Pipeline, receiver: Receiver) -> None:
+def test_attempts_are_made_by_a_child_process(make_pipeline: Any, receiver: Receiver) -> None:
+    pipeline = make_pipeline(WEBHOOKS_DELIVERY_WORKERS="1")
     pipeline.api.create(url=receiver.url("/hook"))
     pipeline.send(structured(cloud_event("person.created", {"n": 1})))
     request = receiver.wait_for("/hook", 1)[0]
@@ -31,7 +33,8 @@ def test_attempts_are_made_by_a_child_process(pipeline: Pipeline, receiver: Rece
     assert b"service.delivery.worker" in command
 
 
-def test_a_killed_worker_loses_no_delivery(pipeline: Pipeline, receiver: Receiver) -> None:
+def test_a_killed_worker_loses_no_delivery(make_pipeline: Any, receiver: Receiver) -> None:
+    pipeline = make_pipeline(WEBHOOKS_DELIVERY_WORKERS="1")
     # Every delivery's first answer is slow, so all of them are in flight at the kill. Its
     # status (503) is never read: had the worker lived, the attempts would show it.
     url = receiver.reply_each("/slow", Reply(503, delay=3.0), Reply())
