@@ -25,13 +25,12 @@ class KeyedPartitioner:
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         if key is None:
             return int(self._hash(key, all_partitions, available))
-        known = self._known.get((key, len(all_partitions)))
+        remembered = (key, len(all_partitions))
+        known = self._known.get(remembered)
         if known is None:
             if len(self._known) >= 100_000:
                 self._known.clear()
-            known = self._known[(key, len(all_partitions))] = self._hash(
-                key, all_partitions, available
-            )
+            known = self._known[remembered] = self._hash(key, all_partitions, available)
         return known
 
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from kafka import topics
-from kafka.codec import event_to_proto
+from kafka.codec import encode_attempt, event_to_proto
 from kafka.ingest import IngestConsumer
 from kafka.outbox import OutboxPublisher
 from kafka.producer import Producer
@@ -21,10 +21,10 @@ from service.catalog import CatalogError, CatalogService, EventTypeCheck
 from service.config import Settings
 from service.crypto import SecretBox
 from service.deliveries import DeliveryService
-from service.delivery.attempts import RetryPolicy
+from service.delivery.attempts import AttemptMaker, AttemptSettings
 from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
 from service.delivery.scheduler import RetryScheduler
-from service.delivery.worker import DeliveryWorker, WorkerConfig
+from service.delivery.worker import DeliveryWorker
 from service.domain.access import KeyEntry, parse_keys
 from service.domain.clock import utcnow
 from service.domain.models import Event
@@ -77,7 +77,8 @@ class App:
         self._runner: StoreRunner | None = None
         self._grpc: GrpcServer | None = None
         self._dispatcher: Dispatcher | None = None
-        # Signs and sends in a child process (WEBHOOKS_DELIVERY_WORKERS=1), started lazily.
+        # Signs and sends in a child process (WEBHOOKS_DELIVERY_WORKERS=1); started with
+        # Kafka, else at the first attempt.
         self.delivery_worker: DeliveryWorker | None = None
         self._scheduler: RetryScheduler | None = None
         self._producer: Producer | None = None
@@ -122,24 +123,23 @@ class App:
         policy = delivery_policy(settings)
         store = DeliveryStore(db, box)
         self._store = store
-        attempts = WorkerConfig(
+        attempts = AttemptSettings(
             allow_http=settings.allow_http,
             allow_cidrs=settings.ssrf_allow_cidrs,
             timeout_seconds=settings.attempt_timeout_seconds,
             ca_file=settings.delivery_ca_file,
-            policy=RetryPolicy(
-                schedule=settings.retry_schedule,
-                jitter=settings.retry_jitter,
-                disable_after=timedelta(seconds=settings.disable_after_seconds),
-            ),
+            schedule=settings.retry_schedule,
+            jitter=settings.retry_jitter,
+            disable_after=timedelta(seconds=settings.disable_after_seconds),
             audit_topic=topics.DELIVERY_ATTEMPTS_TOPIC,
+            encode_audit=encode_attempt,
         )
         if settings.delivery_workers:
             self.delivery_worker = DeliveryWorker(attempts)
         self._dispatcher = dispatcher = Dispatcher(
             runner=runner,
             store=store,
-            attempts=self.delivery_worker or attempts.attempt_maker(),
+            attempts=self.delivery_worker or AttemptMaker(attempts),
             policy=policy,
             after_write=self._outbox_written,
             metrics=self.metrics,
@@ -351,7 +351,6 @@ class App:
             self._metrics_server.stop()
         if self._runner is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._runner.close)
-
         log.info("stopped")
 
     async def _finish(self, name: str, seconds: float) -> None:

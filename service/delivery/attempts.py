@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from service.delivery.http import HttpSender
 from service.domain.clock import utcnow
@@ -13,34 +14,37 @@ from service.domain.deliveries import AttemptRecord, Job, Target
 from service.domain.ids import new_id
 from service.domain.outcomes import AttemptResult, decide
 from service.domain.signing import signature_header
+from service.domain.ssrf import IpNetwork
 from service.store.deliveries import RecordedAttempt
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """What decides an attempt's outcome: the retry schedule and when to give up on an
-    endpoint that keeps failing."""
+class AttemptSettings:
+    """How attempts are made and judged. Picklable, so a delivery worker gets the same:
+    `encode_audit` must be a module-level function (pickled by its name)."""
 
+    allow_http: bool
+    allow_cidrs: tuple[IpNetwork, ...]
+    timeout_seconds: float
+    ca_file: Path | None
     schedule: tuple[float, ...]
     jitter: float
     disable_after: timedelta
+    audit_topic: str
+    encode_audit: Callable[[AttemptRecord], bytes]
 
 
 class AttemptMaker:
     """`make` never raises for anything the endpoint does: every failure is an outcome."""
 
-    def __init__(
-        self,
-        *,
-        sender: HttpSender,
-        policy: RetryPolicy,
-        encode_audit: Callable[[AttemptRecord], bytes],
-        audit_topic: str,
-    ) -> None:
-        self._sender = sender
-        self._policy = policy
-        self._encode_audit = encode_audit
-        self._audit_topic = audit_topic
+    def __init__(self, settings: AttemptSettings) -> None:
+        self._settings = settings
+        self._sender = HttpSender(
+            allow_http=settings.allow_http,
+            allow_cidrs=settings.allow_cidrs,
+            timeout_seconds=settings.timeout_seconds,
+            ca_file=settings.ca_file,
+        )
 
     async def make(self, job: Job, target: Target) -> RecordedAttempt:
         started = utcnow()
@@ -63,18 +67,18 @@ class AttemptMaker:
     def _outcome(
         self, job: Job, target: Target, result: AttemptResult, started: datetime
     ) -> RecordedAttempt:
-        policy = self._policy
+        settings = self._settings
         now = utcnow()
         attempt_number = job.attempts_made + 1
         decision = decide(
             result,
             attempts_made=attempt_number,
-            schedule=policy.schedule,
-            jitter=policy.jitter,
+            schedule=settings.schedule,
+            jitter=settings.jitter,
             random=random.random(),
             now=now,
             failing_since=target.failing_since,
-            disable_after=policy.disable_after,
+            disable_after=settings.disable_after,
             test=job.test,
         )
         record = AttemptRecord(
@@ -100,5 +104,5 @@ class AttemptMaker:
             test=job.test,
         )
         return RecordedAttempt(
-            record, decision.disable, self._audit_topic, self._encode_audit(record)
+            record, decision.disable, settings.audit_topic, settings.encode_audit(record)
         )

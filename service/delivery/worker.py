@@ -14,49 +14,18 @@ import signal
 import socket
 import struct
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from kafka.codec import encode_attempt
 from service import logs
-from service.delivery.attempts import AttemptMaker, RetryPolicy
-from service.delivery.http import HttpSender
+from service.delivery.attempts import AttemptMaker, AttemptSettings
 from service.domain.deliveries import Job, Target
-from service.domain.ssrf import IpNetwork
 from service.errors import Unavailable
 from service.store.deliveries import RecordedAttempt
 
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("!I")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything a worker needs to build its AttemptMaker (sent as its first frame)."""
-
-    allow_http: bool
-    allow_cidrs: tuple[IpNetwork, ...]
-    timeout_seconds: float
-    ca_file: Path | None
-    policy: RetryPolicy
-    audit_topic: str
-
-    def attempt_maker(self) -> AttemptMaker:
-        sender = HttpSender(
-            allow_http=self.allow_http,
-            allow_cidrs=self.allow_cidrs,
-            timeout_seconds=self.timeout_seconds,
-            ca_file=self.ca_file,
-        )
-        return AttemptMaker(
-            sender=sender,
-            policy=self.policy,
-            encode_audit=encode_attempt,
-            audit_topic=self.audit_topic,
-        )
 
 
 class _Frames:
@@ -94,8 +63,8 @@ class DeliveryWorker:
     (their deliveries stay leased, so the retry scheduler sends them again) and the next
     attempt starts a new one."""
 
-    def __init__(self, config: WorkerConfig) -> None:
-        self._config = config
+    def __init__(self, settings: AttemptSettings) -> None:
+        self._settings = settings
         self._frames: _Frames | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -134,7 +103,7 @@ class DeliveryWorker:
         if self._process is not None:
             process, self._process = self._process, None
             try:
-                await asyncio.wait_for(process.wait(), self._config.timeout_seconds + 5)
+                await asyncio.wait_for(process.wait(), self._settings.timeout_seconds + 5)
             except TimeoutError:
                 process.kill()
                 await process.wait()
@@ -169,7 +138,7 @@ class DeliveryWorker:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         frames = _Frames(reader, writer)
-        frames.put(self._config)
+        frames.put(self._settings)
         self._frames = frames
         self._reading = asyncio.create_task(self._read(frames), name="delivery-worker-results")
         log.info("delivery worker started", extra={"pid": self._process.pid})
@@ -204,8 +173,8 @@ async def _serve(sock: socket.socket) -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
     frames = _Frames(reader, writer)
     items = await frames.get()
-    config: WorkerConfig = items.pop(0)  # the first item ever sent; requests may follow
-    maker = config.attempt_maker()
+    settings: AttemptSettings = items.pop(0)  # the first item ever sent; requests may follow
+    maker = AttemptMaker(settings)
     running: set[asyncio.Task[None]] = set()
 
     async def attempt(request_id: int, job: Job, target: Target) -> None:
@@ -224,7 +193,7 @@ async def _serve(sock: socket.socket) -> None:
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the service closed its end (or died): finish what is in flight, then go
     if running:
-        await asyncio.wait(running, timeout=config.timeout_seconds + 1)
+        await asyncio.wait(running, timeout=settings.timeout_seconds + 1)
     await maker.close()
 
 

@@ -7,6 +7,7 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, sorts like t
 # Every pair of characters, indexed by 10 bits: two ids per delivery are made on the hot
 # path, and 13 lookups cost half of 26 shifts and appends.
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_SHIFTS = range(120, -1, -10)  # 13 pairs of 5-bit digits, most significant first
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
@@ -14,6 +15,3 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{''.join(_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS)}"
-
-
-_SHIFTS = range(120, -1, -10)

@@ -61,6 +61,11 @@ class _SubscriptionRead(NamedTuple):
 
 
 _SIGNING_KEY_COLUMNS = "id, subscription_id, prefix, expires_at, secret_encrypted"
+# Live secrets, newest first (each subscription's rows come in one statement, so in order).
+_LIVE_SECRETS = (
+    f"SELECT {_SIGNING_KEY_COLUMNS} FROM signing_secrets"  # noqa: S608 (constants only)
+    " WHERE (expires_at IS NULL OR expires_at > ?) AND subscription_id IN ({}) ORDER BY id DESC"
+)
 
 
 class _SecretRead(NamedTuple):
@@ -295,18 +300,8 @@ class SubscriptionStore:
 
     def _secrets_of(self, ids: Sequence[str]) -> dict[str, list[_SecretRead]]:
         """The live secrets of each subscription, newest first."""
-        if not ids:
-            return {}
-        marks = ", ".join("?" * len(ids))
-        query = (
-            f"SELECT {_SIGNING_KEY_COLUMNS} FROM signing_secrets WHERE subscription_id IN ({marks})"  # noqa: S608 (only ? marks)
-            " AND (expires_at IS NULL OR expires_at > ?) ORDER BY id DESC"
-        )
-        cursor = self._db.execute_sql(  # type: ignore[no-untyped-call]
-            bulk.sql(self._db, query), (*ids, utcnow())
-        )
         out: dict[str, list[_SecretRead]] = {}
-        for row in cursor.fetchall():
+        for row in bulk.rows_in(self._db, _LIVE_SECRETS, ids, utcnow()):
             out.setdefault(row[1], []).append(_SecretRead(*row))
         return out
 
