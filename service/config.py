@@ -192,7 +192,7 @@ class Settings:
         15.0, _in_range(float, 0.1, 120.0), "time limit of one HTTP attempt"
     )
     endpoint_concurrency: int = _setting(
-        10, _in_range(int, 1, 1000), "most simultaneous requests to one endpoint"
+        50, _in_range(int, 1, 1000), "most simultaneous requests to one endpoint"
     )
     default_rate_limit: int = _setting(
         0, _in_range(int, 0, 100_000), "requests/s per endpoint without its own; 0 = none"
@@ -209,9 +209,9 @@ class Settings:
         "a crashed instance's deliveries are retried after this",
     )
     delivery_workers: int = _setting(
-        0,
+        1,
         _in_range(int, 0, 1),
-        "child processes that sign and send (1: on a second core, opt-in; 0: in the service)",
+        "child processes that sign and send (1: on a second core; 0: in the service)",
     )
     max_in_flight: int = _setting(
         2000, _in_range(int, 1, 100_000), "deliveries held in memory; beyond, ingest waits"

@@ -1,6 +1,7 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the local PostgreSQL."""
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_top
 from service.config import Settings
 from tests.pipeline_support import Receiver, Record, new_topic, pipeline_env, produce
 from tests.support import Api, ServerThread, base_env, postgres_schema
+from webhooks.v1 import webhook_service_pb2 as pb
 
 
 @pytest.fixture
@@ -84,6 +86,18 @@ class Pipeline:
 
     def send(self, *records: Record) -> None:
         produce(self.bootstrap, self.topic, records)
+
+    def delivery(self, delivery_id: str) -> Any:
+        return self.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
+
+    def wait_status(self, delivery_id: str, status: int, timeout: float = 15) -> Any:
+        """The delivery once it has `status`: an endpoint's answer is recorded just after it."""
+        deadline = time.monotonic() + timeout
+        while (delivery := self.delivery(delivery_id)).status != status:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"delivery stayed {delivery.status}, wanted {status}")
+            time.sleep(0.05)
+        return delivery
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from typing import Any
 from tests.conftest import Pipeline
 from tests.pipeline_support import Receiver, Reply, cloud_event, structured, wait_all_delivered
 from webhooks.v1 import events_pb2
-from webhooks.v1 import webhook_service_pb2 as pb
 
 
 def _worker_pid(pipeline: Pipeline, timeout: float = 10.0) -> int:
@@ -33,6 +32,17 @@ def test_attempts_are_made_by_a_child_process(make_pipeline: Any, receiver: Rece
     assert b"service.delivery.worker" in command
 
 
+def test_with_no_worker_the_service_process_makes_the_attempts(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    pipeline = make_pipeline(WEBHOOKS_DELIVERY_WORKERS="0")
+    pipeline.api.create(url=receiver.url("/inline"))
+    pipeline.send(structured(cloud_event("person.created", {"n": 1})))
+    request = receiver.wait_for("/inline", 1)[0]
+    assert request.headers["webhook-signature"].startswith("v1,")
+    assert pipeline.api.app is not None and pipeline.api.app.delivery_worker is None
+
+
 def test_a_killed_worker_loses_no_delivery(make_pipeline: Any, receiver: Receiver) -> None:
     pipeline = make_pipeline(WEBHOOKS_DELIVERY_WORKERS="1")
     # Every delivery's first answer is slow, so all of them are in flight at the kill. Its
@@ -51,6 +61,5 @@ def test_a_killed_worker_loses_no_delivery(make_pipeline: Any, receiver: Receive
     assert all(len(webhook_ids[i]) == 1 for i in ids)
     assert _worker_pid(pipeline) != killed
     for (delivery_id,) in webhook_ids.values():
-        delivery = pipeline.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
-        assert delivery.status == events_pb2.DELIVERY_STATUS_SUCCEEDED
+        delivery = pipeline.wait_status(delivery_id, events_pb2.DELIVERY_STATUS_SUCCEEDED)
         assert [a.http_status for a in delivery.attempts] == [200]

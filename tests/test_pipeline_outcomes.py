@@ -16,21 +16,6 @@ from webhooks.v1 import webhook_service_pb2 as pb
 E = events_pb2
 
 
-def _delivery(pipeline: Pipeline, delivery_id: str) -> Any:
-    return pipeline.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
-
-
-def _wait_status(pipeline: Pipeline, delivery_id: str, status: int, timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        delivery = _delivery(pipeline, delivery_id)
-        if delivery.status == status:
-            return delivery
-        if time.monotonic() > deadline:
-            raise AssertionError(f"delivery stayed {delivery.status}, wanted {status}")
-        time.sleep(0.05)
-
-
 def _send_one(
     pipeline: Pipeline, receiver: Receiver, path: str, *replies: Reply, **fields: Any
 ) -> tuple[Any, str]:
@@ -44,7 +29,7 @@ def test_retry_then_success_keeps_the_webhook_id(pipeline: Pipeline, receiver: R
     _, delivery_id = _send_one(pipeline, receiver, "/flaky", Reply(500), Reply(503), Reply(200))
     requests = receiver.wait_for("/flaky", 3)
     assert {r.headers["webhook-id"] for r in requests} == {delivery_id}
-    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    delivery = pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
     assert [a.http_status for a in delivery.attempts] == [500, 503, 200]
     assert [a.outcome for a in delivery.attempts] == [
         E.ATTEMPT_OUTCOME_RETRY_SCHEDULED,
@@ -58,7 +43,7 @@ def test_retry_then_success_keeps_the_webhook_id(pipeline: Pipeline, receiver: R
 
 def test_exhausted_schedule_fails_the_delivery(pipeline: Pipeline, receiver: Receiver) -> None:
     created, delivery_id = _send_one(pipeline, receiver, "/down", Reply(500, body="boom"))
-    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_FAILED)
+    delivery = pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_FAILED)
     assert delivery.attempt_count == 3  # the first attempt and the two retries of the schedule
     assert delivery.attempts[-1].outcome == E.ATTEMPT_OUTCOME_FAILED
     assert delivery.attempts[-1].response_body == "boom"
@@ -79,7 +64,7 @@ def test_exhausted_schedule_fails_the_delivery(pipeline: Pipeline, receiver: Rec
 
 def test_gone_disables_the_subscription(pipeline: Pipeline, receiver: Receiver) -> None:
     created, delivery_id = _send_one(pipeline, receiver, "/gone", Reply(410))
-    _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_FAILED)
+    pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_FAILED)
     subscription = pipeline.api.call(
         "GetSubscription", pb.GetSubscriptionRequest(id=created.subscription.id)
     )
@@ -104,7 +89,7 @@ def test_failing_too_long_disables_the_subscription(make_pipeline: Any, receiver
         ).execute()
     pipeline.send(structured(cloud_event("person.created", {})))
     delivery_id = receiver.wait_for("/failing", 1)[0].headers["webhook-id"]
-    _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_FAILED)
+    pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_FAILED)
     got = pipeline.api.call(
         "GetSubscription", pb.GetSubscriptionRequest(id=created.subscription.id)
     ).subscription
@@ -126,14 +111,14 @@ def test_429_honours_retry_after(pipeline: Pipeline, receiver: Receiver) -> None
     )
     first, second = receiver.wait_for("/busy", 2)
     assert second.at - first.at >= 0.9  # the schedule alone would retry after 0.2 s
-    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    delivery = pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
     assert delivery.attempts[0].http_status == 429
 
 
 def test_timeout_is_an_attempt_failure(make_pipeline: Any, receiver: Receiver) -> None:
     pipeline = make_pipeline(WEBHOOKS_ATTEMPT_TIMEOUT_SECONDS="0.3")
     _, delivery_id = _send_one(pipeline, receiver, "/slow", Reply(200, delay=1.0), Reply(200))
-    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    delivery = pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
     first = delivery.attempts[0]
     assert first.error_kind == E.ERROR_KIND_TIMEOUT and first.http_status == 0
     assert 250 <= first.latency.ToMilliseconds() < 1000
@@ -144,7 +129,7 @@ def test_redirects_are_not_followed(pipeline: Pipeline, receiver: Receiver) -> N
     _, delivery_id = _send_one(
         pipeline, receiver, "/moved", Reply(302, {"Location": target}), Reply(200)
     )
-    delivery = _wait_status(pipeline, delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    delivery = pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
     assert (
         delivery.attempts[0].error_kind == E.ERROR_KIND_REDIRECT
         and delivery.attempts[0].http_status == 302
@@ -166,7 +151,7 @@ def test_ssrf_guard_refuses_names_that_resolve_to_private_addresses(
     assert created.subscription.id
     pipeline.send(structured(cloud_event("person.created", {})))
     [delivery] = _deliveries(pipeline, 1)
-    delivery = _wait_status(pipeline, delivery.id, E.DELIVERY_STATUS_FAILED)
+    delivery = pipeline.wait_status(delivery.id, E.DELIVERY_STATUS_FAILED)
     assert {a.error_kind for a in delivery.attempts} == {E.ERROR_KIND_SSRF_BLOCKED}
     assert receiver.at("/ssrf") == []
 

@@ -14,6 +14,27 @@ def test_readme_settings_table_lists_every_setting_and_nothing_else() -> None:
     assert documented == {name for name, _, _ in describe()}
 
 
+def _same_default(documented: str, actual: str) -> bool:
+    """`10` and `10.0`, `false` and `False` say the same."""
+    if documented.lower() == actual.lower():
+        return True
+    try:
+        return float(documented) == float(actual)
+    except ValueError:
+        return False
+
+
+def test_readme_settings_table_shows_the_real_defaults() -> None:
+    rows = re.findall(r"^\| `(WEBHOOKS_[A-Z_]+)` \|([^|]*)\|", README, flags=re.MULTILINE)
+    documented = {name: default.strip().strip("`") for name, default in rows}
+    wrong = {
+        name: (documented[name], actual)
+        for name, actual, _ in describe()
+        if not _same_default(documented[name], actual)
+    }
+    assert not wrong, f"README default vs the code: {wrong}"
+
+
 def test_readme_commands_are_make_targets() -> None:
     makefile = (ROOT / "Makefile").read_text()
     for target in (
