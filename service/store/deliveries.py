@@ -19,12 +19,12 @@ from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 from service.domain.signing import secret_key
 from service.errors import FailedPrecondition, NotFound
 from service.store import bulk
+from service.store.subscriptions import live_secrets
 from service.store.tables import (
     AttemptRow,
     DeliveryRow,
     EventRow,
     OutboxRow,
-    SigningSecretRow,
     SubscriptionRow,
 )
 
@@ -310,20 +310,7 @@ class DeliveryStore:
         ids = list(set(subscription_ids))
         if not ids:
             return {}
-        now = utcnow()
-        keys: dict[str, list[bytes]] = {}
-        secrets = (
-            SigningSecretRow.select()
-            .where(
-                SigningSecretRow.subscription.in_(ids)
-                & (SigningSecretRow.expires_at.is_null() | (SigningSecretRow.expires_at > now))
-            )
-            .order_by(SigningSecretRow.id.desc())
-        )
-        for secret in secrets:
-            keys.setdefault(secret.subscription_id, []).append(
-                secret_key(self._box.decrypt(secret.secret_encrypted))
-            )
+        secrets = live_secrets(self._db, ids)
         out = {}
         for row in SubscriptionRow.select().where(SubscriptionRow.id.in_(ids)):
             headers = (
@@ -336,7 +323,10 @@ class DeliveryStore:
                 tenant=row.tenant,
                 url=row.url,
                 headers=headers,
-                secret_keys=tuple(keys.get(row.id, ())),
+                secret_keys=tuple(
+                    secret_key(self._box.decrypt(s.secret_encrypted))
+                    for s in secrets.get(row.id, ())
+                ),
                 rate_limit_per_second=row.rate_limit_per_second,
                 enabled=row.enabled,
                 failing_since=row.failing_since,

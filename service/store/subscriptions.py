@@ -76,6 +76,15 @@ class _SecretRead(NamedTuple):
     secret_encrypted: bytes
 
 
+def live_secrets(db: pw.Database, ids: Sequence[str]) -> dict[str, list[_SecretRead]]:
+    """The live (unexpired) signing secrets of each subscription, newest first, still
+    encrypted: the API shows their prefixes, the dispatcher signs with them."""
+    out: dict[str, list[_SecretRead]] = {}
+    for row in bulk.rows_in(db, _LIVE_SECRETS, ids, utcnow()):
+        out.setdefault(row[1], []).append(_SecretRead(*row))
+    return out
+
+
 def _moment(value: datetime | str) -> datetime:
     """A stored time as a naive-UTC datetime (SQLite hands back text)."""
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
@@ -176,7 +185,7 @@ class SubscriptionStore:
         )
         rows = [_SubscriptionRead(*row) for row in cursor.fetchall()]
         page = rows[:limit]
-        secrets = self._secrets_of([r.id for r in page])
+        secrets = live_secrets(self._db, [r.id for r in page])
         return [self._to_domain(r, secrets.get(r.id, [])) for r in page], len(rows) > limit, total
 
     def update(
@@ -239,7 +248,7 @@ class SubscriptionStore:
 
     def live_secrets(self, subscription_id: str) -> list[str]:
         """The secrets that sign deliveries now, newest first."""
-        rows = self._secrets_of([subscription_id]).get(subscription_id, [])
+        rows = live_secrets(self._db, [subscription_id]).get(subscription_id, [])
         return [self._box.decrypt(bytes(r.secret_encrypted)) for r in rows]
 
     # -- helpers -------------------------------------------------------------
@@ -298,13 +307,6 @@ class SubscriptionStore:
             created_at=now,
         )
 
-    def _secrets_of(self, ids: Sequence[str]) -> dict[str, list[_SecretRead]]:
-        """The live secrets of each subscription, newest first."""
-        out: dict[str, list[_SecretRead]] = {}
-        for row in bulk.rows_in(self._db, _LIVE_SECRETS, ids, utcnow()):
-            out.setdefault(row[1], []).append(_SecretRead(*row))
-        return out
-
     def _load(self, tenant: str, subscription_id: str, *, lock: bool = False) -> Subscription:
         query = f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ? AND tenant = ?"  # noqa: S608 (a constant)
         if lock and self._db.for_update:
@@ -319,7 +321,7 @@ class SubscriptionStore:
             raise NotFound(
                 f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND"
             )
-        return self._to_domain(row, self._secrets_of([row.id]).get(row.id, []))
+        return self._to_domain(row, live_secrets(self._db, [row.id]).get(row.id, []))
 
     def _to_domain(self, row: _SubscriptionRead, secrets: list[_SecretRead]) -> Subscription:
         headers = (
