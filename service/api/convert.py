@@ -81,29 +81,27 @@ def populated_subscription_fields(message: pb.Subscription) -> list[str]:
 
 
 def subscription_to_pb(sub: Subscription) -> pb.Subscription:
+    # Every field in one constructor call, timestamps included: setting them afterwards
+    # took twice as long, and List(50) converts fifty (make bench, gRPC rows).
     spec = sub.spec
-    out = pb.Subscription(
+    return pb.Subscription(
         id=sub.id,
         name=spec.name,
         description=spec.description,
         url=spec.url,
-        event_types=list(spec.event_types),
+        event_types=spec.event_types,
         enabled=spec.enabled,
         disabled_reason=int(sub.disabled_reason),  # type: ignore[arg-type]
-        headers=redact_headers(spec.headers),
+        headers=redact_headers(spec.headers) if spec.headers else None,
         rate_limit_per_second=spec.rate_limit_per_second,
         secret_prefix=sub.secret_prefix,
         created_by=sub.created_by,
         last_delivery_status=sub.last_delivery_status,
+        create_time=timestamp(sub.create_time),
+        update_time=timestamp(sub.update_time),
+        last_delivery_time=timestamp(sub.last_delivery_time),
+        previous_secret_expire_time=timestamp(sub.previous_secret_expire_time),
     )
-    _set_times(
-        out,
-        create_time=sub.create_time,
-        update_time=sub.update_time,
-        last_delivery_time=sub.last_delivery_time,
-        previous_secret_expire_time=sub.previous_secret_expire_time,
-    )
-    return out
 
 
 def event_type_from_pb(message: pb.EventType) -> EventType:

@@ -128,6 +128,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         metrics: Metrics | None = None,
     ) -> None:
         self._run = runner.call
+        self._read = runner.read
         self._subs = subscriptions_
         self._catalog = catalog_
         self._deliveries = deliveries
@@ -157,7 +158,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def GetSubscription(
         self, request: pb.GetSubscriptionRequest, principal: Principal
     ) -> pb.GetSubscriptionResponse:
-        sub = await self._run(self._subs.get, principal, _required_id(request.id))
+        sub = await self._read(self._subs.get, principal, _required_id(request.id))
         return pb.GetSubscriptionResponse(subscription=convert.subscription_to_pb(sub))
 
     @rpc(READ)
@@ -167,7 +168,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         size = pagination.page_size(request.page_size)
         query = pagination.query_fingerprint("subscriptions", principal.tenant)
         after = pagination.decode_token(request.page_token, query)
-        subs, more, total = await self._run(self._subs.list_page, principal, after, size)
+        subs, more, total = await self._read(self._subs.list_page, principal, after, size)
         return pb.ListSubscriptionsResponse(
             subscriptions=[convert.subscription_to_pb(s) for s in subs],
             next_page_token=pagination.encode_token(subs[-1].id, query) if more else "",

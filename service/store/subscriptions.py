@@ -1,5 +1,6 @@
 """Subscriptions and their signing secrets: queries and transactions."""
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,15 @@ def live_secrets(db: pw.Database, ids: Sequence[str]) -> dict[str, list[_SecretR
     for row in bulk.rows_in(db, _LIVE_SECRETS, ids, utcnow()):
         out.setdefault(row[1], []).append(_SecretRead(*row))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _event_types(text: str) -> tuple[str, ...]:
+    """A stored event_types column as a tuple; few distinct lists recur on every page."""
+    return tuple(json.loads(text))
+
+
+_DISABLED_REASONS = {int(reason): reason for reason in DisabledReason}
 
 
 def _moment(value: datetime | str) -> datetime:
@@ -338,12 +348,12 @@ class SubscriptionStore:
                 name=row.name,
                 url=row.url,
                 description=row.description,
-                event_types=tuple(json.loads(row.event_types)),
+                event_types=_event_types(row.event_types),
                 enabled=bool(row.enabled),
                 headers=headers,
                 rate_limit_per_second=row.rate_limit_per_second,
             ),
-            disabled_reason=DisabledReason(row.disabled_reason),
+            disabled_reason=_DISABLED_REASONS[row.disabled_reason],
             secret_prefix=secrets[0].prefix if secrets else "",
             created_by=row.created_by,
             create_time=_moment(row.created_at),
