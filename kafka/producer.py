@@ -3,6 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -41,6 +42,7 @@ class Producer:
     def __init__(self, bootstrap: str) -> None:
         self._bootstrap = bootstrap
         self._producer: AIOKafkaProducer | None = None
+        self._partitioner = KeyedPartitioner()
 
     async def start(self, stopping: asyncio.Event | None = None) -> None:
         """Connects, retrying with backoff until the broker answers (or `stopping` is set)."""
@@ -52,7 +54,6 @@ class Producer:
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 request_timeout_ms=15_000,
-                partitioner=KeyedPartitioner(),
             )
             try:
                 await producer.start()
@@ -77,18 +78,58 @@ class Producer:
         self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]
     ) -> list[tuple[int, int]]:
         """Sends (topic, key, value, headers) records and waits until the broker acked each;
-        returns their (partition, offset). Raises Unavailable if any was not acked."""
-        if self._producer is None:
+        returns their (partition, offset). Raises Unavailable if any was not acked.
+
+        The records go out as one batch per partition (more when one fills): aiokafka's
+        per-record send() cost ~10-14 us of Python each, a batch append ~2 us (make bench)."""
+        producer = self._producer
+        if producer is None:
             raise Unavailable("Kafka is not connected yet")
         try:
-            futures = [
-                await self._producer.send(topic, value=value, key=key, headers=list(headers))
-                for topic, key, value, headers in records
-            ]
-            results = await asyncio.gather(*futures)
+            return await self._send_batches(producer, records)
         except KafkaError as exc:
             raise Unavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from None
-        return [(r.partition, r.offset) for r in results]
+
+    async def _send_batches(
+        self,
+        producer: AIOKafkaProducer,
+        records: Sequence[tuple[str, bytes | None, bytes, Headers]],
+    ) -> list[tuple[int, int]]:
+        partitions: dict[str, list[int]] = {}
+        # Per (topic, partition): the batch being filled and the numbers of its records.
+        filling: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        sent: list[asyncio.Future[Any]] = []
+        # Per record: its batch (an index into `sent`) and its place in that batch.
+        placed: list[tuple[int, int]] = [(-1, -1)] * len(records)
+
+        async def ship(where: tuple[str, int]) -> None:
+            builder, numbers = filling.pop(where)
+            sent.append(await producer.send_batch(builder, where[0], partition=where[1]))
+            for place, number in enumerate(numbers):
+                placed[number] = (len(sent) - 1, place)
+
+        for number, (topic, key, value, headers) in enumerate(records):
+            if topic not in partitions:
+                partitions[topic] = sorted(await producer.partitions_for(topic))
+            every = partitions[topic]
+            where = (topic, self._partitioner(key, every, every))
+            for _ in range(2):
+                if where not in filling:
+                    filling[where] = (producer.create_batch(), [])
+                builder, numbers = filling[where]
+                if (
+                    builder.append(timestamp=None, key=key, value=value, headers=headers)
+                    is not None
+                ):
+                    numbers.append(number)
+                    break
+                if not numbers:
+                    raise Unavailable(f"a record of {len(value)} bytes is too large for Kafka")
+                await ship(where)  # full: send it, then start the next one
+        for where in list(filling):
+            await ship(where)
+        acked = await asyncio.gather(*sent)
+        return [(acked[batch].partition, acked[batch].offset + place) for batch, place in placed]
 
     async def stop(self) -> None:
         if self._producer is not None:
