@@ -96,42 +96,37 @@ class Producer:
         records: Sequence[tuple[str, bytes | None, bytes, Headers]],
     ) -> list[tuple[int, int]]:
         partitions: dict[str, list[int]] = {}
-        # Per (topic, partition): the batch being filled and the numbers of its records.
-        filling: dict[tuple[str, int], tuple[Any, list[int]]] = {}
-        sent: list[asyncio.Future[Any]] = []
-        # Per record: its batch (an index into `sent`) and its place in that batch.
-        placed: list[tuple[int, int]] = [(-1, -1)] * len(records)
-
-        async def ship(where: tuple[str, int]) -> None:
-            builder, numbers = filling.pop(where)
-            sent.append(await producer.send_batch(builder, where[0], partition=where[1]))
-            for place, number in enumerate(numbers):
-                placed[number] = (len(sent) - 1, place)
-
-        for number, (topic, key, value, headers) in enumerate(records):
+        batches: list[Any] = []  # every batch builder, in the order they were started
+        filling: dict[tuple[str, int], int] = {}  # the batch each partition is filling
+        sent: dict[int, asyncio.Future[Any]] = {}
+        placed: list[tuple[int, int]] = []  # per record: its batch and its place there
+        for topic, key, value, headers in records:
             if topic not in partitions:
                 partitions[topic] = sorted(await producer.partitions_for(topic))
             every = partitions[topic]
             where = (topic, self._partitioner(key, every, every))
-            for _ in range(2):
-                if where not in filling:
-                    filling[where] = (producer.create_batch(), [])
-                builder, numbers = filling[where]
-                if (
-                    builder.append(timestamp=None, key=key, value=value, headers=headers)
-                    is not None
-                ):
-                    numbers.append(number)
-                    break
-                if not numbers:
+            number = filling.get(where)
+            if number is None or not _append(batches[number], key, value, headers):
+                if number is not None:  # full: send it and start the next one
+                    sent[number] = await producer.send_batch(
+                        batches[number], topic, partition=where[1]
+                    )
+                number = filling[where] = len(batches)
+                batches.append(producer.create_batch())
+                if not _append(batches[number], key, value, headers):
                     raise Unavailable(f"a record of {len(value)} bytes is too large for Kafka")
-                await ship(where)  # full: send it, then start the next one
-        for where in list(filling):
-            await ship(where)
-        acked = await asyncio.gather(*sent)
+            placed.append((number, batches[number].record_count() - 1))
+        for where, number in filling.items():
+            sent[number] = await producer.send_batch(batches[number], where[0], partition=where[1])
+        acked = dict(zip(sent, await asyncio.gather(*sent.values()), strict=True))
         return [(acked[batch].partition, acked[batch].offset + place) for batch, place in placed]
 
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+
+def _append(builder: Any, key: bytes | None, value: bytes, headers: Headers) -> bool:
+    """Adds the record to the batch; False when the batch is full."""
+    return builder.append(timestamp=None, key=key, value=value, headers=headers) is not None

@@ -148,7 +148,7 @@ def test_sick_endpoints_end_per_schedule_and_leave_a_healthy_one_alone(
     attempts_allowed = len(schedule.split(",")) + 1
     sent = Counter(r.headers["webhook-id"] for r in receiver.requests)
     for summary in deliveries:
-        delivery = pipeline.api.call("GetDelivery", pb.GetDeliveryRequest(id=summary.id)).delivery
+        delivery = pipeline.delivery(summary.id)
         numbers = [a.attempt_number for a in delivery.attempts]
         assert sorted(numbers) == list(range(1, len(numbers) + 1)), delivery
         if path_of[delivery.subscription_id] in ("/dead", "/random"):
