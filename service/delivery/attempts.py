@@ -1,6 +1,7 @@
 """Makes one delivery attempt: signs the job, sends it and decides what follows, ready to store
 and to audit. Runs in the service process or in a delivery worker (service.delivery.worker)."""
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -48,6 +49,12 @@ class AttemptMaker:
 
     async def make(self, job: Job, target: Target) -> RecordedAttempt:
         started = utcnow()
+        result = await self.begin(job, target)
+        return self.finish(job, target, result, started)
+
+    def begin(self, job: Job, target: Target) -> "asyncio.Future[AttemptResult]":
+        """Signs and starts the request; pass its result to `finish` (the delivery worker
+        does so from a callback: no task per attempt)."""
         timestamp = int(time.time())
         headers = {
             **target.headers,
@@ -58,15 +65,15 @@ class AttemptMaker:
                 target.secret_keys, job.delivery_id, timestamp, job.body
             ),
         }
-        result = await self._sender.send(target.url, headers, job.body)
-        return self._outcome(job, target, result, started)
+        return self._sender.start(target.url, headers, job.body)
 
     async def close(self) -> None:
         await self._sender.close()
 
-    def _outcome(
+    def finish(
         self, job: Job, target: Target, result: AttemptResult, started: datetime
     ) -> RecordedAttempt:
+        """What follows from the endpoint's answer, ready to store and to audit."""
         settings = self._settings
         now = utcnow()
         attempt_number = job.attempts_made + 1

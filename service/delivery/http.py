@@ -87,18 +87,31 @@ class HttpSender:
         self._multi: pycurl.CurlMulti | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_now = False  # the pending timer is one libcurl asked for at 0 ms
         self._transfers: dict[pycurl.Curl, _Transfer] = {}
         self._idle: list[pycurl.Curl] = []
         self._watching: dict[int, int] = {}  # fd -> the POLL_* libcurl asked for
 
     async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> AttemptResult:
-        if url.startswith("http://") and not self._allow_http:
-            return AttemptResult(
-                error_kind=ErrorKind.SSRF_BLOCKED, error_message="plain http is not allowed"
-            )
+        return await self.start(url, headers, body)
+
+    def start(
+        self, url: str, headers: Mapping[str, str], body: bytes
+    ) -> "asyncio.Future[AttemptResult]":
+        """Starts the request; the future resolves with its result (never an exception).
+        A plain call, not a coroutine: the delivery worker makes thousands a second, and a
+        task for each cost more than the request's own Python work."""
         multi = self._start()
         assert self._loop is not None
-        transfer = _Transfer(self._loop.create_future())
+        future: asyncio.Future[AttemptResult] = self._loop.create_future()
+        if url.startswith("http://") and not self._allow_http:
+            future.set_result(
+                AttemptResult(
+                    error_kind=ErrorKind.SSRF_BLOCKED, error_message="plain http is not allowed"
+                )
+            )
+            return future
+        transfer = _Transfer(future)
         handle = self._idle.pop() if self._idle else self._new_handle()
         handle.setopt(pycurl.URL, url)
         handle.setopt(pycurl.POSTFIELDS, body)
@@ -108,7 +121,7 @@ class HttpSender:
         handle.setopt(pycurl.OPENSOCKETFUNCTION, self._guard(transfer))
         self._transfers[handle] = transfer
         multi.add_handle(handle)
-        return await transfer.future
+        return future
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -193,13 +206,18 @@ class HttpSender:
             self._watching.pop(fd, None)
 
     def _on_timer(self, milliseconds: int) -> None:
+        if milliseconds == 0 and self._timer is not None and self._timer_now:
+            return  # libcurl asks for "now" at every new request: one call serves them all
+        self._timer_now = milliseconds == 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if milliseconds >= 0 and self._loop is not None:
-            self._timer = self._loop.call_later(
-                milliseconds / 1000, self._act, pycurl.SOCKET_TIMEOUT, 0
-            )
+            self._timer = self._loop.call_later(milliseconds / 1000, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, events: int) -> None:
         multi = self._multi

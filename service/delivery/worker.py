@@ -7,6 +7,7 @@ processes hold the socket. The worker exits when the service closes its end, or 
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -14,13 +15,16 @@ import signal
 import socket
 import struct
 import sys
+from datetime import datetime
 from typing import Any
 
 import uvloop
 
 from service import logs
 from service.delivery.attempts import AttemptMaker, AttemptSettings
+from service.domain.clock import utcnow
 from service.domain.deliveries import Job, Target
+from service.domain.outcomes import AttemptResult
 from service.errors import Unavailable
 from service.store.deliveries import RecordedAttempt
 
@@ -169,26 +173,41 @@ class DeliveryWorker:
 
 
 async def _serve(sock: socket.socket) -> None:
-    """The worker's end: one task per request; results go back as they finish."""
+    """The worker's end: each request starts at once, and its result goes back from the
+    request's own callback (no task per request)."""
     reader, writer = await asyncio.open_connection(sock=sock)
     frames = _Frames(reader, writer)
     items = await frames.get()
     settings: AttemptSettings = items.pop(0)  # the first item ever sent; requests may follow
     maker = AttemptMaker(settings)
-    running: set[asyncio.Task[None]] = set()
+    running: set[asyncio.Future[AttemptResult]] = set()
 
-    async def attempt(request_id: int, job: Job, target: Target) -> None:
+    def answered(
+        request_id: int,
+        job: Job,
+        target: Target,
+        started: datetime,
+        sent: "asyncio.Future[AttemptResult]",
+    ) -> None:
+        running.discard(sent)
         try:
-            frames.put((request_id, await maker.make(job, target)))
+            frames.put((request_id, maker.finish(job, target, sent.result(), started)))
         except Exception as exc:  # reported to the service, which logs it
             frames.put((request_id, f"{type(exc).__name__}: {exc}"))
 
     try:
         while True:
             for request_id, job, target in items:
-                task = asyncio.create_task(attempt(request_id, job, target))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                started = utcnow()
+                try:
+                    sent = maker.begin(job, target)
+                except Exception as exc:
+                    frames.put((request_id, f"{type(exc).__name__}: {exc}"))
+                    continue
+                running.add(sent)
+                sent.add_done_callback(
+                    functools.partial(answered, request_id, job, target, started)
+                )
             items = await frames.get()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the service closed its end (or died): finish what is in flight, then go
