@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Stores the batch's events and deliveries in one transaction.
 StoreBatch = Callable[[list[Event]], Awaitable[Callable[[], Awaitable[None]]]]
+# Batches stored at once: one is written while the next is fetched and decoded.
+MAX_IN_FLIGHT = 2
 
 
 class IngestConsumer:
@@ -57,6 +60,12 @@ class IngestConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopped = asyncio.Event()
         self._metrics = metrics or Metrics()
+        # Batches being stored and handed off, oldest first, with the offsets that follow them.
+        self._in_flight: deque[tuple[asyncio.Future[None], dict[TopicPartition, int]]] = deque()
+        # Offsets whose batches (and every batch before them) are stored, not yet committed.
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._commit_wanted = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         delay = 0.5
@@ -108,10 +117,16 @@ class IngestConsumer:
         self._consumer = consumer
 
     async def poll_once(self) -> int:
-        """One batch: returns how many records it handled."""
+        """One batch: returns how many records it handled. Its events are stored while the
+        next batch is fetched and decoded (at most MAX_IN_FLIGHT batches at once), and its
+        offsets are committed in the background once it and every batch before it are
+        stored: a commit never holds up the next batch (make bench)."""
         assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=200, max_records=self._batch_size)
+        batches = await self._consumer.getmany(
+            timeout_ms=20 if self._in_flight else 200, max_records=self._batch_size
+        )
         if not batches:
+            await self._settle(keep=0)
             return 0
         events: list[Event] = []
         dead: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
@@ -123,16 +138,8 @@ class IngestConsumer:
         self._metrics.events_consumed.labels("accepted", "").inc(len(events))
         if dead:
             await self._producer.send_all(dead)
-        hand_off = await self._store_batch(events)
-        # The deliveries are stored: sending starts while the commit travels. The next
-        # poll waits for the hand-off (backpressure when the dispatcher is full). If a
-        # rebalance fails the commit, the new owner re-reads these records, finds their
-        # deliveries stored and leased to us, and leaves them to us.
-        handing = asyncio.ensure_future(hand_off())
-        try:
-            await self._consumer.commit(offsets)
-        finally:
-            await handing
+        self._in_flight.append((asyncio.ensure_future(self._store(events)), offsets))
+        await self._settle(keep=MAX_IN_FLIGHT - 1)
         for partition in offsets:
             end = self._consumer.highwater(partition)
             if end is not None:
@@ -140,6 +147,70 @@ class IngestConsumer:
                     max(0, end - offsets[partition])
                 )
         return sum(len(records) for records in batches.values())
+
+    async def _store(self, events: list[Event]) -> None:
+        hand_off = await self._store_batch(events)
+        # Stored: waiting for the hand-off is the backpressure when the dispatcher is full.
+        await hand_off()
+
+    async def _settle(self, keep: int) -> None:
+        """Hands the offsets of stored batches at the head to the committer, waiting for the
+        oldest while more than `keep` are in flight. A failed batch raises, and the offsets
+        of every batch after it are dropped: their records are read again."""
+        while self._in_flight:
+            stored, offsets = self._in_flight[0]
+            if not stored.done():
+                if len(self._in_flight) <= keep:
+                    break
+                await asyncio.wait({stored})
+            self._in_flight.popleft()
+            error = stored.exception()
+            if error is not None:
+                await self._abandon()
+                raise error
+            self._to_commit.update(offsets)
+            self._commit_wanted.set()
+        if self._committer is None and self._to_commit:
+            self._committer = asyncio.create_task(self._commit_loop(), name="ingest-commits")
+
+    async def _abandon(self) -> None:
+        """After a failed batch: lets the later ones finish storing (their deliveries are
+        dispatched) but forgets their offsets, so their records are read again."""
+        pending = [stored for stored, _ in self._in_flight]
+        self._in_flight.clear()
+        if pending:
+            await asyncio.wait(pending)
+        for stored in pending:
+            error = stored.exception()
+            if error is not None:
+                log.warning("batch not stored", extra={"error": type(error).__name__})
+
+    async def _commit_loop(self) -> None:
+        """One commit at a time, of the newest offsets. A failed commit (a rebalance, the
+        broker away) is retried with the next one for the partitions still ours; the new
+        owner of a partition that moved re-reads those records, finds their deliveries
+        stored and leased to us, and leaves them to us."""
+        while True:
+            await self._commit_wanted.wait()
+            await self._commit_pending()
+
+    async def _commit_pending(self) -> None:
+        self._commit_wanted.clear()
+        offsets, self._to_commit = self._to_commit, {}
+        if not offsets or self._consumer is None:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except asyncio.CancelledError:  # closing: the last commit takes them
+            for partition, offset in offsets.items():
+                self._to_commit.setdefault(partition, offset)
+            raise
+        except KafkaError as exc:
+            log.warning("offsets not committed yet", extra={"error": type(exc).__name__})
+            ours = self._consumer.assignment() if self._consumer is not None else set()
+            for partition, offset in offsets.items():
+                if partition in ours:
+                    self._to_commit.setdefault(partition, offset)
 
     def _take(self, record: ConsumerRecord, events: list[Event], dead: list) -> None:  # type: ignore[type-arg]
         headers = [(k, v if v is not None else b"") for k, v in (record.headers or ())]
@@ -197,7 +268,18 @@ class IngestConsumer:
         self._stopped.set()
 
     async def _close(self) -> None:
+        """Finishes the batches in flight and commits what they stored, then leaves."""
+        with contextlib.suppress(Exception):  # a failed batch was logged; it is read again
+            await self._settle(keep=0)
+        await self._abandon()
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
         if self._consumer is not None:
+            await self._commit_pending()
+            self._to_commit.clear()
             consumer, self._consumer = self._consumer, None
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
