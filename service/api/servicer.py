@@ -1,4 +1,4 @@
-"""webhooks.v1.WebhookService: authenticates, converts, and runs the use cases on store threads."""
+"""webhooks.v1.WebhookService: authenticates, converts, and runs the use cases on the store."""
 
 import asyncio
 import functools
