@@ -15,6 +15,7 @@ from kafka.codec import encode_attempt, event_to_proto
 from kafka.ingest import IngestConsumer
 from kafka.outbox import OutboxPublisher
 from kafka.producer import Producer
+from service import runtime
 from service.api.server import GrpcServer
 from service.api.servicer import WebhookServicer
 from service.catalog import CatalogError, CatalogService, EventTypeCheck
@@ -371,6 +372,7 @@ class App:
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads API keys."""
+    runtime.tune_gc()
     app = App(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -379,6 +381,7 @@ async def serve(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGHUP, app.reload_keys)
     try:
         await app.start()
+        runtime.freeze_startup_objects()
         await stopping.wait()
         log.info("shutting down")
     finally:

@@ -20,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from service import logs
+from service import logs, runtime
 from service.delivery.attempts import AttemptMaker, AttemptSettings
 from service.domain.clock import utcnow
 from service.domain.deliveries import Job, Target
@@ -180,6 +180,7 @@ async def _serve(sock: socket.socket) -> None:
     items = await frames.get()
     settings: AttemptSettings = items.pop(0)  # the first item ever sent; requests may follow
     maker = AttemptMaker(settings)
+    runtime.freeze_startup_objects()
     running: set[asyncio.Future[AttemptResult]] = set()
 
     def answered(
@@ -221,6 +222,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.setup(os.environ.get("WEBHOOKS_LOG_LEVEL", "INFO").upper())
+    runtime.tune_gc()
     uvloop.run(_serve(socket.socket(fileno=int(sys.argv[1]))))
 
 
