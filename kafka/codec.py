@@ -9,7 +9,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from service.domain.clock import epoch_parts, utcnow
 from service.domain.deliveries import AttemptRecord
-from service.domain.event_rules import EventRejected, check_event
+from service.domain.event_rules import EventRejected, check_attributes, check_depth, check_event
 from service.domain.models import Event
 from webhooks.v1 import events_pb2
 
@@ -19,6 +19,7 @@ CLOUDEVENTS_JSON = "application/cloudevents+json"
 PROTOBUF = "application/x-protobuf"
 _PROTOBUF_TYPES = (PROTOBUF, "application/protobuf", "application/vnd.google.protobuf")
 _JSON_TYPES = ("application/json", "text/json", "")
+_NOT_PARSED = object()  # a structured event's data_base64: its bytes are parsed when checked
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -44,7 +45,11 @@ def decode_event(
     if header(headers, "ce_specversion") is not None:
         event = _binary(value, headers, content_type, default_tenant)
     elif content_type == CLOUDEVENTS_JSON or (not content_type and value.lstrip()[:1] == b"{"):
-        event = _structured(value, default_tenant)
+        event, parsed = _structured(value, default_tenant)
+        if parsed is not _NOT_PARSED:  # its data came out of the document's own parse
+            check_attributes(event)
+            check_depth(parsed)
+            return event
     elif content_type in _PROTOBUF_TYPES:
         event = _protobuf(value, default_tenant)
     else:
@@ -55,7 +60,8 @@ def decode_event(
     return event
 
 
-def _structured(value: bytes, default_tenant: str) -> Event:
+def _structured(value: bytes, default_tenant: str) -> tuple[Event, object]:
+    """The event and its data as parsed with the document (_NOT_PARSED for data_base64)."""
     try:
         document = json.loads(value)
     except UnicodeDecodeError:
@@ -67,14 +73,16 @@ def _structured(value: bytes, default_tenant: str) -> Event:
     if not isinstance(document, dict):
         raise EventRejected("MALFORMED_CLOUDEVENT", "a structured CloudEvent is a JSON object")
     _check_spec_version(document.get("specversion"))
+    parsed: object = _NOT_PARSED
     if "data_base64" in document:
         try:
             data = base64.b64decode(str(document["data_base64"]), validate=True)
         except ValueError:
             raise EventRejected("MALFORMED_CLOUDEVENT", "data_base64 is not valid base64") from None
     else:
-        data = json.dumps(document.get("data"), separators=(",", ":"), ensure_ascii=False).encode()
-    return Event(
+        parsed = document.get("data")
+        data = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+    event = Event(
         id=_text(document.get("id")),
         type=_text(document.get("type")),
         source=_text(document.get("source")),
@@ -83,6 +91,7 @@ def _structured(value: bytes, default_tenant: str) -> Event:
         time=_time(document.get("time")),
         data=data,
     )
+    return event, parsed
 
 
 def _binary(value: bytes, headers: Headers, content_type: str, default_tenant: str) -> Event:

@@ -24,6 +24,13 @@ class EventRejected(Exception):
 
 def check_event(event: Event) -> None:
     """Raises EventRejected naming the first problem."""
+    check_attributes(event)
+    parse_data(event.data)
+
+
+def check_attributes(event: Event) -> None:
+    """check_event without the payload, for a decoder that has parsed it already (then
+    check_depth of the parsed value)."""
     if not event.id:
         raise EventRejected("MISSING_ID", "the event has no id")
     if len(event.id) > MAX_ID or not _PRINTABLE.fullmatch(event.id):
@@ -44,7 +51,6 @@ def check_event(event: Event) -> None:
         )
     if "\x00" in event.source or "\x00" in event.subject:  # no database text column holds NUL
         raise EventRejected("INVALID_ATTRIBUTE", "source and subject must not contain NUL")
-    parse_data(event.data)
 
 
 def parse_data(data: bytes) -> object:
@@ -57,9 +63,14 @@ def parse_data(data: bytes) -> object:
         raise EventRejected("TOO_DEEP", f"the data nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise EventRejected("MALFORMED_JSON", f"the data is not valid JSON: {exc}") from None
+    check_depth(value)
+    return value
+
+
+def check_depth(value: object) -> None:
+    """Refuses a parsed payload nesting deeper than MAX_DEPTH."""
     if _depth(value) > MAX_DEPTH:
         raise EventRejected("TOO_DEEP", f"the data nests deeper than {MAX_DEPTH} levels")
-    return value
 
 
 def _depth(value: object) -> int:
