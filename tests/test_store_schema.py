@@ -93,8 +93,8 @@ def test_index_migrations_add_their_index_to_a_version_1_database(database_url: 
             # Back to what version 1 of the schema was: without the index.
             db.execute_sql(f"DROP INDEX {index}")  # type: ignore[no-untyped-call]
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 1).execute()
-        # Migration 4 finds its column there already and changes nothing.
-        assert migrate(db) == [*sorted(added), 4]
+        # Migration 4 finds its column there already, 5 no index to drop: both change nothing.
+        assert migrate(db) == [*sorted(added), 4, 5]
         for table, index in added.values():
             assert index in {i.name for i in db.get_indexes(table)}
     finally:
@@ -115,7 +115,26 @@ def test_outbox_claim_column_is_added_to_an_older_database(database_url: str) ->
             " key BYTEA, value BYTEA NOT NULL, created_at TIMESTAMP NOT NULL)"
         )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 3).execute()
-        assert migrate(db) == [4]
+        assert migrate(db) == [4, 5]
         assert "claimed_until" in {c.name for c in db.get_columns("outbox")}
+    finally:
+        db.close()
+
+
+def test_the_redundant_delivery_subscription_index_is_dropped_from_an_older_database(
+    database_url: str,
+) -> None:
+    db = _open(database_url)
+    try:
+        migrate(db)
+        # Back to version 4: the foreign key's own index, as version 1 created it.
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "CREATE INDEX deliveries_subscription_id ON deliveries (subscription_id)"
+        )
+        tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 4).execute()
+        assert migrate(db) == [5]
+        names = {i.name for i in db.get_indexes("deliveries")}
+        assert "deliveries_subscription_id" not in names
+        assert "deliveries_subscription_id_event_id" in names  # what subscription lookups use
     finally:
         db.close()

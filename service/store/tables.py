@@ -110,7 +110,10 @@ class DeliveryRow(BaseModel):
 
     id = pw.CharField(max_length=40, primary_key=True)
     tenant = pw.CharField(max_length=128)
-    subscription = pw.ForeignKeyField(SubscriptionRow, on_delete="CASCADE", backref="deliveries")
+    # No index of its own: the unique (subscription, event) index leads with it.
+    subscription = pw.ForeignKeyField(
+        SubscriptionRow, on_delete="CASCADE", backref="deliveries", index=False
+    )
     event = pw.ForeignKeyField(EventRow, on_delete="CASCADE", backref="deliveries")
     subscription_id: str
     event_id: int
