@@ -97,8 +97,7 @@ class App:
         self._keys = load_keys(settings)
         db = open_database(settings.database_url)
         # SQLite takes one writer at a time and makes the others sleep-poll for the lock
-        # (measured: a third fewer deliveries/s with 4 threads), so its work runs on the
-        # event loop, grouped into one transaction per loop turn (StoreRunner).
+        # (measured: a third fewer deliveries/s with 4 threads), so it gets one thread.
         sqlite = settings.database_url.startswith("sqlite")
         threads = 1 if sqlite else settings.store_threads
         self._runner = runner = StoreRunner(db, threads, inline_reads=sqlite, group_commit=sqlite)

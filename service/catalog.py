@@ -23,7 +23,7 @@ class CatalogError(Exception):
 
 
 class CatalogService:
-    """Every method is synchronous; the gRPC edge runs it through the StoreRunner."""
+    """Every method is synchronous; the gRPC edge runs it on a store thread."""
 
     def __init__(self, store: EventTypeStore) -> None:
         self._store = store

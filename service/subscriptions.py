@@ -39,7 +39,7 @@ MAX_OVERLAP = timedelta(days=7)
 
 
 class SubscriptionService:
-    """Every method is synchronous; the gRPC edge runs it through the StoreRunner."""
+    """Every method is synchronous; the gRPC edge runs it on a store thread."""
 
     def __init__(
         self, store: SubscriptionStore, event_types: EventTypeStore, settings: Settings

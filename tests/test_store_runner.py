@@ -71,21 +71,24 @@ def _insert_then_fail(db: pw.Database, n: int, error: Exception) -> None:
     raise error
 
 
-def test_group_commit_runs_one_turns_calls_in_one_transaction_each_in_its_own_savepoint(
+def test_group_commit_runs_queued_calls_in_one_transaction_each_in_its_own_savepoint(
     tmp_path: Path,
 ) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'g.db'}")
     runner = StoreRunner(db, 1, group_commit=True)
-    commits: list[str] = []
+    commits: list[int] = []
 
     def counted_commit(original: Any = db.commit) -> None:
-        commits.append(threading.current_thread().name)
+        commits.append(1)
         original()
 
     async def burst() -> Sequence[object]:
         await runner.call(_table, db)
         commits.clear()
-        # Made in one loop turn: one group. The failing call's own insert is undone by its
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(runner.call(gate.wait, 10))
+        await asyncio.sleep(0.1)  # the store thread is inside the blocker's group
+        # Queued together: one group. The failing call's own insert is undone by its
         # savepoint; the others commit; a duplicate (IntegrityError) is the caller's.
         calls = [
             runner.call(_insert, db, 1),
@@ -93,8 +96,11 @@ def test_group_commit_runs_one_turns_calls_in_one_transaction_each_in_its_own_sa
             runner.call(_insert, db, 3),
             runner.call(_insert, db, 3),
         ]
-        results: list[object] = await asyncio.gather(*calls, return_exceptions=True)
-        return results
+        queued = asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.sleep(0.1)
+        gate.set()
+        assert await blocker
+        return await queued
 
     db.commit = counted_commit  # type: ignore[method-assign]
     try:
@@ -102,7 +108,7 @@ def test_group_commit_runs_one_turns_calls_in_one_transaction_each_in_its_own_sa
         assert results[0] == 1 and results[2] == 3
         assert isinstance(results[1], ValueError)
         assert isinstance(results[3], pw.IntegrityError)
-        assert commits == ["MainThread"]  # one commit, on the loop's own thread
+        assert commits == [1, 1]  # the blocker's group, then the four in one
         assert asyncio.run(runner.read(_rows, db)) == [1, 3]
     finally:
         runner.close()
@@ -133,11 +139,23 @@ def test_group_commit_isolates_a_call_whose_database_error_breaks_the_group(
         runner.close()
 
 
-@pytest.mark.parametrize("group_commit", [True, False])
-def test_a_closed_runner_refuses_work(tmp_path: Path, group_commit: bool) -> None:
+def test_group_commit_finishes_queued_work_at_close_and_refuses_more(tmp_path: Path) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'g.db'}")
-    runner = StoreRunner(db, 1, group_commit=group_commit)
-    asyncio.run(runner.call(_table, db))
-    runner.close()
-    with pytest.raises(Unavailable, match="closed"):
-        asyncio.run(runner.call(_insert, db, 1))
+    runner = StoreRunner(db, 1, group_commit=True)
+
+    async def queue_then_close() -> None:
+        await runner.call(_table, db)
+        pending = [asyncio.ensure_future(runner.call(_insert, db, n)) for n in range(50)]
+        await asyncio.sleep(0)  # all queued
+        await asyncio.get_running_loop().run_in_executor(None, runner.close)
+        assert [await p for p in pending] == list(range(50))
+        with pytest.raises(Unavailable):
+            await runner.call(_insert, db, 99)
+
+    asyncio.run(queue_then_close())
+    reopened = open_database(f"sqlite:///{tmp_path / 'g.db'}")
+    check = StoreRunner(reopened, 1, inline_reads=True)
+    try:
+        assert asyncio.run(check.read(_rows, reopened)) == list(range(50))
+    finally:
+        check.close()

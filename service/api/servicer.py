@@ -1,4 +1,4 @@
-"""webhooks.v1.WebhookService: authenticates, converts, and runs the use cases on the store."""
+"""webhooks.v1.WebhookService: authenticates, converts, and runs the use cases on store threads."""
 
 import asyncio
 import functools

@@ -23,8 +23,8 @@ from service.store.runner import StoreRunner
 log = logging.getLogger(__name__)
 # How long a cached subscription target is trusted before it is read again.
 TARGET_TTL_SECONDS = 2.0
-# Results are written in one transaction per batch, at most this many at once: a larger
-# batch holds up everything else the service does while it is written (make bench).
+# Results are written in one transaction per batch, at most this many at once: larger
+# batches hold the GIL on the store thread long enough to delay every HTTP answer (make bench).
 WRITE_BATCH = 100
 
 

@@ -112,7 +112,7 @@ class RecordedAttempt:
 
 
 class DeliveryStore:
-    """Every method is synchronous; the StoreRunner runs it (service/store/runner.py)."""
+    """Every method is synchronous and runs on a store thread."""
 
     def __init__(self, db: pw.Database, box: SecretBox) -> None:
         self._db = db

@@ -12,7 +12,7 @@ from service.store.tables import EventTypeRow, SubscriptionRow
 
 
 class EventTypeStore:
-    """Every method is synchronous; the StoreRunner runs it (service/store/runner.py)."""
+    """Every method is synchronous and runs on a store thread."""
 
     def __init__(self, db: pw.Database) -> None:
         self._db = db
