@@ -100,7 +100,7 @@ class App:
         # (measured: a third fewer deliveries/s with 4 threads), so it gets one thread.
         sqlite = settings.database_url.startswith("sqlite")
         threads = 1 if sqlite else settings.store_threads
-        self._runner = runner = StoreRunner(db, threads, inline_reads=sqlite, group_commit=sqlite)
+        self._runner = runner = StoreRunner(db, threads, inline_reads=sqlite)
         self.database = db
         try:
             applied = await runner.call(migrate, db)
