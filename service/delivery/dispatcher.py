@@ -3,6 +3,7 @@ bounded memory, and writes each attempt, its outcome and its audit record in bat
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -72,6 +73,8 @@ class Attempts(Protocol):
 
     async def make(self, job: Job, target: Target) -> RecordedAttempt: ...
 
+    def attempt(self, job: Job, target: Target) -> "asyncio.Future[RecordedAttempt]": ...
+
     async def close(self) -> None: ...
 
 
@@ -100,8 +103,9 @@ class Dispatcher:
         self._targets: dict[str, tuple[float, Target | None]] = {}
         self._results: list[RecordedAttempt] = []
         self._results_ready = asyncio.Event()
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Future[RecordedAttempt]] = set()
         self._writer: asyncio.Task[None] | None = None
+        self._retrying: set[asyncio.Future[None]] = set()
         self._stopping = False
         self._attempt_counters: dict[tuple[str, str], Any] = {}
 
@@ -160,8 +164,8 @@ class Dispatcher:
                 lane.task.cancel()
         if queued:
             await self._defer(queued, seconds=0.0)
-        if self._sending:
-            await asyncio.wait(self._sending, timeout=grace)
+        if self._sending or self._retrying:
+            await asyncio.wait(self._sending | self._retrying, timeout=grace)
         for task in self._sending:
             task.cancel()
         if self._writer is not None:
@@ -237,9 +241,10 @@ class Dispatcher:
                     continue
                 lane.sending += 1
                 lane.queue.popleft()
-                task = asyncio.create_task(self._send(job, target, lane))
-                self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
+                # A callback, not a task per send: thousands a second (make bench).
+                made = self._attempts.attempt(job, target)
+                self._sending.add(made)
+                made.add_done_callback(functools.partial(self._sent, job, lane))
         except Exception:
             log.exception("lane failed", extra={"subscription_id": subscription_id})
         finally:
@@ -256,31 +261,48 @@ class Dispatcher:
             lane.bucket = TokenBucket(rate=rate, burst=max(1.0, rate / 10))
         return lane.bucket.take(now)
 
-    async def _send(self, job: Job, target: Target, lane: _Lane) -> None:
-        try:
-            recorded = await self._attempt(job, target)
-            lane.breaker.record(
-                recorded.attempt.outcome == Outcome.SUCCEEDED, asyncio.get_running_loop().time()
-            )
-        except Exception:
+    def _sent(self, job: Job, lane: _Lane, made: "asyncio.Future[RecordedAttempt]") -> None:
+        self._sending.discard(made)
+        lane.sending -= 1
+        lane.slots.release()
+        lane.finished.set()
+        if made.cancelled():
+            return  # stopping: the delivery stays leased and is sent after the restart
+        error = made.exception()
+        if error is not None:
             # No outcome (say the delivery worker died): due again in a second, sent by
             # whoever claims it then; the lease covers it if this write fails too.
-            log.exception("attempt failed unexpectedly", extra={"delivery_id": job.delivery_id})
-            with contextlib.suppress(Unavailable):
-                await self._defer([job], seconds=1.0)
-            self._release()
+            log.error(
+                "attempt failed unexpectedly",
+                extra={"delivery_id": job.delivery_id},
+                exc_info=error,
+            )
+            retry = asyncio.ensure_future(self._retry_soon(job))
+            self._retrying.add(retry)
+            retry.add_done_callback(self._retrying.discard)
             return
-        finally:
-            lane.sending -= 1
-            lane.slots.release()
-            lane.finished.set()
+        recorded = made.result()
+        self._noted(job, recorded)
+        lane.breaker.record(
+            recorded.attempt.outcome == Outcome.SUCCEEDED, asyncio.get_running_loop().time()
+        )
         self._results.append(recorded)
         self._results_ready.set()
+
+    async def _retry_soon(self, job: Job) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._defer([job], seconds=1.0)
+        self._release()
 
     # -- attempts -------------------------------------------------------------------
 
     async def _attempt(self, job: Job, target: Target) -> RecordedAttempt:
         recorded = await self._attempts.make(job, target)
+        self._noted(job, recorded)
+        return recorded
+
+    def _noted(self, job: Job, recorded: RecordedAttempt) -> None:
+        """Counts the attempt; forgets the target of a subscription it disabled."""
         self._count(job, recorded.attempt, utcnow())
         if recorded.disable is not None:
             self.invalidate(job.subscription_id)
@@ -288,7 +310,6 @@ class Dispatcher:
                 "subscription disabled",
                 extra={"subscription_id": job.subscription_id, "reason": recorded.disable.name},
             )
-        return recorded
 
     def _count(self, job: Job, record: AttemptRecord, now: datetime) -> None:
         metrics = self._metrics

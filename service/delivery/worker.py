@@ -15,16 +15,13 @@ import signal
 import socket
 import struct
 import sys
-from datetime import datetime
 from typing import Any
 
 import uvloop
 
 from service import logs, runtime
 from service.delivery.attempts import AttemptMaker, AttemptSettings
-from service.domain.clock import utcnow
 from service.domain.deliveries import Job, Target
-from service.domain.outcomes import AttemptResult
 from service.errors import Unavailable
 from service.store.deliveries import RecordedAttempt
 
@@ -86,13 +83,23 @@ class DeliveryWorker:
         await self._started()
 
     async def make(self, job: Job, target: Target) -> RecordedAttempt:
-        frames = await self._started()
+        return await self._request(await self._started(), job, target)
+
+    def attempt(self, job: Job, target: Target) -> "asyncio.Future[RecordedAttempt]":
+        """`make` without a coroutine while the worker runs (no task per attempt); when it
+        must be started first, a task does that."""
+        if self._frames is None:
+            return asyncio.ensure_future(self.make(job, target))
+        return self._request(self._frames, job, target)
+
+    def _request(
+        self, frames: _Frames, job: Job, target: Target
+    ) -> "asyncio.Future[RecordedAttempt]":
         self._next_id += 1
-        request_id = self._next_id
         future: asyncio.Future[RecordedAttempt] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        frames.put((request_id, job, target))
-        return await future
+        self._pending[self._next_id] = future
+        frames.put((self._next_id, job, target))
+        return future
 
     async def close(self) -> None:
         """Closes the socket (the worker exits once its attempts in flight are answered)."""
@@ -181,34 +188,25 @@ async def _serve(sock: socket.socket) -> None:
     settings: AttemptSettings = items.pop(0)  # the first item ever sent; requests may follow
     maker = AttemptMaker(settings)
     runtime.freeze_startup_objects()
-    running: set[asyncio.Future[AttemptResult]] = set()
+    running: set[asyncio.Future[RecordedAttempt]] = set()
 
-    def answered(
-        request_id: int,
-        job: Job,
-        target: Target,
-        started: datetime,
-        sent: "asyncio.Future[AttemptResult]",
-    ) -> None:
-        running.discard(sent)
+    def answered(request_id: int, made: "asyncio.Future[RecordedAttempt]") -> None:
+        running.discard(made)
         try:
-            frames.put((request_id, maker.finish(job, target, sent.result(), started)))
+            frames.put((request_id, made.result()))
         except Exception as exc:  # reported to the service, which logs it
             frames.put((request_id, f"{type(exc).__name__}: {exc}"))
 
     try:
         while True:
             for request_id, job, target in items:
-                started = utcnow()
                 try:
-                    sent = maker.begin(job, target)
+                    made = maker.attempt(job, target)
                 except Exception as exc:
                     frames.put((request_id, f"{type(exc).__name__}: {exc}"))
                     continue
-                running.add(sent)
-                sent.add_done_callback(
-                    functools.partial(answered, request_id, job, target, started)
-                )
+                running.add(made)
+                made.add_done_callback(functools.partial(answered, request_id))
             items = await frames.get()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the service closed its end (or died): finish what is in flight, then go
