@@ -27,6 +27,9 @@ def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path) -> None:
         throughput = report[part]["throughput"]
         assert throughput["deliveries"] > throughput["events"] > 0  # fan-out happened
         assert throughput["deliveries_per_s"] > 0 and 0 < report[part]["rss_mb"] < 1000
+        # Each run's ratio is against the reference measured just before it.
+        assert len(throughput["ratios"]) == len(throughput["references"]) == 1
+        assert throughput["ratio"] == throughput["deliveries_per_s"] / throughput["reference"]
     assert report["sqlite"]["latency"]["p99_ms"] > 0
     assert report["backlog"]["deliveries_per_s"] > 0
     assert all(report["grpc"]["service"][call] > 0 for call in ("create", "get", "list50"))
