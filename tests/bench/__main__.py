@@ -29,14 +29,19 @@ def median_of(runs: int, measure: Callable[[], dict[str, float]], key: str) -> d
 
 
 def paired_runs(
-    runs: int, measure: Callable[[], dict[str, float]], reference: Callable[[], float]
+    runs: int,
+    measure: Callable[[], dict[str, float]],
+    reference: Callable[[], float],
+    stack: e2e.Stack,
 ) -> dict[str, Any]:
     """Each run right after its own reference (a), so that its ratio compares two rates
     measured within seconds of each other: this machine's speed drifts by a third over the
-    minutes a full run takes. The run with the median ratio is reported."""
+    minutes a full run takes. The stack is paused meanwhile. The run with the median ratio
+    is reported."""
     results = []
     for _ in range(runs):
-        baseline = reference()
+        with stack.paused():
+            baseline = reference()
         result: dict[str, Any] = dict(measure())
         result["reference"] = baseline
         result["ratio"] = result["deliveries_per_s"] / baseline
@@ -66,6 +71,7 @@ def pipeline_runs(
             args.runs,
             lambda: e2e.throughput(stack, receiver, args.events, args.timeout),
             reference,
+            stack,
         )
         if name == "sqlite":
             out["latency"] = e2e.latency(stack, receiver, args.rate, args.latency_seconds)
@@ -133,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog-pending", type=int, default=100_000)
     parser.add_argument("--grpc-seconds", type=float, default=5.0)
     parser.add_argument("--ceiling-requests", type=int, default=50_000)
+    parser.add_argument(
+        "--paired-requests", type=int, default=25_000, help="the reference before each run"
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--skip", action="append", default=[], help="postgres, backlog, grpc")
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.events, args.runs, args.rate, args.latency_seconds = 300, 1, 100.0, 2.0
         args.backlog_old, args.backlog_pending, args.grpc_seconds = 2000, 200, 0.5
-        args.ceiling_requests = 500
+        args.ceiling_requests = args.paired_requests = 500
 
     started = time.monotonic()
     report: dict[str, Any] = {
@@ -156,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = f"{receiver.url}/ceiling"
 
-        def reference() -> float:
-            return ceilings.reference(url, args.ceiling_requests, CONCURRENCY)
+        report["ceiling_reference"] = ceilings.reference(url, args.ceiling_requests, CONCURRENCY)
 
-        report["ceiling_reference"] = reference()
+        def reference() -> float:
+            # Beside a paused stack: ~3 s, well inside the consumer's 6 s session timeout.
+            return ceilings.reference(url, args.paired_requests, CONCURRENCY)
+
         report["ceiling_own_client"] = ceilings.own_client(url, args.ceiling_requests, CONCURRENCY)
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             work = Path(tmp)
