@@ -269,9 +269,9 @@ class IngestConsumer:
 
     async def _close(self) -> None:
         """Finishes the batches in flight and commits what they stored, then leaves."""
-        with contextlib.suppress(Exception):  # a failed batch was logged; it is read again
+        # A failed batch has abandoned the ones after it already; its records are read again.
+        with contextlib.suppress(Exception):
             await self._settle(keep=0)
-        await self._abandon()
         if self._committer is not None:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
