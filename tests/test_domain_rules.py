@@ -451,7 +451,7 @@ def test_settings_errors(tmp_path: Path, extra: dict[str, str], problem: str) ->
 def test_timestamps_equal_protobufs_own_conversion(moment: datetime) -> None:
     expected = timestamp_pb2.Timestamp()
     expected.FromDatetime(moment.replace(tzinfo=UTC))
-    assert convert.timestamp(moment) == expected
+    assert timestamp_pb2.Timestamp(**convert.timestamp(moment)) == expected  # type: ignore[arg-type]
     message = pb.Subscription()
     convert._set_times(message, create_time=moment, update_time=None)
     assert message.create_time == expected and not message.HasField("update_time")

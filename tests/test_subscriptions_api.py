@@ -435,6 +435,8 @@ def test_rotation_keeps_old_secret_for_overlap_then_revokes(api: Api) -> None:
     assert abs(overlap.total_seconds() - 86_400) < 5
     got = api.call("GetSubscription", pb.GetSubscriptionRequest(id=sub_id)).subscription
     assert got.secret_prefix == second[:12] and second not in str(got) and first not in str(got)
+    listed = api.call("ListSubscriptions", pb.ListSubscriptionsRequest()).subscriptions
+    assert [s for s in listed if s.id == sub_id] == [got]  # a page shows what Get shows
 
     third = api.call(
         "RotateSubscriptionSecret",

@@ -14,7 +14,7 @@ class DisabledReason(IntEnum):
     ENDPOINT_FAILING = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionSpec:
     """The fields a caller sets on a subscription."""
 
@@ -27,7 +27,7 @@ class SubscriptionSpec:
     rate_limit_per_second: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscription:
     """A stored subscription, as the API shows it (the secret is never here)."""
 
@@ -44,7 +44,7 @@ class Subscription:
     previous_secret_expire_time: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventType:
     """An entry of the event type catalog."""
 
@@ -57,7 +57,7 @@ class EventType:
     update_time: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """A domain event as ingested: attributes plus the JSON payload, kept as bytes."""
 

@@ -93,7 +93,7 @@ def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutboxRecord:
     id: int
     topic: str
@@ -101,7 +101,7 @@ class OutboxRecord:
     value: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecordedAttempt:
     """What `record_attempts` writes for one attempt."""
 
@@ -561,7 +561,7 @@ class DeliveryStore:
         return self._jobs([delivery_id], Trigger.TEST)[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Matcher:
     """What matching needs of an enabled subscription."""
 
