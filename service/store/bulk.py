@@ -32,6 +32,39 @@ def execute_many(db: pw.Database, sql: str, rows: Sequence[Sequence[object]]) ->
     return int(cursor.rowcount)
 
 
+def update_rows(
+    db: pw.Database,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[object]],
+    *,
+    also: str = "",
+) -> None:
+    """Sets `columns` (name, PostgreSQL type) of the rows whose `id` is each row's last
+    value; `also` is a constant assignment added to every row. When an id repeats, its
+    last row wins. PostgreSQL gets one UPDATE ... FROM (VALUES ...) for the batch: sent as
+    one statement per row (execute_batch), the server parsed and planned each, ~120 us of
+    its CPU per row (make bench, PostgreSQL)."""
+    if not rows:
+        return
+    cursor = db.cursor()  # type: ignore[no-untyped-call]
+    extra = f", {also}" if also else ""
+    if not isinstance(db, pw.PostgresqlDatabase):
+        assignments = ", ".join(f"{name} = ?" for name, _ in columns)
+        statement = f"UPDATE {table} SET {assignments}{extra} WHERE id = ?"  # noqa: S608
+        cursor.executemany(statement, rows)
+        return
+    last = list({row[-1]: row for row in rows}.values())
+    assignments = ", ".join(f"{name} = v.{name}" for name, _ in columns)
+    names = ", ".join(name for name, _ in columns)
+    template = "(" + ", ".join(f"%s::{kind}" for _, kind in columns) + ", %s)"
+    statement = (
+        f"UPDATE {table} AS t SET {assignments}{extra}"  # noqa: S608 (names are constants)
+        f" FROM (VALUES %s) AS v ({names}, id) WHERE t.id = v.id"
+    )
+    execute_values(cursor, statement, last, template=template, page_size=len(last))
+
+
 def sql(db: pw.Database, text: str) -> str:
     """`text` with its `?` placeholders in the database's own style."""
     return text.replace("?", "%s") if isinstance(db, pw.PostgresqlDatabase) else text

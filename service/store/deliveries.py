@@ -33,9 +33,13 @@ _INSERT_ATTEMPT = (
     " url, http_status, response_body, error_kind, error_message, outcome, next_attempt_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_UPDATE_DELIVERY = (
-    "UPDATE deliveries SET status = ?, attempt_count = ?, last_http_status = ?,"
-    " last_attempt_at = ?, next_attempt_at = ?, manual = FALSE WHERE id = ?"
+# What an attempt changes of its delivery (bulk.update_rows), with PostgreSQL's types.
+_DELIVERY_ATTEMPTED = (
+    ("status", "smallint"),
+    ("attempt_count", "integer"),
+    ("last_http_status", "integer"),
+    ("last_attempt_at", "timestamp"),
+    ("next_attempt_at", "timestamp"),
 )
 _INSERT_EVENT = (
     "INSERT INTO events (tenant, event_id, type, source, subject, occurred_at, received_at, data)"
@@ -344,9 +348,10 @@ class DeliveryStore:
             live = [i for i in items if i.attempt.delivery_id in alive]
             now = utcnow()
             bulk.execute_many(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
-            bulk.execute_many(
+            bulk.update_rows(
                 db,
-                _UPDATE_DELIVERY,
+                "deliveries",
+                _DELIVERY_ATTEMPTED,
                 [
                     (
                         int(_STATUS[i.attempt.outcome]),
@@ -358,6 +363,7 @@ class DeliveryStore:
                     )
                     for i in live
                 ],
+                also="manual = FALSE",
             )
             self._update_subscriptions([i for i in live if not i.attempt.test], now)
             bulk.execute_many(
