@@ -16,7 +16,7 @@ COLUMNS = (
 
 
 def _subscription(db: pw.Database, sub_id: str) -> None:
-    db.execute_sql(
+    db.execute_sql(  # type: ignore[no-untyped-call]
         bulk.sql(
             db,
             "INSERT INTO subscriptions (id, tenant, name, url, description, event_types,"
@@ -48,7 +48,7 @@ def test_update_rows_sets_each_rows_columns_the_last_row_of_an_id_winning(
                 also="description = 'changed'",
             )
             bulk.update_rows(db, "subscriptions", COLUMNS, [])
-        rows = db.execute_sql(
+        rows = db.execute_sql(  # type: ignore[no-untyped-call]
             "SELECT id, name, rate_limit_per_second, last_delivery_at, description"
             " FROM subscriptions ORDER BY id"
         ).fetchall()
