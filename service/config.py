@@ -128,7 +128,7 @@ def _setting(default: object, parse: Callable[[str], object], doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     """Every setting of the service. Each field is read from WEBHOOKS_<FIELD NAME>."""
 

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FieldViolation:
     """One bad field of a request: its path (e.g. `subscription.url`) and what is wrong."""
 

@@ -19,7 +19,7 @@ from service.domain.ssrf import IpNetwork
 from service.store.deliveries import RecordedAttempt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AttemptSettings:
     """How attempts are made and judged. Picklable, so a delivery worker gets the same:
     `encode_audit` must be a module-level function (pickled by its name)."""

@@ -29,7 +29,7 @@ TARGET_TTL_SECONDS = 2.0
 WRITE_BATCH = 100
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DeliveryPolicy:
     """The delivery settings the dispatcher and scheduler apply."""
 

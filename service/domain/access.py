@@ -19,7 +19,7 @@ KEY_PREFIX = "whk_"
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Principal:
     """The caller behind an API key."""
 
@@ -37,7 +37,7 @@ class Principal:
         return self.is_admin or scope in self.scopes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class KeyEntry:
     """One line of the keys file: the key's SHA-256, never the key itself."""
 

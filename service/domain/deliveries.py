@@ -7,7 +7,7 @@ from datetime import datetime
 from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Target:
     """A subscription as the dispatcher needs it: where and how to send."""
 
@@ -21,7 +21,7 @@ class Target:
     failing_since: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Job:
     """One attempt to make: a delivery, its signed body and how many attempts came before."""
 
@@ -39,7 +39,7 @@ class Job:
     lease_until: float = math.inf
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AttemptRecord:
     """One finished attempt, as stored and as published to the audit topic."""
 
@@ -63,7 +63,7 @@ class AttemptRecord:
     test: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DeliveryView:
     """A delivery as ListDeliveries and GetDelivery show it."""
 
@@ -81,7 +81,7 @@ class DeliveryView:
     attempts: tuple[AttemptRecord, ...] = field(default=())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DeliveryFilter:
     """ListDeliveries filters; None or empty means any."""
 

@@ -14,6 +14,9 @@ class DisabledReason(IntEnum):
     ENDPOINT_FAILING = 3
 
 
+# Subscriptions with slots: List builds fifty of each (an 11-field frozen dataclass costs
+# ~2.4 us with slots, ~4 us without). Not on records that cross to the delivery worker:
+# pickle takes a slots dataclass apart field by field in Python, ~3x slower.
 @dataclass(frozen=True, slots=True)
 class SubscriptionSpec:
     """The fields a caller sets on a subscription."""
@@ -44,7 +47,7 @@ class Subscription:
     previous_secret_expire_time: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EventType:
     """An entry of the event type catalog."""
 
@@ -57,7 +60,7 @@ class EventType:
     update_time: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     """A domain event as ingested: attributes plus the JSON payload, kept as bytes."""
 

@@ -50,7 +50,7 @@ class DeliveryStatus(IntEnum):
     FAILED = 3
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AttemptResult:
     """What one HTTP attempt produced."""
 
@@ -66,7 +66,7 @@ class AttemptResult:
         return self.error_kind == ErrorKind.NONE and 200 <= self.http_status < 300
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Decision:
     outcome: Outcome
     delay: float | None = None

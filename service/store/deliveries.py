@@ -97,7 +97,7 @@ def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OutboxRecord:
     id: int
     topic: str
@@ -105,7 +105,7 @@ class OutboxRecord:
     value: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RecordedAttempt:
     """What `record_attempts` writes for one attempt."""
 
@@ -567,7 +567,7 @@ class DeliveryStore:
         return self._jobs([delivery_id], Trigger.TEST)[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Matcher:
     """What matching needs of an enabled subscription."""
 

@@ -23,7 +23,7 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 _CREATE = "CreateSubscription"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Change:
     """What an update writes: the new fields and, when event types changed, the scopes granted."""
 
