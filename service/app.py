@@ -205,7 +205,10 @@ class App:
         self._producer = producer = Producer(settings.kafka_bootstrap_servers)
 
         async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
-            jobs = await runner.call(store.ingest, events, self.check.required_scopes, policy.lease)
+            # First in the store's queue: an event waits for nothing already accepted.
+            jobs = await runner.call_first(
+                store.ingest, events, self.check.required_scopes, policy.lease
+            )
             self.metrics.deliveries_created.inc(len(jobs))
             assert self._dispatcher is not None
             dispatcher = self._dispatcher
