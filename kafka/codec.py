@@ -2,14 +2,21 @@
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import orjson
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from service.domain.clock import epoch_parts, utcnow
 from service.domain.deliveries import AttemptRecord
-from service.domain.event_rules import EventRejected, check_attributes, check_depth, check_event
+from service.domain.event_rules import (
+    EventRejected,
+    check_attributes,
+    check_depth,
+    check_event,
+    strict_json,
+)
 from service.domain.models import Event
 from webhooks.v1 import events_pb2
 
@@ -19,6 +26,7 @@ CLOUDEVENTS_JSON = "application/cloudevents+json"
 PROTOBUF = "application/x-protobuf"
 _PROTOBUF_TYPES = (PROTOBUF, "application/protobuf", "application/vnd.google.protobuf")
 _JSON_TYPES = ("application/json", "text/json", "")
+_HUGE = float(2**63)
 _NOT_PARSED = object()  # a structured event's data_base64: its bytes are parsed when checked
 
 
@@ -60,16 +68,48 @@ def decode_event(
     return event
 
 
-def _structured(value: bytes, default_tenant: str) -> tuple[Event, object]:
-    """The event and its data as parsed with the document (_NOT_PARSED for data_base64)."""
+def _parse(value: bytes) -> tuple[object, Callable[[object], bytes]]:
+    """The parsed document and how to serialise a part of it again. orjson first; the json
+    module when orjson refuses it (NaN, nesting past 1024: the json module names the error
+    for the dead-letter record) or when it holds a float of 2**63 or more, which may have
+    been an integer beyond 64 bits that orjson turned into a float (JSON keeps it exact)."""
     try:
-        document = json.loads(value)
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not _has_huge_float(document):
+            return document, orjson.dumps
+    try:
+        return strict_json(value), _json_bytes
     except UnicodeDecodeError:
         raise EventRejected("INVALID_UTF8", "the record is not valid UTF-8") from None
     except RecursionError:
         raise EventRejected("TOO_DEEP", "the record nests too deeply") from None
     except ValueError as exc:
         raise EventRejected("MALFORMED_JSON", f"the record is not valid JSON: {exc}") from None
+
+
+def _has_huge_float(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float) and abs(item) >= _HUGE:
+            return True
+    return False
+
+
+def _json_bytes(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _structured(value: bytes, default_tenant: str) -> tuple[Event, object]:
+    """The event and its data as parsed with the document (_NOT_PARSED for data_base64)."""
+    document, dumps = _parse(value)
     if not isinstance(document, dict):
         raise EventRejected("MALFORMED_CLOUDEVENT", "a structured CloudEvent is a JSON object")
     _check_spec_version(document.get("specversion"))
@@ -81,7 +121,7 @@ def _structured(value: bytes, default_tenant: str) -> tuple[Event, object]:
             raise EventRejected("MALFORMED_CLOUDEVENT", "data_base64 is not valid base64") from None
     else:
         parsed = document.get("data")
-        data = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+        data = dumps(parsed)
     event = Event(
         id=_text(document.get("id")),
         type=_text(document.get("type")),

@@ -126,6 +126,22 @@ def test_bad_records_are_dead_lettered_and_good_ones_still_flow(
             CE,
             "INVALID_ID",
         ),
+        # JSON has no NaN or Infinity (Python's json module takes them).
+        (
+            b'{"specversion": "1.0", "id": "1", "type": "a.b", "data": {"v": NaN}}',
+            CE,
+            "MALFORMED_JSON",
+        ),
+        (
+            b'{"specversion": "1.0", "id": "1", "type": "a.b", "data": [1e400]}',
+            CE,
+            "MALFORMED_JSON",
+        ),
+        (
+            b'{"v": -Infinity}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"a.b")],
+            "MALFORMED_JSON",
+        ),
     ],
 )
 def test_decoder_reasons(value: bytes, headers: list[tuple[str, bytes]], reason: str) -> None:
@@ -165,6 +181,14 @@ def test_decoder_reads_every_format_alike() -> None:
         assert (event.id, event.type, event.tenant, event.source) == ("e1", "a.b", "acme", "s")
         assert event.time.isoformat() == "2026-11-23T10:00:00"
         assert json.loads(event.data) == {"k": [1, 2]}
+    # Beyond 64 bits, past the fast parser: kept exact, as JSON allows.
+    big = decode_event(
+        json.dumps({**base, "data": {"n": 2**70, "f": 0.1}}).encode(),
+        CE,
+        default_tenant="d",
+        max_bytes=10_000,
+    )
+    assert big.data == b'{"n":1180591620717411303424,"f":0.1}'
     untenanted = decode_event(
         json.dumps({**base, "tenant": None}).encode(), CE, default_tenant="d", max_bytes=10_000
     )

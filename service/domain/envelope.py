@@ -1,7 +1,8 @@
 """The JSON body every delivery carries: {"id", "type", "timestamp", "tenant", "data"}."""
 
-import json
 from datetime import datetime
+
+import orjson
 
 
 def webhook_body(
@@ -17,10 +18,10 @@ def webhook_body(
     head = {
         "id": event_id,
         "type": event_type,
-        "timestamp": timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        # Naive UTC, as the store keeps it; isoformat is twice as fast as strftime.
+        "timestamp": timestamp.isoformat(timespec="microseconds") + "Z",
         "tenant": tenant,
     }
     if test:
         head["test"] = True  # type: ignore[assignment]
-    prefix = json.dumps(head, separators=(",", ":"), ensure_ascii=False)[:-1]
-    return prefix.encode("utf-8") + b',"data":' + data + b"}"
+    return orjson.dumps(head)[:-1] + b',"data":' + data + b"}"

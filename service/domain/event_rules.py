@@ -1,6 +1,7 @@
 """Rules every ingested event satisfies, whichever way it arrived (Kafka or PublishEvent)."""
 
 import json
+import math
 import re
 
 from service.domain import event_patterns
@@ -53,10 +54,27 @@ def check_attributes(event: Event) -> None:
         raise EventRejected("INVALID_ATTRIBUTE", "source and subject must not contain NUL")
 
 
+def strict_json(text: bytes | str) -> object:
+    """json.loads refusing NaN, Infinity and numbers too large for a double, which the json
+    module takes and which would reach subscribers as invalid JSON."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+
+
+def _not_json(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
+
+
 def parse_data(data: bytes) -> object:
     """The payload as JSON; refuses invalid UTF-8, invalid JSON and nesting deeper than 64."""
     try:
-        value = json.loads(data)
+        value = strict_json(data)
     except UnicodeDecodeError:
         raise EventRejected("INVALID_UTF8", "the data is not valid UTF-8") from None
     except RecursionError:
