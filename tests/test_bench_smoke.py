@@ -1,11 +1,14 @@
 """The benchmark in miniature (a few hundred events, one run of each part), so it never rots."""
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench.__main__ import later_events
 
 ROOT = Path(__file__).parent.parent
 
@@ -34,3 +37,21 @@ def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path) -> None:
     assert report["backlog"]["deliveries_per_s"] > 0
     assert all(report["grpc"]["service"][call] > 0 for call in ("create", "get", "list50"))
     assert "end to end sqlite" in done.stdout and "gRPC get" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "sqlite_run_s", "skip", "expected"),
+    [
+        (170.0, 28.0, [], 50_000),  # fits: 3 x 28 s x 2.5 = 210 s of 310 s left
+        (300.0, 54.0, [], 22_000),  # 180 s left for 405 s planned: 0.44 of the events
+        (300.0, 54.0, ["postgres", "backlog"], 50_000),  # nothing after SQLite
+        (560.0, 54.0, [], 10_000),  # past the budget already: the floor
+    ],
+)
+def test_later_runs_shrink_only_to_fit_the_budget(
+    elapsed: float, sqlite_run_s: float, skip: list[str], expected: int
+) -> None:
+    args = argparse.Namespace(events=50_000, runs=3, budget_seconds=570.0, skip=skip)
+    assert later_events(args, elapsed, sqlite_run_s) == expected
+    args.budget_seconds = 0.0  # no budget: every run gets them all
+    assert later_events(args, elapsed, sqlite_run_s) == 50_000
