@@ -104,7 +104,10 @@ def _has_huge_float(value: object) -> bool:
 
 
 def _json_bytes(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise EventRejected("INVALID_UTF8", "the data holds a lone surrogate escape") from None
 
 
 def _structured(value: bytes, default_tenant: str) -> tuple[Event, object]:

@@ -49,6 +49,8 @@ def _bad_records() -> dict[str, Record]:
         ),
         "EMPTY": (b"k", b"", CE),
         "INVALID_TENANT": (b"k", json.dumps({**ok, "tenant": "bad tenant!"}).encode(), CE),
+        # Parses, but no database can store it: it once failed its batch on every read.
+        "INVALID_ATTRIBUTE": (b"k", json.dumps({**ok, "source": "\ud800"}).encode(), CE),
     }
 
 
@@ -136,6 +138,16 @@ def test_bad_records_are_dead_lettered_and_good_ones_still_flow(
             b'{"specversion": "1.0", "id": "1", "type": "a.b", "data": [1e400]}',
             CE,
             "MALFORMED_JSON",
+        ),
+        (
+            b'{"specversion": "1.0", "id": "1", "type": "a.b", "data": {"s": "\\udc00"}}',
+            CE,
+            "INVALID_UTF8",
+        ),
+        (
+            b'{"specversion": "1.0", "id": "1", "type": "a.b", "subject": "a\\ud800"}',
+            CE,
+            "INVALID_ATTRIBUTE",
         ),
         (
             b'{"v": -Infinity}',

@@ -52,6 +52,20 @@ def check_attributes(event: Event) -> None:
         )
     if "\x00" in event.source or "\x00" in event.subject:  # no database text column holds NUL
         raise EventRejected("INVALID_ATTRIBUTE", "source and subject must not contain NUL")
+    if not (_encodable(event.source) and _encodable(event.subject)):
+        # A lone surrogate ("\ud800" in JSON) can be parsed but not stored: the batch's
+        # transaction failed, and its partition with it, on every read.
+        raise EventRejected("INVALID_ATTRIBUTE", "source and subject must be valid Unicode")
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def strict_json(text: bytes | str) -> object:
