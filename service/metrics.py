@@ -40,6 +40,13 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.deliveries_deferred = Counter(
+            "webhooks_deliveries_deferred_total",
+            "Deliveries handed back to the store to be sent later without an attempt, by"
+            " reason (endpoint_backlog: more than its lane holds; circuit_open)",
+            ["reason"],
+            registry=registry,
+        )
         self.attempts = Counter(
             "webhooks_delivery_attempts_total",
             "HTTP delivery attempts, by outcome and response status class",

@@ -7,7 +7,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from service.domain.envelope import webhook_body
-from service.domain.limits import CircuitBreaker, TokenBucket
+from service.domain.limits import CircuitBreaker, TokenBucket, lane_limit, smoothed
 from service.domain.models import DisabledReason
 from service.domain.outcomes import AttemptResult, Decision, ErrorKind, Outcome, decide
 from service.domain.retry import DEFAULT_SCHEDULE, next_delay, parse_retry_after
@@ -233,3 +233,34 @@ def test_circuit_breaker(events: list[tuple[float, bool | None]], expected: list
         else:
             breaker.record(success, now)
     assert answers == expected
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "latency", "expected"),
+    [
+        (50, None, 500),  # nothing measured yet: the first limit
+        (50, 0.1, 1000),  # 500 sends/s for 2 s
+        (50, 0.0, 100_000),  # a sub-millisecond endpoint counts as 1 ms
+        (2, 0.5, 8),
+        (1, 0.4, 5),
+        (50, 15.0, 50),  # timing out: one wave, no fewer
+        (1, 30.0, 1),
+    ],
+)
+def test_lane_limit_holds_two_seconds_of_the_endpoints_work(
+    concurrency: int, latency: float | None, expected: int
+) -> None:
+    assert lane_limit(concurrency, latency, 2.0, 500) == expected
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [([0.5], 0.5), ([0.0, 1.0], 0.2), ([1.0, 1.0, 1.0], 1.0), ([0.01, 10.0, 0.01], 1.6084)],
+)
+def test_smoothed_moves_a_fifth_of_the_way_to_each_sample(
+    samples: list[float], expected: float
+) -> None:
+    value = None
+    for sample in samples:
+        value = smoothed(value, sample)
+    assert value == pytest.approx(expected)

@@ -240,6 +240,43 @@ def test_concurrency_limit_and_a_slow_endpoint_does_not_delay_others(
     assert overlapping <= 2
 
 
+def _deferred(pipeline: Pipeline) -> float:
+    app = pipeline.api.app
+    assert app is not None
+    value = app.metrics.registry.get_sample_value(
+        "webhooks_deliveries_deferred_total", {"reason": "endpoint_backlog"}
+    )
+    return value or 0.0
+
+
+def test_a_lane_holds_what_its_endpoint_sends_in_two_seconds(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    # 5 at once: 50 jobs in memory until a latency is known, then 2 s of sends (~1 ms each).
+    pipeline = make_pipeline(WEBHOOKS_ENDPOINT_CONCURRENCY="5")
+    pipeline.api.create(url=receiver.url("/busy"))
+    pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(3)])
+    receiver.wait_for("/busy", 3)
+    pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(150)])
+    receiver.wait_for("/busy", 153)
+    # With a fixed limit of 50, 100 of them went to the store and came back a second later.
+    assert _deferred(pipeline) == 0
+
+
+def test_a_lane_whose_endpoint_slows_down_hands_its_excess_to_the_store(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    pipeline = make_pipeline(WEBHOOKS_ENDPOINT_CONCURRENCY="1")
+    url = receiver.reply("/slowing", Reply(200, delay=0.4))
+    pipeline.api.create(url=url)
+    pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(12)])
+    # All 12 fit the first limit (50). Once the first answer took 0.4 s the lane holds 2 s
+    # of work, 5 jobs; the rest wait in the store and come back, none lost or doubled.
+    received = receiver.wait_for("/slowing", 12, timeout=30)
+    assert _deferred(pipeline) >= 5
+    assert len({r.headers["webhook-id"] for r in received}) == 12
+
+
 def test_topic_pattern_consumes_every_matching_topic(
     make_pipeline: Any, receiver: Receiver, broker: Any
 ) -> None:

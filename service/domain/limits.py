@@ -1,4 +1,5 @@
-"""Per-endpoint limits with time passed in: a token bucket and a circuit breaker."""
+"""Per-endpoint limits with time passed in: a token bucket, a circuit breaker, and how many
+jobs an endpoint may hold in memory."""
 
 from dataclasses import dataclass
 
@@ -64,3 +65,18 @@ class CircuitBreaker:
     @property
     def is_open(self) -> bool:
         return self.failures >= self.threshold
+
+
+def lane_limit(concurrency: int, latency: float | None, seconds: float, unknown: int) -> int:
+    """How many jobs an endpoint may hold in memory: what it sends in `seconds` with
+    `concurrency` requests at once of `latency` seconds each, and at least one full wave;
+    `unknown` while no latency has been measured. The rest wait in the store, so a slow
+    endpoint cannot take the capacity that fast ones need."""
+    if latency is None:
+        return unknown
+    return max(concurrency, int(seconds * concurrency / max(latency, 0.001)))
+
+
+def smoothed(previous: float | None, sample: float, weight: float = 0.2) -> float:
+    """An exponentially weighted moving average; the first sample starts it."""
+    return sample if previous is None else previous + weight * (sample - previous)
