@@ -214,6 +214,12 @@ class DeliveryStore:
             (e.tenant, e.id, e.type, e.source, e.subject, e.time, now, e.data)
             for e in unique.values()
         ]
+        returned = bulk.insert_returning(self._db, _INSERT_EVENT, rows, "id, tenant, event_id")
+        if returned is not None:  # PostgreSQL: the new rows' keys came back
+            pks = {(tenant, event_id): pk for pk, tenant, event_id in returned}
+            known = {key for key in unique if key not in pks}
+            pks.update(self._event_pks(known))
+            return pks, known
         inserted = bulk.execute_many(self._db, _INSERT_EVENT, rows)
         # Usually every event is new. Otherwise all of them are treated as known: looking
         # for existing deliveries of a fresh event finds none and costs one query.
@@ -344,11 +350,10 @@ class DeliveryStore:
             return
         db = self._db
         with db.atomic():
-            alive = self._stored_ids(list({i.attempt.delivery_id for i in items}))
-            live = [i for i in items if i.attempt.delivery_id in alive]
             now = utcnow()
-            bulk.execute_many(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
-            bulk.update_rows(
+            # First, so a delivery deleted meanwhile shows (its update finds no row) and the
+            # rest stay (PostgreSQL locks them) while their attempts are inserted.
+            found = bulk.update_rows(
                 db,
                 "deliveries",
                 _DELIVERY_ATTEMPTED,
@@ -361,10 +366,18 @@ class DeliveryStore:
                         i.attempt.next_attempt_time,
                         i.attempt.delivery_id,
                     )
-                    for i in live
+                    for i in items
                 ],
                 also="manual = FALSE",
             )
+            # SQLite: the writer holds the whole database, so a lookup answers the same.
+            alive = (
+                found
+                if found is not None
+                else self._stored_ids(list({i.attempt.delivery_id for i in items}))
+            )
+            live = [i for i in items if i.attempt.delivery_id in alive]
+            bulk.execute_many(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
             self._update_subscriptions([i for i in live if not i.attempt.test], now)
             bulk.execute_many(
                 db,
