@@ -114,7 +114,8 @@ class Dispatcher:
         self._writer: asyncio.Task[None] | None = None
         self._retrying: set[asyncio.Future[None]] = set()
         self._stopping = False
-        self._attempt_counters: dict[tuple[str, str], Any] = {}
+        # Metric children by (metric, labels): labels() costs more than the increment.
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     @property
     def free(self) -> int:
@@ -146,7 +147,7 @@ class Dispatcher:
             if lane.task is None:
                 lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
         if deferred:
-            self._metrics.deliveries_deferred.labels("endpoint_backlog").inc(len(deferred))
+            self._child(self._metrics.deliveries_deferred, "endpoint_backlog").inc(len(deferred))
             await self._defer(deferred, seconds=1.0)
 
     async def deliver_now(self, job: Job) -> AttemptRecord:
@@ -221,7 +222,7 @@ class Dispatcher:
                 if excess > 0:
                     # Its endpoint slowed down: what it cannot send soon waits in the store.
                     shed = [lane.queue.pop() for _ in range(excess)]
-                    self._metrics.deliveries_deferred.labels("endpoint_backlog").inc(excess)
+                    self._child(self._metrics.deliveries_deferred, "endpoint_backlog").inc(excess)
                     await self._handed_back(shed, seconds=1.0)
                     continue
                 job = lane.queue[0]
@@ -245,7 +246,7 @@ class Dispatcher:
                     lane.slots.release()
                     jobs = list(lane.queue)
                     lane.queue.clear()
-                    self._metrics.deliveries_deferred.labels("circuit_open").inc(len(jobs))
+                    self._child(self._metrics.deliveries_deferred, "circuit_open").inc(len(jobs))
                     await self._handed_back(jobs, seconds=max(1.0, lane.breaker.retry_at() - now))
                     continue
                 wait = self._rate_wait(lane, target, now)
@@ -335,14 +336,10 @@ class Dispatcher:
     def _count(self, job: Job, record: AttemptRecord, now: datetime) -> None:
         metrics = self._metrics
         outcome = record.outcome.name.lower()
-        labels = (outcome, status_class(record.http_status))
-        counter = self._attempt_counters.get(labels)
-        if counter is None:  # labels() costs more than the increment: done once per pair
-            counter = self._attempt_counters[labels] = metrics.attempts.labels(*labels)
-        counter.inc()
+        self._child(metrics.attempts, outcome, status_class(record.http_status)).inc()
         metrics.attempt_seconds.observe(record.latency_ms / 1000)
         if record.outcome != Outcome.RETRY_SCHEDULED and not job.test:
-            metrics.deliveries_finished.labels(outcome).inc()
+            self._child(metrics.deliveries_finished, outcome).inc()
         if record.outcome == Outcome.SUCCEEDED and job.event_time is not None and not job.test:
             metrics.event_to_delivery_seconds.observe(
                 max(0.0, (now - job.event_time).total_seconds())
@@ -364,6 +361,13 @@ class Dispatcher:
                     "latency_ms": record.latency_ms,
                 },
             )
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- store --------------------------------------------------------------------
 
