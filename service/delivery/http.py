@@ -197,8 +197,8 @@ class HttpSender:
         if event == current:
             return
         if event == pycurl.POLL_REMOVE:
-            del self._watching[fd]
-            selector.unregister(fd)
+            if self._watching.pop(fd, None) is not None:
+                selector.unregister(fd)
             return
         mask = _SELECTOR_EVENTS[event]
         if current:
@@ -216,7 +216,8 @@ class HttpSender:
         if self._selector is None:
             return
         for key, ready in self._selector.select(0):
-            self._act(key.fd, _CURL_EVENTS[ready])
+            if ready:
+                self._act(key.fd, _CURL_EVENTS[ready])
 
     def _on_timer(self, milliseconds: int) -> None:
         if milliseconds == 0 and self._timer is not None and self._timer_now:
