@@ -20,15 +20,14 @@ def execute_many(db: pw.Database, sql: str, rows: Sequence[Sequence[object]]) ->
     if not isinstance(db, pw.PostgresqlDatabase):
         cursor.executemany(sql, rows)
         return int(cursor.rowcount)
-    sql = sql.replace("?", "%s")
-    values = _VALUES.search(sql)
-    if values is None:
+    multi_row = _multi_row(sql)
+    if multi_row is None:
         # psycopg2's executemany is one round trip per row; execute_batch sends pages.
-        execute_batch(cursor, sql, rows, page_size=500)
+        execute_batch(cursor, sql.replace("?", "%s"), rows, page_size=500)
         return len(rows)
     # One multi-row INSERT, so the row count covers the whole batch.
-    statement = sql[: values.start()] + " VALUES %s" + sql[values.end() :]
-    execute_values(cursor, statement, rows, template=values.group(1), page_size=len(rows))
+    statement, template = multi_row
+    execute_values(cursor, statement, rows, template=template, page_size=len(rows))
     return int(cursor.rowcount)
 
 
@@ -43,18 +42,31 @@ def insert_returning(
         return None
     if not rows:
         return []
-    sql = sql.replace("?", "%s")
-    values = _VALUES.search(sql)
-    assert values is not None, sql
-    statement = (
-        sql[: values.start()] + " VALUES %s" + sql[values.end() :] + " RETURNING " + returning
-    )
+    multi_row = _multi_row(sql)
+    assert multi_row is not None, sql
+    statement, template = multi_row
     cursor = db.cursor()  # type: ignore[no-untyped-call]
     return list(
         execute_values(
-            cursor, statement, rows, template=values.group(1), page_size=len(rows), fetch=True
+            cursor,
+            f"{statement} RETURNING {returning}",
+            rows,
+            template=template,
+            page_size=len(rows),
+            fetch=True,
         )
     )
+
+
+def _multi_row(sql: str) -> tuple[str, str] | None:
+    """A one-row `INSERT ... VALUES (?, ...)` (with `?` placeholders) as psycopg2's
+    execute_values wants it: the statement with `VALUES %s`, and the row's template; None
+    for a statement without VALUES."""
+    sql = sql.replace("?", "%s")
+    values = _VALUES.search(sql)
+    if values is None:
+        return None
+    return sql[: values.start()] + " VALUES %s" + sql[values.end() :], values.group(1)
 
 
 def update_rows(
