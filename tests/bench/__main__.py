@@ -73,8 +73,6 @@ def pipeline_runs(
             reference,
             stack,
         )
-        if name == "sqlite":
-            out["latency"] = e2e.latency(stack, receiver, args.rate, args.latency_seconds)
         out["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
     finally:
         stack.stop()
@@ -100,6 +98,23 @@ def later_events(args: argparse.Namespace, elapsed: float, sqlite_run_s: float) 
         return int(args.events)
     fewer = int(args.events * max(left, 0.0) / planned) // 1000 * 1000
     return max(min(int(args.events), 10_000), fewer)
+
+
+def latency_run(
+    database_url: str, args: argparse.Namespace, receiver: e2e.Receiver, work: Path
+) -> dict[str, Any]:
+    """On a fresh broker and store: in tansu's memory storage every batch left by the
+    throughput runs would slow each fetch. The broker alone is measured the same way."""
+    stack = e2e.Stack.start(work / "latency", database_url)
+    try:
+        stack.subscribe(receiver.url)
+        e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
+        result: dict[str, Any] = e2e.latency(stack, receiver, args.rate, args.latency_seconds)
+        result["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
+    finally:
+        stack.stop()
+    result["broker_floor"] = e2e.broker_floor(args.rate, args.latency_seconds)
+    return result
 
 
 def backlog_run(
@@ -171,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         help="fewer events in the PostgreSQL and backlog runs when the whole would take longer"
         " (0: no budget)",
     )
-    parser.add_argument("--skip", action="append", default=[], help="postgres, backlog, grpc")
+    parser.add_argument(
+        "--skip", action="append", default=[], help="latency, postgres, backlog, grpc"
+    )
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--smoke", action="store_true", help="a few hundred events, one run")
     args = parser.parse_args(argv)
@@ -204,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp)
             sqlite_url = f"sqlite:///{work / 'bench.db'}"
             report["sqlite"] = pipeline_runs("sqlite", sqlite_url, args, receiver, work, reference)
+            if "latency" not in args.skip:
+                report["latency"] = latency_run(
+                    f"sqlite:///{work / 'latency.db'}", args, receiver, work
+                )
             events = later_events(
                 args, time.monotonic() - started, report["sqlite"]["throughput"]["total_s"]
             )
@@ -252,14 +273,20 @@ def table(report: dict[str, Any]) -> str:
         add(f"  its (a) just before; ratio of each run {t['ratios']}", f"{t['reference']:,.0f}")
         add(f"  ratio to (b), {db}", "", t["deliveries_per_s"] / own)
         add(f"  service peak RSS, {db}", f"{report[db]['rss_mb']:.0f} MB", None, "< 300 MB")
-    lat = report["sqlite"].get("latency")
+    lat = report.get("latency")
     if lat:
         add(
-            f"latency p50 / p99 / max ms ({lat['deliveries']} deliveries)",
+            f"latency p50 / p99 / max ms ({lat['deliveries']} deliveries, sqlite)",
             f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f}",
             None,
             "p99 <= 25 ms",
         )
+        floor = lat["broker_floor"]
+        add(
+            "  the broker alone, produce to a bare consumer, same rate",
+            f"{floor['p50_ms']:.1f} / {floor['p99_ms']:.1f} / {floor['max_ms']:.1f}",
+        )
+        add("  service peak RSS, latency", f"{lat['rss_mb']:.0f} MB", None, "< 300 MB")
     if "backlog" in report:
         b = report["backlog"]
         base = report["sqlite"]["throughput"]["deliveries_per_s"]

@@ -295,11 +295,67 @@ def latency(
     expected = sum(n for _, _, n in plan)
     asyncio.run(produce_at_rate(stack.broker.bootstrap, stack.topic, plan, per_second))
     wait_received(receiver, expected, time.monotonic() + 60)
-    samples: list[float] = sorted(receiver.stats()["latencies_ms"])
+    samples: list[float] = receiver.stats()["latencies_ms"]
     if len(samples) < expected:
         raise RuntimeError(f"latency run: {len(samples)}/{expected} received")
+    return {"deliveries": expected, **percentiles(samples)}
+
+
+def broker_floor(per_second: float, seconds: float) -> dict[str, float]:
+    """The same producer at the same rate into a fresh broker, read by a bare consumer with
+    the service's fetch settings: the part of the latency the broker alone takes. tansu's
+    memory storage gets slower as batches pile up (its fetches cost more with every batch
+    stored), so it needs the same duration as the service's run to compare."""
+    broker = EmbeddedBroker(free_port())
+    broker.start()
+    try:
+        topic = "domain-events"
+        asyncio.run(create_topics(broker.bootstrap, [topic], partitions=6))
+        plan = events(int(per_second * seconds))
+        samples = asyncio.run(_produce_and_consume(broker.bootstrap, topic, plan, per_second))
+    finally:
+        broker.stop()
+    return {"events": len(plan), **percentiles(samples)}
+
+
+async def _produce_and_consume(
+    bootstrap: str, topic: str, plan: list[tuple[str, str, int]], per_second: float
+) -> list[float]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id="floor",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,  # the service's default WEBHOOKS_KAFKA_FETCH_MAX_WAIT_MS
+    )
+    await consumer.start()
+    samples: list[float] = []
+
+    async def consume() -> None:
+        while len(samples) < len(plan):
+            batches = await consumer.getmany(timeout_ms=200, max_records=200)
+            now = time.time()
+            for records in batches.values():
+                for record in records:
+                    samples.append((now - json.loads(record.value)["data"]["sent"]) * 1000)
+            if batches:
+                await consumer.commit()
+
+    try:
+        await consumer.getmany(timeout_ms=1000)  # joined and assigned before the first send
+        reading = asyncio.create_task(consume())
+        await produce_at_rate(bootstrap, topic, plan, per_second)
+        await asyncio.wait_for(reading, 60)
+    finally:
+        await consumer.stop()
+    return samples
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
 
     def pct(p: float) -> float:
-        return samples[min(len(samples) - 1, int(p * len(samples)))]
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
-    return {"deliveries": expected, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": samples[-1]}
+    return {"p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": ordered[-1]}
