@@ -87,9 +87,9 @@ def subscription_to_pb(sub: Subscription) -> pb.Subscription:
 
 
 def subscription_fields(sub: Subscription) -> dict[str, Any]:
-    """A Subscription message's fields, for its constructor or a repeated field's `add`
-    (which spares List a copy of each). Every field in one call, timestamps included:
-    setting them afterwards took twice as long (make bench, gRPC rows)."""
+    """A Subscription message's fields, for its constructor (List passes a page of them to
+    the response's, which spares a copy of each). Every field in one call, timestamps
+    included: setting them afterwards took twice as long (make bench, gRPC rows)."""
     spec = sub.spec
     return dict(
         id=sub.id,
