@@ -5,7 +5,7 @@ from datetime import timedelta
 import peewee as pw
 
 from service.domain.clock import utcnow
-from service.store import tables
+from service.store import bulk, tables
 from service.store.database import open_database
 from service.store.migrations import MIGRATIONS, applied_versions, migrate
 
@@ -93,8 +93,8 @@ def test_index_migrations_add_their_index_to_a_version_1_database(database_url: 
             # Back to what version 1 of the schema was: without the index.
             db.execute_sql(f"DROP INDEX {index}")  # type: ignore[no-untyped-call]
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 1).execute()
-        # Migration 4 finds its column there already, 5 no index to drop: both change nothing.
-        assert migrate(db) == [*sorted(added), 4, 5]
+        # Migrations 4 and 6 find their columns there already, 5 no index to drop.
+        assert migrate(db) == [*sorted(added), 4, 5, 6]
         for table, index in added.values():
             assert index in {i.name for i in db.get_indexes(table)}
     finally:
@@ -115,7 +115,7 @@ def test_outbox_claim_column_is_added_to_an_older_database(database_url: str) ->
             " key BYTEA, value BYTEA NOT NULL, created_at TIMESTAMP NOT NULL)"
         )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 3).execute()
-        assert migrate(db) == [4, 5]
+        assert migrate(db) == [4, 5, 6]
         assert "claimed_until" in {c.name for c in db.get_columns("outbox")}
     finally:
         db.close()
@@ -132,9 +132,43 @@ def test_the_redundant_delivery_subscription_index_is_dropped_from_an_older_data
             "CREATE INDEX deliveries_subscription_id ON deliveries (subscription_id)"
         )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 4).execute()
-        assert migrate(db) == [5]
+        assert migrate(db) == [5, 6]
         names = {i.name for i in db.get_indexes("deliveries")}
         assert "deliveries_subscription_id" not in names
         assert "deliveries_subscription_id_event_id" in names  # what subscription lookups use
+    finally:
+        db.close()
+
+
+def test_the_subscription_count_is_added_and_filled_in_an_older_database(
+    database_url: str,
+) -> None:
+    db = _open(database_url)
+    try:
+        migrate(db)
+        # Back to version 5: the tenant table without its count; "t2" has subscriptions but
+        # no tenant row (none of today's paths leave it so, but the count must not miss them).
+        db.drop_tables([tables.Tenant])
+        kind = "DATETIME" if isinstance(db, pw.SqliteDatabase) else "TIMESTAMP"
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            f"CREATE TABLE tenant (id VARCHAR(128) PRIMARY KEY, created_at {kind} NOT NULL)"
+        )
+        now = utcnow()
+        insert = bulk.sql(db, "INSERT INTO tenant (id, created_at) VALUES ('t1', ?)")
+        db.execute_sql(insert, (now,))  # type: ignore[no-untyped-call]
+        for n, tenant in enumerate(["t1", "t1", "t2"]):
+            tables.SubscriptionRow.create(
+                id=f"sub_{n}",
+                tenant=tenant,
+                name=f"n{n}",
+                url="https://e.com/",
+                created_by="p",
+                created_at=now,
+                updated_at=now,
+            )
+        tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 5).execute()
+        assert migrate(db) == [6]
+        counts = {t.id: t.subscription_count for t in tables.Tenant.select()}
+        assert counts == {"t1": 2, "t2": 1}
     finally:
         db.close()

@@ -230,7 +230,14 @@ def test_quota_per_tenant(api: Api) -> None:
         0
     ]
     api.call("DeleteSubscription", pb.DeleteSubscriptionRequest(id=first.id), as_="gina")
+
+    def total() -> int:
+        return api.call("ListSubscriptions", pb.ListSubscriptionsRequest(), as_="gina").total_size
+
+    assert total() == 1  # the count kept on the tenant row: the refused create left no trace
     assert api.create(as_="gina").subscription.id
+    assert total() == 2
+    expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, api.create, as_="gina")
 
 
 def test_pagination_across_pages(api: Api) -> None:

@@ -44,12 +44,31 @@ def _drop_delivery_subscription_index(db: pw.Database) -> None:
     db.execute_sql("DROP INDEX IF EXISTS deliveries_subscription_id")  # type: ignore[no-untyped-call]
 
 
+def _tenant_subscription_count(db: pw.Database) -> None:
+    if "subscription_count" not in {c.name for c in db.get_columns("tenant")}:
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "ALTER TABLE tenant ADD COLUMN subscription_count INTEGER NOT NULL DEFAULT 0"
+        )
+    tenant, subscriptions = tables.Tenant, tables.SubscriptionRow
+    missing = (
+        subscriptions.select(subscriptions.tenant, pw.Value(utcnow()))
+        .where(subscriptions.tenant.not_in(tenant.select(tenant.id)))
+        .distinct()
+    )
+    tenant.insert_from(missing, [tenant.id, tenant.created_at]).execute()
+    count = subscriptions.select(pw.fn.COUNT(subscriptions.id)).where(
+        subscriptions.tenant == tenant.id
+    )
+    tenant.update(subscription_count=count).execute()
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
     (3, "subscription page index", _subscription_page_index),
     (4, "outbox claims for several publishers", _outbox_claims),
     (5, "no separate delivery subscription index", _drop_delivery_subscription_index),
+    (6, "subscription count per tenant", _tenant_subscription_count),
 )
 
 

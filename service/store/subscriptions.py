@@ -143,11 +143,7 @@ class SubscriptionStore:
                         replay = self._replay(tenant, request_id, request_hash)
                         if replay is not None:
                             return replay
-                    if (
-                        quota
-                        and SubscriptionRow.select().where(SubscriptionRow.tenant == tenant).count()
-                        >= quota
-                    ):
+                    if quota and self._count(tenant) >= quota:
                         raise QuotaExceeded(
                             f"tenant has reached its quota of {quota} subscriptions",
                             metadata={"quota": str(quota)},
@@ -169,6 +165,7 @@ class SubscriptionStore:
                         **self._spec_columns(spec),
                     )
                     self._add_secret(row.id, secret, now)
+                    self._counted(tenant, +1)
                     if request_id:
                         IdempotencyRow.create(
                             tenant=tenant,
@@ -195,10 +192,7 @@ class SubscriptionStore:
     ) -> tuple[list[Subscription], bool, int]:
         """A page after the id `after`, oldest first; also whether more follow and the total."""
         db = self._db
-        count = db.execute_sql(  # type: ignore[no-untyped-call]
-            bulk.sql(db, "SELECT COUNT(*) FROM subscriptions WHERE tenant = ?"), (tenant,)
-        )
-        total = int(count.fetchone()[0])
+        total = self._count(tenant)
         query = (
             f"SELECT {_SHOWN_COLUMNS} FROM subscriptions"  # noqa: S608 (a constant)
             " WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?"
@@ -244,6 +238,7 @@ class SubscriptionStore:
         with self._db.atomic():
             check(self._load(tenant, subscription_id, lock=True))
             SubscriptionRow.delete().where(SubscriptionRow.id == subscription_id).execute()
+            self._counted(tenant, -1)
 
     def rotate_secret(
         self,
@@ -295,6 +290,20 @@ class SubscriptionStore:
                 reason="REQUEST_ID_REUSED",
             )
         return self._load(tenant, row.resource_id), self._box.decrypt(row.result_encrypted)
+
+    def _count(self, tenant: str) -> int:
+        """The tenant's subscriptions, as create and delete keep them on its row."""
+        db = self._db
+        cursor = db.execute_sql(  # type: ignore[no-untyped-call]
+            bulk.sql(db, "SELECT subscription_count FROM tenant WHERE id = ?"), (tenant,)
+        )
+        found = cursor.fetchone()
+        return int(found[0]) if found is not None else 0
+
+    def _counted(self, tenant: str, change: int) -> None:
+        Tenant.update(subscription_count=Tenant.subscription_count + change).where(
+            Tenant.id == tenant
+        ).execute()
 
     def _lock_tenant(self, tenant: str) -> None:
         Tenant.insert(id=tenant, created_at=utcnow()).on_conflict_ignore().execute()

@@ -25,6 +25,9 @@ class Tenant(BaseModel):
 
     id = pw.CharField(max_length=128, primary_key=True)
     created_at = pw.DateTimeField()
+    # Kept by create and delete in their transactions: List's total and the quota read it
+    # instead of counting the tenant's subscriptions, whose cost grew with their number.
+    subscription_count = pw.IntegerField(default=0)
 
 
 class SubscriptionRow(BaseModel):
