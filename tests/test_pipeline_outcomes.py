@@ -7,6 +7,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from service.domain.clock import utcnow
 from tests.conftest import Pipeline
 from tests.pipeline_support import Receiver, Reply, audit_records, cloud_event, structured
@@ -39,6 +41,43 @@ def test_retry_then_success_keeps_the_webhook_id(pipeline: Pipeline, receiver: R
     assert delivery.attempts[0].error_kind == E.ERROR_KIND_HTTP_STATUS
     audits = audit_records(pipeline.bootstrap, {delivery_id}, 3)
     assert sorted(a.attempt_number for a in audits) == [1, 2, 3]
+
+
+def test_an_answer_with_nul_characters_is_recorded_and_the_pipeline_goes_on(
+    pipeline: Pipeline, receiver: Receiver
+) -> None:
+    # No PostgreSQL text column holds NUL: stored as it came, the attempt batch failed for
+    # good and no attempt was recorded after it.
+    _, delivery_id = _send_one(
+        pipeline, receiver, "/nul", Reply(500, body="bad\x00body"), Reply(200, body="\x00")
+    )
+    delivery = pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_SUCCEEDED)
+    assert [a.response_body for a in delivery.attempts] == ["bad\ufffdbody", "\ufffd"]
+    _, later = _send_one(pipeline, receiver, "/after", Reply(200))
+    assert pipeline.wait_status(later, E.DELIVERY_STATUS_SUCCEEDED).attempt_count == 1
+
+
+def test_an_unexpected_error_writing_attempts_is_retried(
+    pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault injected into the real store: the first write of attempts raises a bug's error.
+    assert pipeline.api.app is not None and pipeline.api.app._dispatcher is not None
+    store = pipeline.api.app._dispatcher._store
+    record = store.record_attempts
+    failures: list[int] = []
+
+    def failing_once(batch: Any) -> Any:
+        if not failures:
+            failures.append(len(batch))
+            raise RuntimeError("injected")
+        return record(batch)
+
+    monkeypatch.setattr(store, "record_attempts", failing_once)
+    _, delivery_id = _send_one(pipeline, receiver, "/once", Reply(200))
+    assert pipeline.wait_status(delivery_id, E.DELIVERY_STATUS_SUCCEEDED).attempt_count == 1
+    assert failures and len(receiver.at("/once")) == 1  # recorded on the retry, not resent
+    _, later = _send_one(pipeline, receiver, "/later", Reply(200))
+    pipeline.wait_status(later, E.DELIVERY_STATUS_SUCCEEDED)
 
 
 def test_exhausted_schedule_fails_the_delivery(pipeline: Pipeline, receiver: Receiver) -> None:

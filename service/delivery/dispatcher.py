@@ -413,10 +413,18 @@ class Dispatcher:
             batch = self._results[:WRITE_BATCH]
             try:
                 await self._runner.call(self._store.record_attempts, batch)
-            except Unavailable:
-                log.warning(
-                    "attempts not recorded yet; retrying", extra={"pending": len(self._results)}
-                )
+            except Exception as exc:
+                if isinstance(exc, Unavailable):
+                    log.warning(
+                        "attempts not recorded yet; retrying",
+                        extra={"pending": len(self._results)},
+                    )
+                else:
+                    # A bug, not an outage: retried (and logged each time) rather than let
+                    # the writer end, which stopped every later attempt being recorded.
+                    log.exception(
+                        "attempts not recorded; retrying", extra={"pending": len(self._results)}
+                    )
                 if tries is not None:
                     tries -= 1
                     if tries <= 0:

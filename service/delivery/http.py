@@ -295,7 +295,8 @@ def _result(transfer: _Transfer, status: int, code: int, message: str) -> Attemp
         error_kind=kind,
         error_message=text,
         latency_ms=latency,
-        response_body=b"".join(transfer.body).decode("utf-8", "replace"),
+        # No PostgreSQL text column holds NUL: one in an answer failed every attempt write.
+        response_body=b"".join(transfer.body).decode("utf-8", "replace").replace("\x00", "\ufffd"),
         retry_after=parse_retry_after(transfer.retry_after, utcnow())
         if transfer.retry_after
         else None,
