@@ -206,12 +206,25 @@ async def _producer(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
-async def produce_all(bootstrap: str, topic: str, plan: list[tuple[str, str, int]]) -> None:
+async def produce_all(bootstrap: str, topic: str, records: list[bytes]) -> None:
+    """Record batches appended directly, round-robin over the partitions: the producer
+    shares the machine with what it measures, and a send() per record cost it ~30 us of
+    CPU per event against ~8 us."""
     producer = await _producer(bootstrap)
     try:
-        pending = [
-            await producer.send(topic, _record(t, e, 0.0), headers=HEADERS) for t, e, _ in plan
-        ]
+        partitions = sorted(await producer.partitions_for(topic))
+        batches = {p: producer.create_batch() for p in partitions}
+        pending = []
+        for n, value in enumerate(records):
+            partition = partitions[n % len(partitions)]
+            batch = batches[partition]
+            if batch.append(timestamp=None, key=None, value=value, headers=HEADERS) is None:
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(timestamp=None, key=None, value=value, headers=HEADERS)
+        for partition, batch in batches.items():
+            if batch.record_count():
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
@@ -265,9 +278,10 @@ def throughput(stack: Stack, receiver: Receiver, count: int, timeout: float) -> 
     receiver.reset()
     plan = events(count)
     expected = sum(n for _, _, n in plan)
+    records = [_record(tenant, event_type, 0.0) for tenant, event_type, _ in plan]
     started = time.monotonic()
     deadline = started + timeout
-    asyncio.run(produce_all(stack.broker.bootstrap, stack.topic, plan))
+    asyncio.run(produce_all(stack.broker.bootstrap, stack.topic, records))
     produced = time.monotonic()
     received = wait_received(receiver, expected, deadline)
     delivered = time.monotonic()
