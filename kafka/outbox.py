@@ -11,6 +11,7 @@ from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
 BATCH = 1000
+AUDIT_HEADERS = [("content-type", b"application/x-protobuf")]
 
 
 class OutboxItem(Protocol):
@@ -65,10 +66,7 @@ class OutboxPublisher:
         ids = [row.id for row in rows]
         try:
             await self._producer.send_all(
-                [
-                    (row.topic, row.key, row.value, [("content-type", b"application/x-protobuf")])
-                    for row in rows
-                ]
+                [(row.topic, row.key, row.value, AUDIT_HEADERS) for row in rows]
             )
         except Unavailable:
             with contextlib.suppress(Unavailable):

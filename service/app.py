@@ -6,14 +6,14 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from kafka import topics
 from kafka.codec import encode_attempt, event_to_proto
 from kafka.ingest import IngestConsumer
-from kafka.outbox import OutboxPublisher
+from kafka.outbox import AUDIT_HEADERS, OutboxPublisher
 from kafka.producer import Producer
 from service import runtime
 from service.api.server import GrpcServer
@@ -32,7 +32,7 @@ from service.domain.models import Event
 from service.errors import Unavailable
 from service.metrics import Metrics, MetricsServer
 from service.store.database import open_database
-from service.store.deliveries import DeliveryStore
+from service.store.deliveries import DeliveryStore, RecordedAttempt
 from service.store.event_types import EventTypeStore
 from service.store.migrations import migrate
 from service.store.retention import prune_batch
@@ -144,6 +144,7 @@ class App:
             attempts=self.delivery_worker or AttemptMaker(attempts),
             policy=policy,
             after_write=self._outbox_written,
+            publish_audit=self._publish_audit if settings.kafka_enabled else None,
             metrics=self.metrics,
         )
         dispatcher.start()
@@ -259,6 +260,16 @@ class App:
             [(topic, event.id.encode(), value, [("content-type", b"application/x-protobuf")])]
         )
         return topic, partition, offset
+
+    async def _publish_audit(self, items: Sequence[RecordedAttempt]) -> None:
+        if self._producer is None:
+            raise Unavailable("Kafka is not connected yet")
+        await self._producer.send_all(
+            [
+                (i.audit_topic, i.attempt.subscription_id.encode(), i.audit_value, AUDIT_HEADERS)
+                for i in items
+            ]
+        )
 
     def _outbox_written(self) -> None:
         if self._outbox is not None:

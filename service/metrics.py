@@ -47,6 +47,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.audit_records = Counter(
+            "webhooks_audit_records_total",
+            "Attempts' audit records by how they reached Kafka (direct: acked before the"
+            " attempt was stored; outbox: stored first, published by the outbox while the"
+            " broker was away or slow, or with Kafka off)",
+            ["path"],
+            registry=registry,
+        )
         self.attempts = Counter(
             "webhooks_delivery_attempts_total",
             "HTTP delivery attempts, by outcome and response status class",

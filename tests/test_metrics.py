@@ -13,15 +13,18 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kafka.embedded import EmbeddedBroker
 from service.app import App, StartupError
 from service.config import Settings
 from service.logs import JsonFormatter
 from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Reply, cloud_event, structured
+from tests.pipeline_support import Receiver, Reply, audit_records, cloud_event, structured
 from tests.support import KEYS, Api, base_env, expect_error
+from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+AUDITED = "webhooks_audit_records_total"
 
 
 def scrape(api: Api) -> Samples:
@@ -178,3 +181,33 @@ def test_metrics_off_and_taken_port(make_server: Any, tmp_path: Path, database_u
 
 
 _METRICS = "WEBHOOKS_METRICS_ADDRESS"
+
+
+def test_audit_records_go_straight_to_kafka_and_through_the_outbox_while_it_is_away(
+    make_pipeline: Any, broker: EmbeddedBroker, receiver: Receiver
+) -> None:
+    pipeline: Pipeline = make_pipeline(WEBHOOKS_RETRY_SCHEDULE="2")
+    api = pipeline.api
+    api.create(url=receiver.url("/audited"), event_types=["person.created"])
+    receiver.reply("/audited", Reply(500), Reply(200))
+    pipeline.send(structured(cloud_event("person.created", {"n": 1})))
+    [first] = receiver.wait_for("/audited", 1)
+    delivery_id = first.headers["webhook-id"]
+    assert len(audit_records(pipeline.bootstrap, {delivery_id}, 1)) == 1
+    samples = wait_until(api, lambda s: value(s, AUDITED, path="direct") == 1)
+    assert (
+        value(samples, AUDITED, path="direct") == 1 and value(samples, AUDITED, path="outbox") == 0
+    )
+    broker.pause()  # the retry, two seconds later, is made while the broker does not answer
+    try:
+        pipeline.wait_status(delivery_id, events_pb2.DELIVERY_STATUS_SUCCEEDED)
+        samples = scrape(api)
+        assert value(samples, AUDITED, path="outbox") == 1  # stored after the ack's wait ran out
+        assert value(samples, AUDITED, path="direct") == 1
+    finally:
+        broker.resume()
+    audits = audit_records(pipeline.bootstrap, {delivery_id}, 2, timeout=30)
+    # The direct send still in flight is acked once the broker is back, so the second
+    # attempt may be on the topic twice (audit records are at least once, by attempt id).
+    assert {a.attempt_number for a in audits} == {1, 2}
+    assert len({a.attempt_id for a in audits}) == 2

@@ -66,11 +66,11 @@ def test_an_unexpected_error_writing_attempts_is_retried(
     record = store.record_attempts
     failures: list[int] = []
 
-    def failing_once(batch: Any) -> Any:
+    def failing_once(batch: Any, **options: Any) -> Any:
         if not failures:
             failures.append(len(batch))
             raise RuntimeError("injected")
-        return record(batch)
+        return record(batch, **options)
 
     monkeypatch.setattr(store, "record_attempts", failing_once)
     _, delivery_id = _send_one(pipeline, receiver, "/once", Reply(200))

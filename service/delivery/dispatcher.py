@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -32,6 +32,16 @@ WRITE_BATCH = 100
 # detour through the store and back a second later (make bench: 3,400-3,800 deliveries/s
 # against 4,900/s).
 LANE_SECONDS = 2.0
+# How long a batch's audit records may wait for the broker's ack before they go through the
+# outbox instead, and how long after a miss every batch goes through the outbox.
+AUDIT_WAIT_SECONDS = 1.0
+AUDIT_PAUSE_SECONDS = 5.0
+# Audit records finished within this long go to the broker together: gathered for 2 ms,
+# the many small sends cost the service more CPU than the outbox rows they spared, gathered
+# for 20-50 ms, 80-84 against 88-89 us per delivery (make bench).
+AUDIT_GATHER_SECONDS = 0.05
+# Publishes audit records and returns once the broker acked every one; raises Unavailable.
+PublishAudit = Callable[[Sequence[RecordedAttempt]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -96,9 +106,15 @@ class Dispatcher:
         attempts: Attempts,
         policy: DeliveryPolicy,
         after_write: Callable[[], None] = lambda: None,
+        publish_audit: PublishAudit | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._runner = runner
+        self._publish_audit = publish_audit
+        self._audit_direct_after = 0.0  # loop time before which audits use the outbox
+        self._unpublished: list[RecordedAttempt] = []
+        self._publishing: set[asyncio.Future[None]] = set()
+        self._audited: set[str] = set()  # attempt ids whose audit record the broker acked
         self._store = store
         self._attempts = attempts
         self._policy = policy
@@ -159,6 +175,7 @@ class Dispatcher:
             raise Unavailable("the subscription disappeared before the test event was sent")
         recorded = await self._attempt(job, target)
         await self._runner.call(self._store.record_attempts, [recorded])
+        self._child(self._metrics.audit_records, "outbox").inc()
         self._after_write()
         return recorded.attempt
 
@@ -177,6 +194,9 @@ class Dispatcher:
             await asyncio.wait(self._sending | self._retrying, timeout=grace)
         for task in self._sending:
             task.cancel()
+        self._publish_gathered()
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=AUDIT_WAIT_SECONDS + 1)
         if self._writer is not None:
             # Never cancel a write in progress: its store call would still commit, and the
             # last flush below would write the same attempts again.
@@ -308,8 +328,46 @@ class Dispatcher:
         lane.breaker.record(
             recorded.attempt.outcome == Outcome.SUCCEEDED, asyncio.get_running_loop().time()
         )
-        self._results.append(recorded)
-        self._results_ready.set()
+        self._audit(recorded)
+
+    def _audit(self, recorded: RecordedAttempt) -> None:
+        """Sends the attempt's audit record to the broker first, with the others finished
+        just now; the attempt is stored once the broker acked it (or could not). An acked
+        record needs no outbox row, nor its read and delete (make bench). While the broker
+        is away or slow, the store queues the records in the outbox, as it does for every
+        attempt without a broker. A record acked but never stored (a crash just then) is
+        an attempt that was made: its delivery is attempted again, and audited again."""
+        loop = asyncio.get_running_loop()
+        if self._publish_audit is None or self._stopping or loop.time() < self._audit_direct_after:
+            self._results.append(recorded)
+            self._results_ready.set()
+            return
+        if not self._unpublished:
+            loop.call_later(AUDIT_GATHER_SECONDS, self._publish_gathered)
+        self._unpublished.append(recorded)
+
+    def _publish_gathered(self) -> None:
+        batch, self._unpublished = self._unpublished, []
+        if batch:
+            publishing = asyncio.ensure_future(self._published(batch))
+            self._publishing.add(publishing)
+            publishing.add_done_callback(self._publishing.discard)
+
+    async def _published(self, batch: list[RecordedAttempt]) -> None:
+        assert self._publish_audit is not None
+        try:
+            await asyncio.wait_for(self._publish_audit(batch), AUDIT_WAIT_SECONDS)
+            self._audited.update(r.attempt.attempt_id for r in batch)
+        except (Unavailable, TimeoutError) as exc:
+            # Records still in flight may be acked later and sent again from the outbox:
+            # consumers see each attempt at least once, by its attempt id.
+            log.warning("audit records go through the outbox", extra={"error": type(exc).__name__})
+            self._audit_direct_after = asyncio.get_running_loop().time() + AUDIT_PAUSE_SECONDS
+        except Exception:
+            log.exception("audit records not published; they go through the outbox")
+        finally:
+            self._results.extend(batch)
+            self._results_ready.set()
 
     async def _retry_soon(self, job: Job) -> None:
         with contextlib.suppress(Unavailable):
@@ -411,8 +469,9 @@ class Dispatcher:
         (`tries` bounds that at shutdown: unwritten attempts are then simply made again)."""
         while self._results:
             batch = self._results[:WRITE_BATCH]
+            audited = {r.attempt.attempt_id for r in batch} & self._audited
             try:
-                await self._runner.call(self._store.record_attempts, batch)
+                await self._runner.call(self._store.record_attempts, batch, audited=audited)
             except Exception as exc:
                 if isinstance(exc, Unavailable):
                     log.warning(
@@ -436,7 +495,11 @@ class Dispatcher:
             del self._results[: len(batch)]
             for _ in batch:
                 self._release()
-            self._after_write()
+            self._audited -= audited
+            self._child(self._metrics.audit_records, "direct").inc(len(audited))
+            if len(audited) < len(batch):
+                self._child(self._metrics.audit_records, "outbox").inc(len(batch) - len(audited))
+                self._after_write()
         self._results_ready.clear()
 
     def _release(self) -> None:

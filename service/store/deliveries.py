@@ -2,7 +2,7 @@
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -343,9 +343,13 @@ class DeliveryStore:
             )
         return out
 
-    def record_attempts(self, items: Sequence[RecordedAttempt]) -> None:
+    def record_attempts(
+        self, items: Sequence[RecordedAttempt], *, audited: Collection[str] = ()
+    ) -> None:
         """Stores attempts, moves their deliveries on, updates the subscriptions and queues the
-        audit records, all in one transaction (deliveries deleted meanwhile are skipped)."""
+        audit records in the outbox (but those of the attempt ids in `audited`, which the
+        broker acked already), all in one transaction (deliveries deleted meanwhile are
+        skipped)."""
         if not items:
             return
         db = self._db
@@ -385,6 +389,7 @@ class DeliveryStore:
                 [
                     (i.audit_topic, i.attempt.subscription_id.encode(), i.audit_value, now)
                     for i in live
+                    if i.attempt.attempt_id not in audited
                 ],
             )
 
