@@ -265,10 +265,7 @@ class App:
         if self._producer is None:
             raise Unavailable("Kafka is not connected yet")
         await self._producer.send_all(
-            [
-                (i.audit_topic, i.attempt.subscription_id.encode(), i.audit_value, AUDIT_HEADERS)
-                for i in items
-            ]
+            [(i.audit_topic, i.audit_key, i.audit_value, AUDIT_HEADERS) for i in items]
         )
 
     def _outbox_written(self) -> None:

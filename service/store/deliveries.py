@@ -114,6 +114,12 @@ class RecordedAttempt:
     audit_topic: str
     audit_value: bytes
 
+    @property
+    def audit_key(self) -> bytes:
+        """The audit record's Kafka key, whether it goes out directly or from the outbox: its
+        subscription, so one endpoint's attempts stay in order."""
+        return self.attempt.subscription_id.encode()
+
 
 class DeliveryStore:
     """Every method is synchronous and runs on a store thread."""
@@ -387,7 +393,7 @@ class DeliveryStore:
                 db,
                 _INSERT_OUTBOX,
                 [
-                    (i.audit_topic, i.attempt.subscription_id.encode(), i.audit_value, now)
+                    (i.audit_topic, i.audit_key, i.audit_value, now)
                     for i in live
                     if i.attempt.attempt_id not in audited
                 ],
