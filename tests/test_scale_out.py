@@ -63,7 +63,12 @@ def test_two_instances_send_each_event_once_and_claim_each_retry_once(
     env = process_env(
         tmp_path,
         postgres_url,
-        **pipeline_env(broker.bootstrap, topic) | {"WEBHOOKS_DELIVERY_LEASE_SECONDS": "20"},
+        # Every event's first attempt fails at one endpoint. Events that piled up while the
+        # group formed made one instance fail 101 of them within 0.1 s (a CI run), before
+        # any retry was due: at pipeline_env's threshold of 100 the circuit opened for its
+        # 30 s cooldown, longer than the test waits. A breaker test, not this one.
+        **pipeline_env(broker.bootstrap, topic)
+        | {"WEBHOOKS_DELIVERY_LEASE_SECONDS": "20", "WEBHOOKS_CIRCUIT_FAILURES": "1000"},
     )
     a, b = _instances(tmp_path, env)
     ids = [f"evt-{n:04d}" for n in range(200)]
