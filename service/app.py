@@ -31,7 +31,8 @@ from service.domain.clock import utcnow
 from service.domain.models import Event
 from service.errors import Unavailable
 from service.metrics import Metrics, MetricsServer
-from service.store.database import open_database
+from service.store.checkpoint import Checkpointer
+from service.store.database import open_database, sqlite_path
 from service.store.deliveries import DeliveryStore, RecordedAttempt
 from service.store.event_types import EventTypeStore
 from service.store.migrations import migrate
@@ -76,6 +77,7 @@ class App:
         self.settings = settings
         self._keys: Mapping[str, KeyEntry] = {}
         self._runner: StoreRunner | None = None
+        self._checkpointer: Checkpointer | None = None
         self._grpc: GrpcServer | None = None
         self._dispatcher: Dispatcher | None = None
         # Signs and sends in a child process (WEBHOOKS_DELIVERY_WORKERS=1); started with
@@ -110,6 +112,10 @@ class App:
             ) from None
         if applied:
             log.info("schema migrated", extra={"versions": applied})
+        path = sqlite_path(settings.database_url)
+        if path is not None:
+            self._checkpointer = Checkpointer(path)
+            self._checkpointer.start()
         box = SecretBox(settings.secret_encryption_keys)
         event_types = EventTypeStore(db)
         catalog = CatalogService(event_types)
@@ -364,6 +370,8 @@ class App:
             self._metrics_server.stop()
         if self._runner is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._runner.close)
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         log.info("stopped")
 
     async def _finish(self, name: str, seconds: float) -> None:

@@ -16,12 +16,23 @@ SQLITE_PRAGMAS = {
     "foreign_keys": 1,
     "busy_timeout": 10_000,
     "cache_size": -64_000,
+    # The service checkpoints on a thread of its own (checkpoint.py); a commit runs one
+    # itself only once the WAL holds this many pages (~64 MB), say if that thread lags.
+    "wal_autocheckpoint": 16_000,
 }
 
 
 # Pooled connections are taken per unit of work and returned, so shutdown can close
 # them all from one thread; stale ones are replaced after five minutes.
 POOL = {"max_connections": 32, "stale_timeout": 300}
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for other databases and in-memory ones."""
+    if urlsplit(url).scheme != "sqlite":
+        return None
+    path = url[len("sqlite:///") :]
+    return path if path and path != ":memory:" else None
 
 
 def open_database(url: str) -> pw.Database:
