@@ -198,9 +198,32 @@ def _record(tenant: str, event_type: str, sent: float) -> bytes:
 HEADERS = [("content-type", b"application/cloudevents+json")]
 
 
+class StickyPartitioner:
+    """The Java client's default for records without a key (KIP-480, KIP-794): every record
+    to one partition until a batch's worth went there (batch.size, 16 KB: 16 of our ~1 KB
+    events), then to the next. aiokafka picks a random partition for each record instead,
+    which at 1,000 events/s over 6 partitions cuts ~6x as many record batches, and in tansu's
+    memory storage every stored batch makes each later fetch of its partition slower."""
+
+    def __init__(self, records_per_batch: int = 16) -> None:
+        self.records_per_batch = records_per_batch
+        self.sent = 0
+
+    def __call__(self, key: bytes | None, partitions: list[int], available: list[int]) -> int:
+        choices = available or partitions
+        chosen = choices[(self.sent // self.records_per_batch) % len(choices)]
+        self.sent += 1
+        return chosen
+
+
 async def _producer(bootstrap: str) -> AIOKafkaProducer:
+    # linger 5 ms: the Java client's default since Kafka 4.0
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1024 * 1024, acks=1
+        bootstrap_servers=bootstrap,
+        linger_ms=5,
+        max_batch_size=1024 * 1024,
+        acks=1,
+        partitioner=StickyPartitioner(),
     )
     await producer.start()
     return producer
