@@ -1,11 +1,11 @@
-"""The benchmark's own parts: its receiver over real HTTP, and its producer's partitioner."""
+"""The benchmark's own parts: its receiver over real HTTP."""
 
 import http.client
 import json
 import socket
 import time
 
-from tests.bench.e2e import Receiver, StickyPartitioner
+from tests.bench.e2e import Receiver
 
 
 def test_receiver_counts_keep_alive_posts_and_measures_latency_when_asked() -> None:
@@ -38,13 +38,3 @@ def test_receiver_counts_keep_alive_posts_and_measures_latency_when_asked() -> N
         assert receiver.stats() == {"count": 1, "latencies_ms": []}
     finally:
         receiver.stop()
-
-
-def test_sticky_partitioner_sends_a_batch_worth_to_one_partition_then_the_next() -> None:
-    partitioner = StickyPartitioner(records_per_batch=3)
-    partitions = [0, 1, 2]
-    chosen = [partitioner(None, partitions, partitions) for _ in range(10)]
-    assert chosen == [0, 0, 0, 1, 1, 1, 2, 2, 2, 0]
-    # Only available partitions are chosen while some are not.
-    assert {partitioner(None, partitions, [2]) for _ in range(6)} == {2}
-    assert partitioner(None, [5], []) == 5
