@@ -38,6 +38,7 @@ class Received:
     body: bytes
     at: float
     status: int = 200  # what the receiver answered
+    peer: tuple[str, int] = ("", 0)  # the client's end of the connection
 
     @property
     def json(self) -> Any:
@@ -85,7 +86,16 @@ class Receiver:
             replies = self._replies.get(request.path, [Reply()])
             reply = replies[min(count, len(replies) - 1)]
             self.requests.append(
-                Received(request.path, dict(request.headers), body, time.monotonic(), reply.status)
+                Received(
+                    request.path,
+                    dict(request.headers),
+                    body,
+                    time.monotonic(),
+                    reply.status,
+                    tuple(request.transport.get_extra_info("peername")[:2])
+                    if request.transport is not None
+                    else ("", 0),
+                )
             )
         if reply.delay:
             await asyncio.sleep(reply.delay)

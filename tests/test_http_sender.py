@@ -63,6 +63,34 @@ def test_connections_closed_by_the_server_are_replaced_and_none_leak() -> None:
     assert _open_fds() <= before  # the sender's connections and selector are closed
 
 
+def test_connections_stay_open_through_a_quiet_spell_for_the_next_burst(
+    receiver: Receiver,
+) -> None:
+    """A burst, then one request at a time, then a burst again: the second burst finds the
+    first one's connections still open (a connect per request would cost the sender and
+    the endpoint a handshake each)."""
+    url = receiver.reply("/slow", Reply(200, delay=0.05))
+
+    async def run() -> None:
+        sender = HttpSender(
+            allow_http=True, allow_cidrs=[ipaddress.ip_network("127.0.0.0/8")], timeout_seconds=5
+        )
+        try:
+            for burst in range(2):
+                results = await asyncio.gather(*(sender.send(url, {}, b"{}") for _ in range(60)))
+                assert {r.http_status for r in results} == {200}
+                if burst == 0:
+                    for _ in range(5):  # the quiet spell: one transfer in flight
+                        assert (await sender.send(url, {}, b"{}")).http_status == 200
+        finally:
+            await sender.close()
+
+    asyncio.run(run())
+    peers = {request.peer for request in receiver.at("/slow")}
+    assert len(receiver.at("/slow")) == 125
+    assert 60 <= len(peers) <= 62  # the second burst reused the first one's connections
+
+
 def test_a_refused_connection_fails_fast_and_the_next_request_works(
     receiver: Receiver,
 ) -> None:
