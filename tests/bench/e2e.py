@@ -243,11 +243,11 @@ async def produce_at_rate(
 ) -> None:
     """Event n is due at start + n / per_second and stamped with that time; the events due
     within a batch's window go out as the Java client would send them (above). So each
-    latency counts from when its event was due, and this process wakes once a batch: with
-    aiokafka's own send() per record it took a fifth of a core at 1,000 events/s beside what
-    it measures, and aiokafka picks a random partition for each record: ~6x the batches,
-    and every batch stored in tansu's memory storage makes each later fetch of its partition
-    slower (broker alone, p99 35-66 against 14-16 ms)."""
+    latency counts from when its event was due, and this process wakes once a batch (with
+    aiokafka's own send() per record it took ~21% of a core at 1,000 events/s beside what it
+    measures, ~15% now). aiokafka also picks a random partition for each record: ~6x the
+    batches, and every batch stored in tansu's memory storage makes each later fetch of its
+    partition slower (broker alone, p99 35-66 against 14-16 ms)."""
     producer = await _producer(bootstrap)
     try:
         partitions = sorted(await producer.partitions_for(topic))
