@@ -22,6 +22,7 @@ from service.catalog import CatalogError, CatalogService, EventTypeCheck
 from service.config import Settings
 from service.crypto import SecretBox
 from service.deliveries import DeliveryService
+from service.delivery.ahead import AheadPlanner
 from service.delivery.attempts import AttemptMaker, AttemptSettings
 from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
 from service.delivery.scheduler import RetryScheduler
@@ -154,6 +155,9 @@ class App:
             metrics=self.metrics,
         )
         dispatcher.start()
+        self._planner = AheadPlanner(
+            runner, store, lambda: self.check.required_scopes, policy.lease
+        )
         self._scheduler = RetryScheduler(
             runner=runner,
             store=store,
@@ -187,7 +191,7 @@ class App:
             catalog,
             deliveries,
             lambda: self._keys,
-            on_subscription_change=dispatcher.invalidate,
+            on_subscription_change=self._subscription_changed,
             on_catalog_change=self._catalog_changed,
             metrics=self.metrics,
         )
@@ -212,14 +216,23 @@ class App:
         self._producer = producer = Producer(settings.kafka_bootstrap_servers)
 
         async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
-            # First in the store's queue: an event waits for nothing already accepted.
-            jobs = await runner.call_first(
-                store.ingest, events, self.check.required_scopes, policy.lease
-            )
-            self.metrics.deliveries_created.inc(len(jobs))
             assert self._dispatcher is not None
             dispatcher = self._dispatcher
-            return lambda: dispatcher.submit(jobs)
+            ahead = await self._planner.plan(events)
+            # First in the store's queue: an event waits for nothing already accepted.
+            stored = asyncio.ensure_future(
+                runner.call_first(
+                    store.ingest, events, self.check.required_scopes, policy.lease, ahead
+                )
+            )
+            if ahead:
+                await dispatcher.submit(ahead, stored)
+            # Shielded: the transaction runs on whatever happens here, and the dispatcher
+            # must learn how it ended.
+            ingested = await asyncio.shield(stored)
+            created = len(ahead) - len(ingested.not_stored) + len(ingested.jobs)
+            self.metrics.deliveries_created.inc(created)
+            return lambda: dispatcher.submit(ingested.jobs)
 
         self._consumer = IngestConsumer(
             bootstrap=settings.kafka_bootstrap_servers,
@@ -256,6 +269,11 @@ class App:
             self._spawn("outbox", outbox.run())
 
         self._spawn("kafka-connect", run_kafka())
+
+    def _subscription_changed(self, subscription_id: str) -> None:
+        assert self._dispatcher is not None
+        self._dispatcher.invalidate(subscription_id)
+        self._planner.invalidate()
 
     async def _publish(self, event: Event) -> tuple[str, int, int]:
         if self._producer is None:

@@ -55,6 +55,13 @@ class Metrics:
             ["path"],
             registry=registry,
         )
+        self.attempts_unrecorded = Counter(
+            "webhooks_attempts_unrecorded_total",
+            "Attempts made ahead of their ingest transaction for deliveries it did not store"
+            " (their subscription went away meanwhile, or it failed and the events are read"
+            " again): made, never recorded",
+            registry=registry,
+        )
         self.attempts = Counter(
             "webhooks_delivery_attempts_total",
             "HTTP delivery attempts, by outcome and response status class",

@@ -6,8 +6,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from service.domain.limits import CircuitBreaker, TokenBucket, lane_limit, smoot
 from service.domain.outcomes import Outcome
 from service.errors import Unavailable
 from service.metrics import Metrics, status_class
-from service.store.deliveries import DeliveryStore, RecordedAttempt
+from service.store.deliveries import DeliveryStore, Ingested, RecordedAttempt
 from service.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ AUDIT_PAUSE_SECONDS = 5.0
 # the many small sends cost the service more CPU than the outbox rows they spared, gathered
 # for 20-50 ms, 80-84 against 88-89 us per delivery (make bench).
 AUDIT_GATHER_SECONDS = 0.05
+# How many ids of jobs sent ahead but not stored are remembered until their attempt ends;
+# the oldest go first (such jobs are rare, and a job dropped unsent never comes back).
+NOT_STORED_REMEMBERED = 100_000
 # Publishes audit records and returns once the broker acked every one; raises Unavailable.
 PublishAudit = Callable[[Sequence[RecordedAttempt]], Awaitable[None]]
 
@@ -130,6 +133,10 @@ class Dispatcher:
         self._writer: asyncio.Task[None] | None = None
         self._retrying: set[asyncio.Future[None]] = set()
         self._stopping = False
+        # Ingest transactions whose jobs were submitted ahead of them, with those jobs' ids,
+        # and the ids of such jobs that their transaction did not store.
+        self._storing: dict[asyncio.Future[Ingested], list[str]] = {}
+        self._not_stored: OrderedDict[str, None] = OrderedDict()
         # Metric children by (metric, labels): labels() costs more than the increment.
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -145,10 +152,18 @@ class Dispatcher:
         """Forgets a cached target after the subscription changed or was deleted."""
         self._targets.pop(subscription_id, None)
 
-    async def submit(self, jobs: Sequence[Job]) -> None:
-        """Queues jobs in their endpoint's lane; jobs beyond a lane's limit are deferred."""
+    async def submit(
+        self, jobs: Sequence[Job], stored: "asyncio.Future[Ingested] | None" = None
+    ) -> None:
+        """Queues jobs in their endpoint's lane; jobs beyond a lane's limit are deferred.
+        With `stored`, the jobs were planned ahead of the ingest transaction it ends with
+        (AheadPlanner): they are sent at once, but nothing of them is written before it
+        ended, and nothing of those it did not store."""
         if self._stopping:
             return  # leased in the store: sent after the restart
+        if stored is not None and jobs:
+            self._storing[stored] = [job.delivery_id for job in jobs]
+            stored.add_done_callback(self._ingest_ended)
         await self._load_targets({job.subscription_id for job in jobs})
         deferred: list[Job] = []
         for job in jobs:
@@ -249,7 +264,8 @@ class Dispatcher:
                 target = (await self._load_targets({subscription_id})).get(subscription_id)
                 if target is None or (not target.enabled and not job.test):
                     lane.queue.popleft()
-                    if target is not None:  # disabled: FAILED until RecoverDeliveries
+                    if target is not None and not await self._unstored([job.delivery_id]):
+                        # Disabled: FAILED until RecoverDeliveries.
                         await self._runner.call(self._store.fail_disabled, [job.delivery_id])
                     self._release()
                     continue
@@ -453,7 +469,39 @@ class Dispatcher:
 
     async def _defer(self, jobs: Sequence[Job], seconds: float) -> None:
         until = utcnow() + timedelta(seconds=seconds)
-        await self._runner.call(self._store.defer, [j.delivery_id for j in jobs], until)
+        ids = [job.delivery_id for job in jobs]
+        missing = await self._unstored(ids)
+        ids = [i for i in ids if i not in missing]
+        if ids:
+            await self._runner.call(self._store.defer, ids, until)
+
+    def _ingest_ended(self, stored: "asyncio.Future[Ingested]") -> None:
+        ids = self._storing.pop(stored, None)
+        if ids is None:
+            return
+        missing: Sequence[str] = ids
+        if not stored.cancelled() and stored.exception() is None:
+            missing = list(stored.result().not_stored)
+        for delivery_id in missing:
+            self._not_stored[delivery_id] = None
+        while len(self._not_stored) > NOT_STORED_REMEMBERED:
+            self._not_stored.popitem(last=False)
+
+    async def _unstored(self, delivery_ids: Iterable[str]) -> set[str]:
+        """Those of the deliveries whose jobs were sent ahead of an ingest transaction that
+        did not store them (forgotten here from now on), once every transaction that jobs
+        were sent ahead of has ended: nothing may be written of them."""
+        if self._storing:
+            ending = list(self._storing)
+            await asyncio.wait(ending)
+            for stored in ending:
+                self._ingest_ended(stored)
+        if not self._not_stored:
+            return set()
+        missing = {i for i in delivery_ids if i in self._not_stored}
+        for delivery_id in missing:
+            del self._not_stored[delivery_id]
+        return missing
 
     async def _write_loop(self) -> None:
         """Runs until stop(): then it finishes the write it is in and returns."""
@@ -468,7 +516,9 @@ class Dispatcher:
         """Writes every pending result; while the database is down it keeps retrying
         (`tries` bounds that at shutdown: unwritten attempts are then simply made again)."""
         while self._results:
-            batch = self._results[:WRITE_BATCH]
+            batch = await self._recordable(self._results[:WRITE_BATCH])
+            if not batch:
+                continue
             audited = {r.attempt.attempt_id for r in batch} & self._audited
             try:
                 await self._runner.call(self._store.record_attempts, batch, audited=audited)
@@ -501,6 +551,20 @@ class Dispatcher:
                 self._child(self._metrics.audit_records, "outbox").inc(len(batch) - len(audited))
                 self._after_write()
         self._results_ready.clear()
+
+    async def _recordable(self, batch: list[RecordedAttempt]) -> list[RecordedAttempt]:
+        """The batch without the attempts of jobs sent ahead and not stored, which leave the
+        pending results here: made (and audited, if that went out directly) but never
+        recorded, as there is no delivery to record them in."""
+        missing = await self._unstored(r.attempt.delivery_id for r in batch)
+        if not missing:
+            return batch
+        for lost in [r for r in batch if r.attempt.delivery_id in missing]:
+            self._results.remove(lost)
+            self._audited.discard(lost.attempt.attempt_id)
+            self._release()
+        self._metrics.attempts_unrecorded.inc(len(missing))
+        return [r for r in batch if r.attempt.delivery_id not in missing]
 
     def _release(self) -> None:
         self._held -= 1

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import peewee as pw
 
 from service.crypto import SecretBox
-from service.domain import event_patterns
+from service.domain import fan_out
 from service.domain.clock import unix_time, utcnow
 from service.domain.deliveries import AttemptRecord, DeliveryFilter, DeliveryView, Job, Target
 from service.domain.envelope import webhook_body
@@ -127,6 +127,15 @@ class RecordedAttempt:
         return self.attempt.subscription_id.encode()
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """What an ingest transaction stored: jobs for the deliveries it created that were not
+    sent ahead, and the ids of the jobs sent ahead whose deliveries it did not store."""
+
+    jobs: list[Job]
+    not_stored: frozenset[str]
+
+
 class DeliveryStore:
     """Every method is synchronous and runs on a store thread."""
 
@@ -137,81 +146,74 @@ class DeliveryStore:
     # -- ingest ------------------------------------------------------------------
 
     def ingest(
-        self, events: Sequence[Event], required_scopes: Mapping[str, str], lease: timedelta
-    ) -> list[Job]:
+        self,
+        events: Sequence[Event],
+        required_scopes: Mapping[str, str],
+        lease: timedelta,
+        sent_ahead: Sequence[Job] = (),
+    ) -> Ingested:
         """Stores a batch of events and their deliveries in one transaction.
 
-        Returns a job for every delivery created now; deliveries that existed already
-        (the batch was consumed before) are left to the retry scheduler, so nothing
-        is sent twice because of a re-consumed event. `required_scopes` maps each
-        event type to its subscribe scope (empty = none).
+        Deliveries that existed already (the batch was consumed before) are left to the
+        retry scheduler, so nothing is sent twice because of a re-consumed event.
+        `required_scopes` maps each event type to its subscribe scope (empty = none).
+        `sent_ahead` are jobs planned before the transaction, from a cached view of the
+        subscriptions, and being sent already: each is stored under its own id when this
+        transaction matches its pair too, else it is reported as not stored.
         """
+        ahead = {fan_out.pair(job): job for job in sent_ahead}
         if not events:
-            return []
+            return Ingested([], frozenset(job.delivery_id for job in sent_ahead))
         now = utcnow()
         with self._db.atomic():
             event_rows, known = self._insert_events(events, now)
             subscriptions = self._enabled_subscriptions({e.tenant for e in events})
             # Only events stored before (a re-consumed batch) can have deliveries already.
             existing = self._existing_pairs([event_rows[k] for k in known])
-            # Which subscriptions of a tenant take a type: the same few pairs recur per batch.
-            targets: dict[tuple[str, str], list[str]] = {}
+            lease_end = now + lease
+            planned = fan_out.plan_jobs(
+                events, subscriptions, required_scopes, unix_time(lease_end), ahead
+            )
+            pending = int(DeliveryStatus.PENDING)
             jobs: list[Job] = []
             rows: list[tuple[object, ...]] = []
-            pending, lease_end = int(DeliveryStatus.PENDING), now + lease
-            lease_until = unix_time(lease_end)
-            for event in events:
-                key = (event.tenant, event.type)
-                if key not in targets:
-                    scope = required_scopes.get(event.type, "")
-                    targets[key] = [
-                        sub.id
-                        for sub in subscriptions.get(event.tenant, ())
-                        if _matches(sub, event.type, scope)
-                    ]
-                event_pk = event_rows[(event.tenant, event.id)]
-                body = b""
-                for subscription_id in targets[key]:
-                    if (subscription_id, event_pk) in existing:
-                        continue
-                    existing.add((subscription_id, event_pk))
-                    if not body:  # one body per event, shared by its deliveries
-                        body = webhook_body(
-                            event.id, event.type, event.time, event.tenant, event.data
-                        )
-                    delivery_id = new_id("msg")
-                    # Leased to this process; the scheduler takes it over after a crash.
-                    rows.append(
-                        (
-                            delivery_id,
-                            event.tenant,
-                            subscription_id,
-                            event_pk,
-                            event.type,
-                            pending,
-                            now,
-                            lease_end,
-                        )
+            for job in planned:
+                event_pk = event_rows[(job.tenant, job.event_id)]
+                if (job.subscription_id, event_pk) in existing:
+                    continue
+                jobs.append(job)
+                # Leased to this process; the scheduler takes it over after a crash.
+                rows.append(
+                    (
+                        job.delivery_id,
+                        job.tenant,
+                        job.subscription_id,
+                        event_pk,
+                        job.event_type,
+                        pending,
+                        now,
+                        lease_end,
                     )
-                    jobs.append(
-                        Job(
-                            delivery_id=delivery_id,
-                            subscription_id=subscription_id,
-                            tenant=event.tenant,
-                            event_id=event.id,
-                            event_type=event.type,
-                            body=body,
-                            attempts_made=0,
-                            trigger=Trigger.SCHEDULED,
-                            event_time=event.time,
-                            lease_until=lease_until,
-                        )
-                    )
+                )
             if bulk.execute_many(self._db, _INSERT_DELIVERY, rows) < len(rows):
                 # Another instance stored some of these pairs a moment ago: it sends them.
                 stored = self._stored_ids([job.delivery_id for job in jobs])
                 jobs = [job for job in jobs if job.delivery_id in stored]
-        return jobs
+        kept = {job.delivery_id for job in jobs}
+        return Ingested(
+            [job for job in jobs if fan_out.pair(job) not in ahead],
+            frozenset(job.delivery_id for job in sent_ahead if job.delivery_id not in kept),
+        )
+
+    def unseen(self, events: Sequence[Event]) -> list[Event]:
+        """The events not stored yet: only their deliveries may be sent ahead of the
+        transaction, or a re-consumed event would be sent again."""
+        stored = self._event_pks({(e.tenant, e.id) for e in events})
+        return [e for e in events if (e.tenant, e.id) not in stored]
+
+    def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
+        """The enabled subscriptions of the tenants, as matching needs them."""
+        return self._enabled_subscriptions(tenants)
 
     def _stored_ids(self, delivery_ids: Sequence[str]) -> set[str]:
         return {row[0] for row in bulk.rows_in(self._db, _STORED_DELIVERIES, delivery_ids)}
@@ -249,12 +251,12 @@ class DeliveryStore:
             out.update({(tenant, event_id): pk for pk, event_id in rows})
         return out
 
-    def _enabled_subscriptions(self, tenants: Iterable[str]) -> dict[str, list["_Matcher"]]:
-        out: dict[str, list[_Matcher]] = {}
+    def _enabled_subscriptions(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
+        out: dict[str, list[fan_out.Matcher]] = {}
         for subscription_id, tenant, types, scopes in bulk.rows_in(
             self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True
         ):
-            matcher = _Matcher(
+            matcher = fan_out.Matcher(
                 subscription_id, tuple(json.loads(types)), frozenset(json.loads(scopes))
             )
             out.setdefault(tenant, []).append(matcher)
@@ -593,25 +595,6 @@ class DeliveryStore:
                 next_attempt_at=now + lease,
             )
         return self._jobs([delivery_id], Trigger.TEST)[0]
-
-
-@dataclass(frozen=True)
-class _Matcher:
-    """What matching needs of an enabled subscription."""
-
-    id: str
-    event_types: tuple[str, ...]
-    granted_scopes: frozenset[str]
-
-
-def _matches(sub: _Matcher, event_type: str, scope: str) -> bool:
-    if not event_patterns.subscription_matches(sub.event_types, event_type):
-        return False
-    # Exact names were scope-checked at subscribe time; patterns only cover types the
-    # subscriber's scopes allow.
-    if not scope or event_type in sub.event_types:
-        return True
-    return "*" in sub.granted_scopes or scope in sub.granted_scopes
 
 
 def _trigger(row: DeliveryRow) -> Trigger:

@@ -52,6 +52,12 @@ class StoreRunner:
             return self._guarded(fn, *args, **kwargs)
         return await self.call(fn, *args, **kwargs)
 
+    async def read_first(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Like `read`, queued as `call_first` when it does not run right here."""
+        if self._inline_reads:
+            return self._guarded(fn, *args, **kwargs)
+        return await self.call_first(fn, *args, **kwargs)
+
     async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self._submit(self._normal, functools.partial(fn, *args, **kwargs))
 

@@ -1,0 +1,73 @@
+"""Plans an ingest batch's deliveries before its transaction, from a cached view of the
+enabled subscriptions, so that they are sent while the transaction runs.
+
+Why: at 1,000 events/s the transaction and its wait for the store thread were 8-13 ms of
+the 26 ms median produce-to-receipt (make bench, latency). The transaction still decides:
+a job it did not store (its subscription went away meanwhile) has its attempt made but
+never recorded, and a pair only it matched (a subscription created meanwhile) is sent
+after it, as every delivery was before."""
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
+
+from service.domain import fan_out
+from service.domain.clock import unix_time, utcnow
+from service.domain.deliveries import Job
+from service.domain.models import Event
+from service.store.deliveries import DeliveryStore
+from service.store.runner import StoreRunner
+
+# How long the view of a tenant's subscriptions is trusted; this instance's own changes
+# clear it at once, another instance's show within this long (and in the transaction).
+MATCHERS_TTL_SECONDS = 1.0
+
+
+class AheadPlanner:
+    def __init__(
+        self,
+        runner: StoreRunner,
+        store: DeliveryStore,
+        required_scopes: Callable[[], Mapping[str, str]],
+        lease: timedelta,
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._required_scopes = required_scopes
+        self._lease = lease
+        self._matchers: dict[str, tuple[float, list[fan_out.Matcher]]] = {}
+        self._generation = 0  # changes at every invalidate: a read begun before is not kept
+
+    async def plan(self, events: Sequence[Event]) -> list[Job]:
+        """Jobs for the events not stored yet (a re-consumed one is left to the
+        transaction, which finds its deliveries stored)."""
+        unseen = await self._runner.read_first(self._store.unseen, events)
+        if not unseen:
+            return []
+        subscriptions = await self._subscriptions({event.tenant for event in unseen})
+        lease_until = unix_time(utcnow() + self._lease)
+        return fan_out.plan_jobs(unseen, subscriptions, self._required_scopes(), lease_until)
+
+    def invalidate(self) -> None:
+        """Forgets every cached view (a subscription changed)."""
+        self._matchers.clear()
+        self._generation += 1
+
+    async def _subscriptions(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
+        now = time.monotonic()
+        out: dict[str, list[fan_out.Matcher]] = {}
+        stale: list[str] = []
+        for tenant in tenants:
+            seen, matchers = self._matchers.get(tenant, (-1e9, []))
+            if now - seen > MATCHERS_TTL_SECONDS:
+                stale.append(tenant)
+            else:
+                out[tenant] = matchers
+        if stale:
+            generation = self._generation
+            loaded = await self._runner.read_first(self._store.matchers, stale)
+            for tenant in stale:
+                out[tenant] = loaded.get(tenant, [])
+                if generation == self._generation:
+                    self._matchers[tenant] = (now, out[tenant])
+        return out

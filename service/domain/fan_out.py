@@ -1,0 +1,86 @@
+"""Fan-out: which subscriptions an event reaches, and the job each pair makes."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from service.domain import event_patterns
+from service.domain.deliveries import Job
+from service.domain.envelope import webhook_body
+from service.domain.ids import new_id
+from service.domain.models import Event
+from service.domain.outcomes import Trigger
+
+# (tenant, event id, subscription id): one delivery at most.
+Pair = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """What matching needs of an enabled subscription."""
+
+    id: str
+    event_types: tuple[str, ...]
+    granted_scopes: frozenset[str]
+
+
+def matches(sub: Matcher, event_type: str, scope: str) -> bool:
+    """Whether the subscription takes the type; `scope` is the type's subscribe scope."""
+    if not event_patterns.subscription_matches(sub.event_types, event_type):
+        return False
+    # Exact names were scope-checked at subscribe time; patterns only cover types the
+    # subscriber's scopes allow.
+    if not scope or event_type in sub.event_types:
+        return True
+    return "*" in sub.granted_scopes or scope in sub.granted_scopes
+
+
+def plan_jobs(
+    events: Sequence[Event],
+    subscriptions: Mapping[str, Sequence[Matcher]],
+    required_scopes: Mapping[str, str],
+    lease_until: float,
+    planned: Mapping[Pair, Job] | None = None,
+) -> list[Job]:
+    """One job per (event, matching subscription) pair, each pair once even when an event
+    comes twice. A pair found in `planned` keeps that job (its id and body)."""
+    planned = planned or {}
+    # Which subscriptions of a tenant take a type: the same few pairs recur per batch.
+    targets: dict[tuple[str, str], list[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    jobs: list[Job] = []
+    for event in events:
+        if (event.tenant, event.id) in seen:
+            continue
+        seen.add((event.tenant, event.id))
+        key = (event.tenant, event.type)
+        if key not in targets:
+            scope = required_scopes.get(event.type, "")
+            targets[key] = [
+                sub.id
+                for sub in subscriptions.get(event.tenant, ())
+                if matches(sub, event.type, scope)
+            ]
+        body = b""
+        for subscription_id in targets[key]:
+            job = planned.get((event.tenant, event.id, subscription_id))
+            if job is None:
+                if not body:  # one body per event, shared by its deliveries
+                    body = webhook_body(event.id, event.type, event.time, event.tenant, event.data)
+                job = Job(
+                    delivery_id=new_id("msg"),
+                    subscription_id=subscription_id,
+                    tenant=event.tenant,
+                    event_id=event.id,
+                    event_type=event.type,
+                    body=body,
+                    attempts_made=0,
+                    trigger=Trigger.SCHEDULED,
+                    event_time=event.time,
+                    lease_until=lease_until,
+                )
+            jobs.append(job)
+    return jobs
+
+
+def pair(job: Job) -> Pair:
+    return (job.tenant, job.event_id, job.subscription_id)
