@@ -226,6 +226,8 @@ class App:
                 )
             )
             if ahead:
+                planner = self._planner
+                stored.add_done_callback(lambda _: planner.ended(ahead))
                 await dispatcher.submit(ahead, stored)
             # Shielded: the transaction runs on whatever happens here, and the dispatcher
             # must learn how it ended.

@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 from service.api import convert
 from service.config import Settings, SettingsError
 from service.crypto import SecretBox, new_encryption_key
-from service.domain import event_patterns, pagination
+from service.domain import event_patterns, fan_out, pagination
 from service.domain.access import (
     Principal,
     authenticate,
@@ -21,7 +21,7 @@ from service.domain.access import (
     require_owner_or_admin,
 )
 from service.domain.ids import new_id
-from service.domain.models import EventType, SubscriptionSpec
+from service.domain.models import Event, EventType, SubscriptionSpec
 from service.domain.signing_secrets import new_secret, secret_prefix
 from service.domain.ssrf import address_allowed
 from service.domain.updates import resolve_mask
@@ -37,6 +37,49 @@ from service.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from webhooks.v1 import webhook_service_pb2 as pb
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@pytest.mark.parametrize(
+    ("types", "granted", "event_type", "scope", "matches"),
+    [
+        ((), (), "lead.created", "", True),
+        (("lead.created",), (), "lead.created", "leads:subscribe", True),  # checked at create
+        (("lead.*",), (), "lead.created", "leads:subscribe", False),
+        (("lead.*",), ("leads:subscribe",), "lead.created", "leads:subscribe", True),
+        (("*",), ("*",), "lead.created", "leads:subscribe", True),
+        (("person.*",), (), "lead.created", "", False),
+    ],
+)
+def test_fan_out_matches(
+    types: tuple[str, ...], granted: tuple[str, ...], event_type: str, scope: str, matches: bool
+) -> None:
+    sub = fan_out.Matcher("sub_1", types, frozenset(granted))
+    assert fan_out.matches(sub, event_type, scope) is matches
+
+
+def _event(event_id: str, event_type: str = "person.created", tenant: str = "acme") -> Event:
+    return Event(event_id, event_type, tenant, datetime(2026, 1, 1, tzinfo=UTC), b"{}")
+
+
+def test_plan_jobs_makes_one_job_per_pair_and_keeps_planned_ones() -> None:
+    subs = {
+        "acme": [
+            fan_out.Matcher("a", ("person.*",), frozenset()),
+            fan_out.Matcher("b", (), frozenset()),
+        ],
+        "globex": [fan_out.Matcher("g", (), frozenset())],
+    }
+    events = [_event("1"), _event("1"), _event("2", "invoice.paid"), _event("3", tenant="globex")]
+    jobs = fan_out.plan_jobs(events, subs, {}, lease_until=10.0)
+    assert [fan_out.pair(j) for j in jobs] == [
+        ("acme", "1", "a"),
+        ("acme", "1", "b"),
+        ("acme", "2", "b"),
+        ("globex", "3", "g"),
+    ]
+    assert len({j.delivery_id for j in jobs}) == 4 and jobs[0].body is jobs[1].body
+    again = fan_out.plan_jobs(events, subs, {}, 10.0, planned={fan_out.pair(jobs[1]): jobs[1]})
+    assert again[1] is jobs[1] and again[0].delivery_id != jobs[0].delivery_id
 
 
 @pytest.mark.parametrize(

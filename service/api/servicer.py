@@ -150,6 +150,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         sub, secret = await self._run(
             self._subs.create, principal, spec, request.request_id, fingerprint
         )
+        self._subscription_changed(sub.id)
         return pb.CreateSubscriptionResponse(
             subscription=convert.subscription_to_pb(sub), secret=secret
         )

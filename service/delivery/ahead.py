@@ -37,16 +37,39 @@ class AheadPlanner:
         self._lease = lease
         self._matchers: dict[str, tuple[float, list[fan_out.Matcher]]] = {}
         self._generation = 0  # changes at every invalidate: a read begun before is not kept
+        # (tenant, event id) of the events planned ahead whose transaction has not ended: a
+        # copy in a later batch (a producer's retry) is left to its own transaction, which
+        # finds the first one stored, or the copy would be sent twice.
+        self._planning: set[tuple[str, str]] = set()
 
     async def plan(self, events: Sequence[Event]) -> list[Job]:
-        """Jobs for the events not stored yet (a re-consumed one is left to the
-        transaction, which finds its deliveries stored)."""
-        unseen = await self._runner.read_first(self._store.unseen, events)
+        """Jobs for the events neither stored nor planned already (a re-consumed one is left
+        to the transaction, which finds its deliveries stored). `ended` must follow once
+        the batch's transaction ended, however."""
+        planning = self._planning
+        fresh = [e for e in events if (e.tenant, e.id) not in planning]
+        unseen = await self._runner.read_first(self._store.unseen, fresh) if fresh else []
+        # Again: another batch may have planned one of them while the store read.
+        unseen = [e for e in unseen if (e.tenant, e.id) not in planning]
         if not unseen:
             return []
-        subscriptions = await self._subscriptions({event.tenant for event in unseen})
+        planning.update((e.tenant, e.id) for e in unseen)
+        try:
+            subscriptions = await self._subscriptions({event.tenant for event in unseen})
+        except BaseException:
+            planning.difference_update((e.tenant, e.id) for e in unseen)
+            raise
         lease_until = unix_time(utcnow() + self._lease)
-        return fan_out.plan_jobs(unseen, subscriptions, self._required_scopes(), lease_until)
+        jobs = fan_out.plan_jobs(unseen, subscriptions, self._required_scopes(), lease_until)
+        # Events that no subscription takes send nothing ahead: nothing to keep apart.
+        planning.difference_update(
+            {(e.tenant, e.id) for e in unseen} - {(j.tenant, j.event_id) for j in jobs}
+        )
+        return jobs
+
+    def ended(self, jobs: Sequence[Job]) -> None:
+        """The transaction that `jobs` (from `plan`) were planned ahead of has ended."""
+        self._planning.difference_update((job.tenant, job.event_id) for job in jobs)
 
     def invalidate(self) -> None:
         """Forgets every cached view (a subscription changed)."""
