@@ -88,7 +88,16 @@ class Pipeline:
         produce(self.bootstrap, self.topic, records)
 
     def delivery(self, delivery_id: str) -> Any:
-        return self.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
+        """The delivery, waiting a moment for it to be stored: its first attempt goes out
+        while its ingest transaction runs (AheadPlanner), so a receiver may see it first."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return self.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
 
     def wait_status(self, delivery_id: str, status: int, timeout: float = 15) -> Any:
         """The delivery once it has `status`: an endpoint's answer is recorded just after it."""
