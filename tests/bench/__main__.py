@@ -103,18 +103,29 @@ def later_events(args: argparse.Namespace, elapsed: float, sqlite_run_s: float) 
 def latency_run(
     database_url: str, args: argparse.Namespace, receiver: e2e.Receiver, work: Path
 ) -> dict[str, Any]:
-    """On a fresh broker and store: in tansu's memory storage every batch left by the
-    throughput runs would slow each fetch. The broker alone is measured the same way."""
-    stack = e2e.Stack.start(work / "latency", database_url)
-    try:
-        stack.subscribe(receiver.url)
-        e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
-        result: dict[str, Any] = e2e.latency(stack, receiver, args.rate, args.latency_seconds)
-        result["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
-    finally:
-        stack.stop()
-    result["broker_floor"] = e2e.broker_floor(args.rate, args.latency_seconds)
-    return result
+    """`runs` runs, each on a fresh broker and store (in tansu's memory storage every batch
+    left by an earlier run would slow each fetch) and followed by the broker alone, measured
+    the same way. The run with the median p99 is reported: the same code gave a p99 of 44
+    and of 144 ms in two runs a minute apart here, so one run says little."""
+    results = []
+    for n in range(args.runs):
+        stack = e2e.Stack.start(work / f"latency-{n}", database_url)
+        try:
+            stack.subscribe(receiver.url)
+            e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
+            result: dict[str, Any] = e2e.latency(stack, receiver, args.rate, args.latency_seconds)
+            result["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
+        finally:
+            stack.stop()
+        result["broker_floor"] = e2e.broker_floor(args.rate, args.latency_seconds)
+        results.append(result)
+    results.sort(key=lambda r: r["p99_ms"])
+    middle = dict(results[len(results) // 2])
+    middle["runs_p99_ms"] = [round(r["p99_ms"], 1) for r in results]
+    middle["runs_p50_ms"] = [round(r["p50_ms"], 1) for r in results]
+    middle["floor_p99_ms"] = [round(r["broker_floor"]["p99_ms"], 1) for r in results]
+    middle["rss_mb"] = max(r["rss_mb"] for r in results)
+    return middle
 
 
 def backlog_run(
@@ -276,14 +287,16 @@ def table(report: dict[str, Any]) -> str:
     lat = report.get("latency")
     if lat:
         add(
-            f"latency p50 / p99 / max ms ({lat['deliveries']} deliveries, sqlite)",
+            f"latency p50 / p99 / max ms ({lat['deliveries']} deliveries, sqlite;"
+            f" median of p99s {lat['runs_p99_ms']})",
             f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f}",
             None,
             "p99 <= 25 ms",
         )
         floor = lat["broker_floor"]
         add(
-            "  the broker alone, produce to a bare consumer, same rate",
+            f"  the broker alone, produce to a bare consumer, same rate (p99s"
+            f" {lat['floor_p99_ms']})",
             f"{floor['p50_ms']:.1f} / {floor['p99_ms']:.1f} / {floor['max_ms']:.1f}",
         )
         add("  service peak RSS, latency", f"{lat['rss_mb']:.0f} MB", None, "< 300 MB")
