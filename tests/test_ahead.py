@@ -186,3 +186,10 @@ def test_an_attempt_sent_ahead_for_a_subscription_gone_meanwhile_is_never_record
     assert delivery.subscription_id == kept.subscription.id
     assert [r.json["data"]["n"] for r in receiver.at("/gone")] == [1, 2]
     assert app.metrics.attempts_unrecorded._value.get() == 1
+
+
+def test_a_large_batch_is_left_to_its_transaction(api: Api) -> None:
+    api.create(event_types=["person.created"])
+    size = ahead_module.AHEAD_MAX_EVENTS
+    small, large = _plan(api, [_event() for _ in range(size)], [_event() for _ in range(size + 1)])
+    assert len(small) == size and large == []
