@@ -29,6 +29,8 @@ AHEAD_MAX_EVENTS = 50
 
 
 class AheadPlanner:
+    """Plans on the event loop; `plan` and `ended` pair up around each transaction."""
+
     def __init__(
         self,
         runner: StoreRunner,
