@@ -21,11 +21,14 @@ from service.store.runner import StoreRunner
 # How long the view of a tenant's subscriptions is trusted; this instance's own changes
 # clear it at once, another instance's show within this long (and in the transaction).
 MATCHERS_TTL_SECONDS = 1.0
-# Larger batches are planned in their transaction, on the store thread: they come when
-# ingest is behind, where the event loop is the busiest thread and sending a few ms sooner
-# gains little. Planning every batch here gave 0.45-0.47 x the reference end to end, with
-# this cap 0.47-0.71 x, as before it (make bench, full load: batches of 200).
-AHEAD_MAX_EVENTS = 50
+# Larger batches are planned in their transaction, on the store thread: ingest takes at
+# most 200 records at once, so a batch near that means records were waiting, the event
+# loop is the busiest thread and sending a few ms sooner gains little. At full load
+# (batches of 200) planning them here gave 0.55 and 0.59 x the reference end to end
+# against 0.61 and 0.61 x, run alternately; at 1,000 events/s a cap of 50 sent the
+# batches that follow a stall through the transaction, and p99 rose to 108-116 ms against
+# 60 ms without it (make bench).
+AHEAD_MAX_EVENTS = 150
 
 
 class AheadPlanner:
