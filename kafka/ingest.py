@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -268,6 +269,9 @@ class IngestConsumer:
         except Exception as exc:
             log.exception("event could not be decoded", extra={"offset": record.offset})
             raise EventRejected("DECODE_FAILED", f"unexpected {type(exc).__name__}") from exc
+        if record.timestamp and record.timestamp > 0:
+            # Read again after a crash, the record gives its deliveries the same ids.
+            return dataclasses.replace(event, record_time_ms=record.timestamp)
         return event
 
     async def stop(self) -> None:

@@ -1,6 +1,7 @@
 """Table-driven tests of the pure rules: patterns, validation, masks, pages, keys, ids, settings."""
 
 import ipaddress
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -498,3 +499,14 @@ def test_timestamps_equal_protobufs_own_conversion(moment: datetime) -> None:
     message = pb.Subscription()
     convert._set_times(message, create_time=moment, update_time=None)
     assert message.create_time == expected and not message.HasField("update_time")
+
+
+def test_a_delivery_id_is_the_same_for_the_same_record_and_subscription() -> None:
+    read = replace(_event("1"), record_time_ms=1_700_000_000_000)
+    again = fan_out.delivery_id(read, "sub_a")
+    assert again == fan_out.delivery_id(read, "sub_a") and again.startswith("msg_")
+    assert fan_out.delivery_id(read, "sub_b") != again
+    later = replace(read, record_time_ms=read.record_time_ms + 1)
+    assert fan_out.delivery_id(later, "sub_a") > again  # still sorted by time
+    no_record = _event("1")
+    assert fan_out.delivery_id(no_record, "sub_a") != fan_out.delivery_id(no_record, "sub_a")

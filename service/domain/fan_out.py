@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from service.domain import event_patterns
 from service.domain.deliveries import Job
 from service.domain.envelope import webhook_body
-from service.domain.ids import new_id
+from service.domain.ids import derived_id, new_id
 from service.domain.models import Event
 from service.domain.outcomes import Trigger
 
@@ -67,7 +67,7 @@ def plan_jobs(
                 if not body:  # one body per event, shared by its deliveries
                     body = webhook_body(event.id, event.type, event.time, event.tenant, event.data)
                 job = Job(
-                    delivery_id=new_id("msg"),
+                    delivery_id=delivery_id(event, subscription_id),
                     subscription_id=subscription_id,
                     tenant=event.tenant,
                     event_id=event.id,
@@ -80,6 +80,16 @@ def plan_jobs(
                 )
             jobs.append(job)
     return jobs
+
+
+def delivery_id(event: Event, subscription_id: str) -> str:
+    """The same for the same Kafka record and subscription: a delivery sent ahead of its
+    transaction and lost with the process (SIGKILL before the commit) is sent again, when
+    its record is read again, with the same `webhook-id`."""
+    if not event.record_time_ms:
+        return new_id("msg")
+    key = "\0".join((event.tenant, event.id, subscription_id)).encode()
+    return derived_id("msg", event.record_time_ms, key)
 
 
 def pair(job: Job) -> Pair:

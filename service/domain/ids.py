@@ -1,5 +1,6 @@
 """Time-sortable resource ids (`sub_01J...`): 48-bit milliseconds + 80 random bits."""
 
+import hashlib
 import os
 import time
 
@@ -14,4 +15,11 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     """Returns `prefix_` + 26 base32 characters that sort by creation time."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    return f"{prefix}_{''.join(_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS)}"
+
+
+def derived_id(prefix: str, now_ms: int, key: bytes) -> str:
+    """Like `new_id`, with the 80 bits from `key` instead of random: the same arguments give
+    the same id."""
+    value = (now_ms << 80) | int.from_bytes(hashlib.blake2b(key, digest_size=10).digest(), "big")
     return f"{prefix}_{''.join(_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS)}"

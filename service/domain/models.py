@@ -73,3 +73,6 @@ class Event:
     data: bytes
     source: str = ""
     subject: str = ""
+    # The Kafka record's timestamp in ms (0: none): the same when the record is read again,
+    # so the ids of its deliveries are too (fan_out.delivery_id).
+    record_time_ms: int = 0
