@@ -14,12 +14,15 @@ _SHIFTS = range(120, -1, -10)  # 13 pairs of 5-bit digits, most significant firs
 def new_id(prefix: str, now_ms: int | None = None) -> str:
     """Returns `prefix_` + 26 base32 characters that sort by creation time."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}_{''.join(_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS)}"
+    return _encode(prefix, (ms << 80) | int.from_bytes(os.urandom(10), "big"))
 
 
 def derived_id(prefix: str, now_ms: int, key: bytes) -> str:
     """Like `new_id`, with the 80 bits from `key` instead of random: the same arguments give
     the same id."""
-    value = (now_ms << 80) | int.from_bytes(hashlib.blake2b(key, digest_size=10).digest(), "big")
+    digest = hashlib.blake2b(key, digest_size=10).digest()
+    return _encode(prefix, (now_ms << 80) | int.from_bytes(digest, "big"))
+
+
+def _encode(prefix: str, value: int) -> str:
     return f"{prefix}_{''.join(_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS)}"

@@ -167,7 +167,7 @@ class DeliveryStore:
         now = utcnow()
         with self._db.atomic():
             event_rows, known = self._insert_events(events, now)
-            subscriptions = self._enabled_subscriptions({e.tenant for e in events})
+            subscriptions = self.matchers({e.tenant for e in events})
             # Only events stored before (a re-consumed batch) can have deliveries already.
             existing = self._existing_pairs([event_rows[k] for k in known])
             lease_end = now + lease
@@ -211,10 +211,6 @@ class DeliveryStore:
         stored = self._event_pks({(e.tenant, e.id) for e in events})
         return [e for e in events if (e.tenant, e.id) not in stored]
 
-    def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
-        """The enabled subscriptions of the tenants, as matching needs them."""
-        return self._enabled_subscriptions(tenants)
-
     def _stored_ids(self, delivery_ids: Sequence[str]) -> set[str]:
         return {row[0] for row in bulk.rows_in(self._db, _STORED_DELIVERIES, delivery_ids)}
 
@@ -251,7 +247,8 @@ class DeliveryStore:
             out.update({(tenant, event_id): pk for pk, event_id in rows})
         return out
 
-    def _enabled_subscriptions(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
+    def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
+        """The enabled subscriptions of the tenants, as matching needs them."""
         out: dict[str, list[fan_out.Matcher]] = {}
         for subscription_id, tenant, types, scopes in bulk.rows_in(
             self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True
