@@ -48,7 +48,7 @@ class IngestConsumer:
         default_tenant: str,
         max_event_bytes: int,
         session_timeout_ms: int = 10_000,
-        fetch_max_wait_ms: int = 10,
+        fetch_max_wait_ms: int = 3,
         batch_size: int = 200,  # records per poll; larger ones stall dispatch (make bench)
         metrics: Metrics | None = None,
     ) -> None:
@@ -109,8 +109,9 @@ class IngestConsumer:
             # A joining member waits up to half of this for the group to settle.
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=max(300, self._session_timeout_ms // 4),
-            # tansu holds every fetch this long even when records arrive sooner, so it
-            # bounds produce-to-delivery latency (real Kafka answers as soon as data is there).
+            # tansu answers a fetch late, up to this long, even when records arrive sooner, so
+            # it bounds produce-to-delivery latency (real Kafka answers as soon as data is
+            # there; 10 instead of 3 ms here: p50 +3 ms at 1,000 events/s, make bench).
             fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
         if self._pattern:

@@ -82,6 +82,9 @@ def test_service_environment_validates_against_the_settings(name: str, dev_dir: 
     assert settings.kafka_bootstrap_servers == "kafka:9092"
     host, port = settings.grpc_address.rsplit(":", 1)
     assert host == "0.0.0.0" and f"{port}:{port}" in SERVICES["webhooks"]["ports"]
+    # The default fetch wait is short for the embedded broker; real Kafka answers fetches
+    # as soon as records arrive, so a short wait there only polls an idle broker.
+    assert settings.kafka_fetch_max_wait_ms >= 100
 
 
 def test_init_creates_exactly_the_topics_the_service_uses(dev_dir: Path) -> None:

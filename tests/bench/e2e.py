@@ -368,7 +368,7 @@ async def _produce_and_consume(
         group_id="floor",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=10,  # the service's default WEBHOOKS_KAFKA_FETCH_MAX_WAIT_MS
+        fetch_max_wait_ms=3,  # the service's default WEBHOOKS_KAFKA_FETCH_MAX_WAIT_MS
     )
     await consumer.start()
     samples: list[float] = []
