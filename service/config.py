@@ -158,10 +158,10 @@ class Settings:
         "consumer group session timeout (brokers want >= 6000)",
     )
     kafka_fetch_max_wait_ms: int = _setting(
-        3,
+        10,
         _in_range(int, 1, 10_000),
-        "longest a fetch waits for new records; the embedded broker answers only then "
-        "(real Kafka answers as soon as records arrive: 500 saves idle fetches there)",
+        "longest an idle consumer's fetch waits for new records (3 ms while they flow); "
+        "the embedded broker answers only then, real Kafka as soon as records arrive",
     )
     max_event_bytes: int = _setting(
         1_048_576, _in_range(int, 1024, 16 * 1_048_576), "largest accepted event record"

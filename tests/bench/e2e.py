@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kafka import topics
 from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
+from kafka.ingest import FLOWING_FETCH_WAIT_MS
 from service.crypto import new_encryption_key
 from service.domain.access import ADMIN, hash_key, new_api_key
 from tests.support import ServiceProcess
@@ -368,7 +369,7 @@ async def _produce_and_consume(
         group_id="floor",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=3,  # the service's default WEBHOOKS_KAFKA_FETCH_MAX_WAIT_MS
+        fetch_max_wait_ms=FLOWING_FETCH_WAIT_MS,  # the service's while records flow
     )
     await consumer.start()
     samples: list[float] = []

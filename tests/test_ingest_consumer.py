@@ -1,0 +1,76 @@
+"""The ingest consumer against the real broker: how long its fetches wait, flowing and idle."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaProducer
+
+from kafka.embedded import EmbeddedBroker, create_topics
+from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer
+from kafka.producer import Producer
+from service.domain.models import Event
+
+IDLE_WAIT_MS = 40
+
+
+def _fetch_wait(consumer: IngestConsumer) -> int:
+    # The attribute aiokafka's fetcher builds every fetch request from (aiokafka 0.14).
+    wait: int = consumer._consumer._fetcher._fetch_max_wait_ms  # type: ignore[union-attr]
+    return wait
+
+
+def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_idle(
+    broker: EmbeddedBroker,
+) -> None:
+    topic = f"ingest-pacing-{uuid.uuid4().hex[:8]}"
+    stored: list[Event] = []
+
+    async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
+        stored.extend(events)
+
+        async def hand_off() -> None:
+            return None
+
+        return hand_off
+
+    async def run() -> list[tuple[int, int]]:
+        await create_topics(broker.bootstrap, [topic], partitions=1)
+        producer = Producer(broker.bootstrap)
+        consumer = IngestConsumer(
+            bootstrap=broker.bootstrap,
+            topic_names=[topic],
+            topic_pattern="",
+            producer=producer,
+            store_batch=store_batch,
+            check=lambda event: None,
+            default_tenant="t",
+            max_event_bytes=65536,
+            session_timeout_ms=6000,
+            fetch_max_wait_ms=IDLE_WAIT_MS,
+        )
+        sender = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await sender.start()
+        seen: list[tuple[int, int]] = []  # (records polled, fetch wait after the poll)
+        try:
+            await consumer._connect()
+            for _ in range(3):
+                seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
+            record = {"specversion": "1.0", "id": "e1", "source": "s", "type": "person.created"}
+            await sender.send_and_wait(topic, json.dumps(record).encode())
+            while not stored:
+                seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
+            seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
+        finally:
+            await sender.stop()
+            await consumer._close()
+        return seen
+
+    seen = asyncio.run(run())
+    assert [e.id for e in stored] == ["e1"]
+    idle_before = [wait for count, wait in seen if count == 0][:3]
+    assert idle_before == [IDLE_WAIT_MS] * 3, seen
+    flowing = [wait for count, wait in seen if count > 0]
+    assert flowing == [FLOWING_FETCH_WAIT_MS], seen
+    assert seen[-1] == (0, IDLE_WAIT_MS), seen  # nothing more: idle again
