@@ -162,7 +162,7 @@ class IngestConsumer:
     def _pace(self, flowing: bool) -> None:
         """The wait of the next fetches: FLOWING_FETCH_WAIT_MS while records flow, the
         configured one once a poll found none. aiokafka reads its fetcher's attribute for
-        every fetch request it builds (aiokafka 0.14; tests/test_pipeline.py checks it)."""
+        every fetch request it builds (aiokafka 0.14; tests/test_ingest_consumer.py checks it)."""
         fetcher = getattr(self._consumer, "_fetcher", None)
         if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
             idle = self._fetch_max_wait_ms
