@@ -1,16 +1,13 @@
 """The ingest consumer against the real broker: how long its fetches wait, flowing and idle."""
 
 import asyncio
-import json
-import uuid
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaProducer
-
-from kafka.embedded import EmbeddedBroker, create_topics
+from kafka.embedded import EmbeddedBroker
 from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer
 from kafka.producer import Producer
 from service.domain.models import Event
+from tests.pipeline_support import cloud_event, new_topic, produce, structured
 
 IDLE_WAIT_MS = 40
 
@@ -24,7 +21,7 @@ def _fetch_wait(consumer: IngestConsumer) -> int:
 def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_idle(
     broker: EmbeddedBroker,
 ) -> None:
-    topic = f"ingest-pacing-{uuid.uuid4().hex[:8]}"
+    topic = new_topic(broker.bootstrap)
     stored: list[Event] = []
 
     async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
@@ -36,7 +33,6 @@ def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_id
         return hand_off
 
     async def run() -> list[tuple[int, int]]:
-        await create_topics(broker.bootstrap, [topic], partitions=1)
         producer = Producer(broker.bootstrap)
         consumer = IngestConsumer(
             bootstrap=broker.bootstrap,
@@ -50,22 +46,19 @@ def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_id
             session_timeout_ms=6000,
             fetch_max_wait_ms=IDLE_WAIT_MS,
         )
-        sender = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await sender.start()
         seen: list[tuple[int, int]] = []  # (records polled, fetch wait after the poll)
         try:
             await consumer._connect()
             for _ in range(3):
                 seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
-            record = {"specversion": "1.0", "id": "e1", "source": "s", "type": "person.created"}
-            await sender.send_and_wait(topic, json.dumps(record).encode())
+            event = cloud_event("person.created", {}, event_id="e1")
+            await asyncio.to_thread(produce, broker.bootstrap, topic, [structured(event)])
             for _ in range(50):  # a poll waits up to 200 ms for records
                 seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
                 if stored:
                     break
             seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
         finally:
-            await sender.stop()
             await consumer._close()
         return seen
 
