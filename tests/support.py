@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg2
+import psycopg
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,8 +85,7 @@ def base_env(tmp_path: Path, database_url: str) -> dict[str, str]:
 def postgres_schema(prefix: str = "t") -> Iterator[str]:
     """A database URL whose search path is a fresh schema of `test`, dropped afterwards."""
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(POSTGRES_URL)
-    admin.autocommit = True
+    admin = psycopg.connect(POSTGRES_URL, autocommit=True)
     with admin.cursor() as cur:
         cur.execute(f"CREATE SCHEMA {schema}")
     try:

@@ -7,7 +7,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
 
 from kafka.embedded import EmbeddedBroker, free_port
@@ -51,7 +51,7 @@ def _attempts_made(process: ServiceProcess) -> float:
 
 
 def _statuses(postgres_url: str) -> Counter[int]:
-    with psycopg2.connect(postgres_url) as conn, conn.cursor() as cur:
+    with psycopg.connect(postgres_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT status, count(*) FROM deliveries GROUP BY status")
         return Counter(dict(cur.fetchall()))
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import psycopg2
+import psycopg
 import pytest
 
 from service.domain.access import authenticate, hash_key, parse_keys
@@ -22,7 +22,7 @@ def _stored_bytes(api: Api, tmp_path: Path) -> bytes:
     if url.startswith("sqlite"):
         files = [Path(url.removeprefix("sqlite:///") + suffix) for suffix in ("", "-wal")]
         return b"".join(f.read_bytes() for f in files if f.exists())
-    with psycopg2.connect(url.split("?")[0], options=_search_path(url)) as conn:
+    with psycopg.connect(url.split("?")[0], options=_search_path(url)) as conn:
         cur = conn.cursor()
         cur.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
@@ -32,7 +32,7 @@ def _stored_bytes(api: Api, tmp_path: Path) -> bytes:
             cur.execute(f"SELECT * FROM {table}")
             for row in cur.fetchall():
                 dump.append(repr(row).encode())
-                dump.extend(bytes(v) for v in row if isinstance(v, memoryview))
+                dump.extend(bytes(v) for v in row if isinstance(v, bytes | memoryview))
         return b"\n".join(dump)
 
 

@@ -1,4 +1,4 @@
-"""The store's batch statements on SQLite and PostgreSQL: bulk.update_rows and
+"""The store's batch statements on SQLite and PostgreSQL: bulk.update_rows, bulk.insert and
 bulk.insert_returning."""
 
 from datetime import datetime
@@ -74,28 +74,99 @@ def test_update_rows_sets_each_rows_columns_the_last_row_of_an_id_winning(
         db.close()
 
 
+EVENT_TYPES = bulk.Insert(
+    "event_types",
+    (("name", "text"), ("description", "text"), ("created_at", "timestamp")),
+    (
+        ("required_scope", "'none'"),
+        ("json_schema", "''"),
+        ("example_json", "''"),
+        ("updated_at", "'2026-02-03 04:05:06'"),
+    ),
+    skip_conflicts=True,
+)
+# Values that a quoted or array-literal form would have to escape.
+AWKWARD = "quote ' double \" brace {x} comma , backslash \\ NULL é 😀"
+
+
+def test_insert_stores_every_row_and_skips_conflicts(database_url: str) -> None:
+    db = open_database(database_url)
+    db.connect()
+    try:
+        migrate(db)
+        now = datetime(2026, 1, 1, 2, 3, 4, 567890)
+        with db.atomic():
+            assert bulk.insert(db, EVENT_TYPES, [("old", "first", now)]) == 1
+            assert bulk.insert(db, EVENT_TYPES, []) == 0
+            inserted = bulk.insert(
+                db,
+                EVENT_TYPES,
+                [("new", AWKWARD, now), ("old", "second", now), ("", "", now)],
+            )
+            assert inserted == 2  # not the conflict
+        rows = db.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT name, description, required_scope, created_at, updated_at FROM event_types"
+            " ORDER BY name"
+        ).fetchall()
+        assert [(n, d, s, str(c), str(u)) for n, d, s, c, u in rows] == [
+            ("", "", "none", str(now), "2026-02-03 04:05:06"),
+            ("new", AWKWARD, "none", str(now), "2026-02-03 04:05:06"),
+            ("old", "first", "none", str(now), "2026-02-03 04:05:06"),
+        ]
+    finally:
+        db.close()
+
+
+def test_insert_takes_nulls_bytes_and_columns_of_nulls_only(database_url: str) -> None:
+    db = open_database(database_url)
+    db.connect()
+    try:
+        migrate(db)
+        outbox = bulk.Insert(
+            "outbox",
+            (
+                ("topic", "text"),
+                ("key", "bytea"),
+                ("value", "bytea"),
+                ("created_at", "timestamp"),
+                ("claimed_until", "timestamp"),
+            ),
+        )
+        now = datetime(2026, 1, 1)
+        binary = bytes(range(256))
+        with db.atomic():
+            count = bulk.insert(
+                db, outbox, [("a", None, binary, now, None), ("b", b"k", b"", now, None)]
+            )
+        assert count == 2
+        rows = db.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT topic, key, value, claimed_until FROM outbox ORDER BY topic"
+        ).fetchall()
+        assert [(t, k and bytes(k), bytes(v), c) for t, k, v, c in rows] == [
+            ("a", None, binary, None),
+            ("b", b"k", b"", None),
+        ]
+    finally:
+        db.close()
+
+
 def test_insert_returning_gives_the_rows_it_inserted_on_postgres(database_url: str) -> None:
     db = open_database(database_url)
     db.connect()
     try:
         migrate(db)
-        statement = (
-            "INSERT INTO event_types (name, description, required_scope, json_schema,"
-            " example_json, created_at, updated_at) VALUES (?, ?, '', '', '', ?, ?)"
-            " ON CONFLICT DO NOTHING"
-        )
         now = datetime(2026, 1, 1)
         with db.atomic():
-            bulk.execute_many(db, statement, [("old", "first", now, now)])
+            bulk.insert(db, EVENT_TYPES, [("old", "first", now)])
             returned = bulk.insert_returning(
                 db,
-                statement,
-                [("new", "x", now, now), ("old", "second", now, now), ("newer", "y", now, now)],
+                EVENT_TYPES,
+                [("new", "x", now), ("old", "second", now), ("newer", "y", now)],
                 "name, description",
             )
         if isinstance(db, pw.PostgresqlDatabase):
             assert sorted(returned or []) == [("new", "x"), ("newer", "y")]  # not the conflict
-            assert bulk.insert_returning(db, statement, [], "name") == []
+            assert bulk.insert_returning(db, EVENT_TYPES, [], "name") == []
         else:
             assert returned is None  # the caller looks its rows up instead
         rows = db.execute_sql(  # type: ignore[no-untyped-call]

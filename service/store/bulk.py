@@ -1,72 +1,97 @@
 """Hot-path writes as plain SQL: building each statement through the ORM cost more CPU than
 the HTTP request it records (see README "Benchmark")."""
 
-import re
+import functools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import peewee as pw
-from psycopg2.extras import execute_batch, execute_values
 
-_VALUES = re.compile(r" VALUES (\([^)]*\))")
+from service.store.database import is_postgres
 
 
-def execute_many(db: pw.Database, sql: str, rows: Sequence[Sequence[object]]) -> int:
-    """Runs `sql` (with `?` placeholders) for every row in the current transaction; returns
-    how many rows it changed."""
+@dataclass(frozen=True)
+class Insert:
+    """A multi-row INSERT: each row gives `columns` (name, PostgreSQL type) in order, and
+    `constants` (name, SQL literal) are the same for every row."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    constants: tuple[tuple[str, str], ...] = ()
+    # ON CONFLICT DO NOTHING: rows that would collide are skipped, not an error.
+    skip_conflicts: bool = False
+
+    def sqlite(self) -> str:
+        names = ", ".join(name for name, _ in (*self.columns, *self.constants))
+        values = ", ".join(["?"] * len(self.columns) + [value for _, value in self.constants])
+        conflict = " ON CONFLICT DO NOTHING" if self.skip_conflicts else ""
+        return f"INSERT INTO {self.table} ({names}) VALUES ({values}){conflict}"  # noqa: S608
+
+    def postgres(self) -> str:
+        """One statement for any number of rows, each column one array parameter: the text
+        stays the same, so psycopg prepares it once per connection, and the values travel
+        in binary. As a VALUES list quoted on the client (psycopg2's execute_values), the
+        client spent ~1 us per value and the server parsed and planned every batch anew
+        (README "Benchmark")."""
+        names = ", ".join(name for name, _ in (*self.columns, *self.constants))
+        arrays = ", ".join(f"%b::{kind}[]" for _, kind in self.columns)
+        extra = "".join(f", {value}" for _, value in self.constants)
+        conflict = " ON CONFLICT DO NOTHING" if self.skip_conflicts else ""
+        return (
+            f"INSERT INTO {self.table} ({names})"  # noqa: S608 (names are constants)
+            f" SELECT *{extra} FROM unnest({arrays}){conflict}"
+        )
+
+
+def insert(db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]]) -> int:
+    """Inserts the rows in the current transaction; returns how many it inserted."""
     if not rows:
         return 0
     cursor = db.cursor()  # type: ignore[no-untyped-call]
-    if not isinstance(db, pw.PostgresqlDatabase):
-        cursor.executemany(sql, rows)
+    if not is_postgres(db):
+        cursor.executemany(_sqlite(spec), rows)
         return int(cursor.rowcount)
-    multi_row = _multi_row(sql)
-    if multi_row is None:
-        # psycopg2's executemany is one round trip per row; execute_batch sends pages.
-        execute_batch(cursor, sql.replace("?", "%s"), rows, page_size=500)
-        return len(rows)
-    # One multi-row INSERT, so the row count covers the whole batch.
-    statement, template = multi_row
-    execute_values(cursor, statement, rows, template=template, page_size=len(rows))
+    cursor.execute(_postgres(spec), _arrays(rows))
     return int(cursor.rowcount)
 
 
 def insert_returning(
-    db: pw.Database, sql: str, rows: Sequence[Sequence[object]], returning: str
+    db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]], returning: str
 ) -> list[tuple[Any, ...]] | None:
-    """On PostgreSQL, runs the INSERT `sql` (with `?` placeholders and one VALUES row) for
-    every row as one statement and returns `returning` of each row it inserted; None on
-    SQLite, where the caller looks the rows up instead. Looking the new rows' keys up with a
-    second statement cost PostgreSQL ~40 us of CPU per delivery (README "Benchmark")."""
-    if not isinstance(db, pw.PostgresqlDatabase):
+    """On PostgreSQL, inserts the rows as `insert` does and returns `returning` of each row
+    it inserted; None on SQLite, where the caller looks the rows up instead. Looking the new
+    rows' keys up with a second statement cost PostgreSQL ~40 us of CPU per delivery
+    (README "Benchmark")."""
+    if not is_postgres(db):
         return None
     if not rows:
         return []
-    multi_row = _multi_row(sql)
-    assert multi_row is not None, sql
-    statement, template = multi_row
     cursor = db.cursor()  # type: ignore[no-untyped-call]
-    return list(
-        execute_values(
-            cursor,
-            f"{statement} RETURNING {returning}",
-            rows,
-            template=template,
-            page_size=len(rows),
-            fetch=True,
-        )
-    )
+    cursor.execute(f"{_postgres(spec)} RETURNING {returning}", _arrays(rows))
+    return list(cursor.fetchall())
 
 
-def _multi_row(sql: str) -> tuple[str, str] | None:
-    """A one-row `INSERT ... VALUES (?, ...)` (with `?` placeholders) as psycopg2's
-    execute_values wants it: the statement with `VALUES %s`, and the row's template; None
-    for a statement without VALUES."""
-    sql = sql.replace("?", "%s")
-    values = _VALUES.search(sql)
-    if values is None:
-        return None
-    return sql[: values.start()] + " VALUES %s" + sql[values.end() :], values.group(1)
+@functools.cache
+def _sqlite(spec: Insert) -> str:
+    return spec.sqlite()
+
+
+@functools.cache
+def _postgres(spec: Insert) -> str:
+    return spec.postgres()
+
+
+def _arrays(rows: Sequence[Sequence[object]]) -> list[list[object]]:
+    """The rows as one list per column."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def execute_many(db: pw.Database, text: str, rows: Sequence[Sequence[object]]) -> None:
+    """Runs `text` (with `?` placeholders) for every row in the current transaction: for a
+    few rows (psycopg sends them all in one round trip)."""
+    if rows:
+        db.cursor().executemany(sql(db, text), rows)  # type: ignore[no-untyped-call]
 
 
 def update_rows(
@@ -77,17 +102,17 @@ def update_rows(
     *,
     also: str = "",
 ) -> set[Any] | None:
-    """Sets `columns` (name, PostgreSQL type) of the rows whose `id` is each row's last
-    value; `also` is a constant assignment added to every row. When an id repeats, its
-    last row wins. PostgreSQL gets one UPDATE ... FROM (VALUES ...) for the batch: sent as
-    one statement per row (execute_batch), the server parsed and planned each, ~50 us more
-    of its CPU per row (README "Benchmark"). Returns the ids it found on PostgreSQL (their
-    rows now locked until the transaction ends), None on SQLite."""
+    """Sets `columns` (name, PostgreSQL type) of the rows whose `id` (text) is each row's
+    last value; `also` is a constant assignment added to every row. When an id repeats, its
+    last row wins. PostgreSQL gets one UPDATE ... FROM unnest(...) for the batch: sent as
+    one statement per row, the server parsed and planned each, ~50 us more of its CPU per
+    row (README "Benchmark"). Returns the ids it found on PostgreSQL (their rows now locked
+    until the transaction ends), None on SQLite."""
     if not rows:
-        return set() if isinstance(db, pw.PostgresqlDatabase) else None
+        return set() if is_postgres(db) else None
     cursor = db.cursor()  # type: ignore[no-untyped-call]
     extra = f", {also}" if also else ""
-    if not isinstance(db, pw.PostgresqlDatabase):
+    if not is_postgres(db):
         assignments = ", ".join(f"{name} = ?" for name, _ in columns)
         statement = f"UPDATE {table} SET {assignments}{extra} WHERE id = ?"  # noqa: S608
         cursor.executemany(statement, rows)
@@ -95,20 +120,18 @@ def update_rows(
     last = list({row[-1]: row for row in rows}.values())
     assignments = ", ".join(f"{name} = v.{name}" for name, _ in columns)
     names = ", ".join(name for name, _ in columns)
-    template = "(" + ", ".join(f"%s::{kind}" for _, kind in columns) + ", %s)"
+    arrays = ", ".join(f"%b::{kind}[]" for _, kind in (*columns, ("id", "text")))
     statement = (
         f"UPDATE {table} AS t SET {assignments}{extra}"  # noqa: S608 (names are constants)
-        f" FROM (VALUES %s) AS v ({names}, id) WHERE t.id = v.id RETURNING t.id"
+        f" FROM unnest({arrays}) AS v ({names}, id) WHERE t.id = v.id RETURNING t.id"
     )
-    found = execute_values(
-        cursor, statement, last, template=template, page_size=len(last), fetch=True
-    )
-    return {row[0] for row in found}
+    cursor.execute(statement, _arrays(last))
+    return {row[0] for row in cursor.fetchall()}
 
 
 def sql(db: pw.Database, text: str) -> str:
     """`text` with its `?` placeholders in the database's own style."""
-    return text.replace("?", "%s") if isinstance(db, pw.PostgresqlDatabase) else text
+    return text.replace("?", "%s") if is_postgres(db) else text
 
 
 def rows_in(

@@ -53,7 +53,11 @@ def open_database(url: str) -> pw.Database:
         )
     elif scheme in ("postgresql", "postgres"):
         params = parse(url)  # type: ignore[no-untyped-call]
-        db = PooledPostgresqlDatabase(params.pop("database"), **params, **POOL)  # type: ignore[no-untyped-call]
+        # psycopg 3: server-side parameters, binary arrays and prepared statements for the
+        # hot path's batches (service/store/bulk.py).
+        db = PooledPostgresqlDatabase(  # type: ignore[no-untyped-call]
+            params.pop("database"), **params, **POOL, prefer_psycopg3=True, prepare_threshold=None
+        )
     else:
         raise ValueError(f"unsupported database URL scheme {scheme!r}")
     database_proxy.initialize(db)

@@ -28,10 +28,23 @@ from service.store.tables import (
     SubscriptionRow,
 )
 
-_INSERT_ATTEMPT = (
-    "INSERT INTO attempts (id, delivery_id, attempt_number, trigger, started_at, latency_ms,"
-    " url, http_status, response_body, error_kind, error_message, outcome, next_attempt_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ATTEMPT = bulk.Insert(
+    "attempts",
+    (
+        ("id", "text"),
+        ("delivery_id", "text"),
+        ("attempt_number", "integer"),
+        ("trigger", "smallint"),
+        ("started_at", "timestamp"),
+        ("latency_ms", "integer"),
+        ("url", "text"),
+        ("http_status", "integer"),
+        ("response_body", "text"),
+        ("error_kind", "smallint"),
+        ("error_message", "text"),
+        ("outcome", "smallint"),
+        ("next_attempt_at", "timestamp"),
+    ),
 )
 # What an attempt changes of its delivery (bulk.update_rows), with PostgreSQL's types.
 _DELIVERY_ATTEMPTED = (
@@ -41,16 +54,39 @@ _DELIVERY_ATTEMPTED = (
     ("last_attempt_at", "timestamp"),
     ("next_attempt_at", "timestamp"),
 )
-_INSERT_EVENT = (
-    "INSERT INTO events (tenant, event_id, type, source, subject, occurred_at, received_at, data)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+_INSERT_EVENT = bulk.Insert(
+    "events",
+    (
+        ("tenant", "text"),
+        ("event_id", "text"),
+        ("type", "text"),
+        ("source", "text"),
+        ("subject", "text"),
+        ("occurred_at", "timestamp"),
+        ("received_at", "timestamp"),
+        ("data", "bytea"),
+    ),
+    skip_conflicts=True,
 )
-_INSERT_DELIVERY = (
-    "INSERT INTO deliveries (id, tenant, subscription_id, event_id, event_type, status,"
-    " attempt_count, last_http_status, test, manual, created_at, next_attempt_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, 0, 0, FALSE, FALSE, ?, ?) ON CONFLICT DO NOTHING"
+_INSERT_DELIVERY = bulk.Insert(
+    "deliveries",
+    (
+        ("id", "text"),
+        ("tenant", "text"),
+        ("subscription_id", "text"),
+        ("event_id", "bigint"),
+        ("event_type", "text"),
+        ("status", "smallint"),
+        ("created_at", "timestamp"),
+        ("next_attempt_at", "timestamp"),
+    ),
+    (("attempt_count", "0"), ("last_http_status", "0"), ("test", "FALSE"), ("manual", "FALSE")),
+    skip_conflicts=True,
 )
-_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, value, created_at) VALUES (?, ?, ?, ?)"
+_INSERT_OUTBOX = bulk.Insert(
+    "outbox",
+    (("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("created_at", "timestamp")),
+)
 # Claims the oldest unclaimed (or abandoned) outbox rows; SKIP LOCKED keeps two
 # publishers from waiting on, or taking, the same rows.
 _CLAIM_OUTBOX = (
@@ -195,7 +231,7 @@ class DeliveryStore:
                         lease_end,
                     )
                 )
-            if bulk.execute_many(self._db, _INSERT_DELIVERY, rows) < len(rows):
+            if bulk.insert(self._db, _INSERT_DELIVERY, rows) < len(rows):
                 # Another instance stored some of these pairs a moment ago: it sends them.
                 stored = self._stored_ids([job.delivery_id for job in jobs])
                 jobs = [job for job in jobs if job.delivery_id in stored]
@@ -230,7 +266,7 @@ class DeliveryStore:
             known = {key for key in unique if key not in pks}
             pks.update(self._event_pks(known))
             return pks, known
-        inserted = bulk.execute_many(self._db, _INSERT_EVENT, rows)
+        inserted = bulk.insert(self._db, _INSERT_EVENT, rows)
         # Usually every event is new. Otherwise all of them are treated as known: looking
         # for existing deliveries of a fresh event finds none and costs one query.
         known = set(unique) if inserted < len(rows) else set()
@@ -390,9 +426,9 @@ class DeliveryStore:
                 else self._stored_ids(list({i.attempt.delivery_id for i in items}))
             )
             live = [i for i in items if i.attempt.delivery_id in alive]
-            bulk.execute_many(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
+            bulk.insert(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
             self._update_subscriptions([i for i in live if not i.attempt.test], now)
-            bulk.execute_many(
+            bulk.insert(
                 db,
                 _INSERT_OUTBOX,
                 [

@@ -1,13 +1,13 @@
 """Seeds the store with old history and future retries, straight through the database
 driver (a million rows through the ORM would take longer than the benchmark itself)."""
 
-import io
 import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import psycopg2
+import psycopg
 
 from tests.bench.e2e import LAYOUT
 
@@ -95,13 +95,14 @@ def _seed_sqlite(path: str, old: int, pending: int) -> None:
 def _seed_postgres(url: str, old: int, pending: int) -> None:
     parts = urlsplit(url)
     options = unquote(parts.query.removeprefix("options="))
-    db = psycopg2.connect(url.split("?")[0], options=options)
+    db = psycopg.connect(url.split("?")[0], options=options)
     try:
         with db, db.cursor() as cur:
             cur.execute("SELECT id, tenant FROM subscriptions")
             subscriptions = cur.fetchall()
             cur.execute("SELECT COALESCE(MAX(id), 0) FROM events")
-            first = cur.fetchone()[0] + 1
+            (last,) = cur.fetchone() or (0,)
+            first = last + 1
             events, deliveries = _rows(subscriptions, old, pending, first)
             _copy(
                 cur,
@@ -119,14 +120,8 @@ def _seed_postgres(url: str, old: int, pending: int) -> None:
 
 
 def _copy(
-    cur: psycopg2.extensions.cursor, table: str, columns: str, rows: list[tuple[object, ...]]
+    cur: psycopg.Cursor[Any], table: str, columns: str, rows: list[tuple[object, ...]]
 ) -> None:
-    def cell(value: object) -> str:
-        if value is None:
-            return r"\N"
-        if isinstance(value, bytes):
-            return "\\\\x" + value.hex()
-        return str(value)
-
-    text = "\n".join("\t".join(cell(v) for v in row) for row in rows) + "\n"
-    cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.StringIO(text))
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
