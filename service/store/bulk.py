@@ -14,7 +14,9 @@ from service.store.database import is_postgres
 @dataclass(frozen=True)
 class Insert:
     """A multi-row INSERT: each row gives `columns` (name, PostgreSQL type) in order, and
-    `constants` (name, SQL literal) are the same for every row."""
+    `constants` (name, SQL literal) are the same for every row. The types must be the
+    columns' own: without constants or conflicts to skip, PostgreSQL gets the rows by binary
+    COPY, which converts nothing."""
 
     table: str
     columns: tuple[tuple[str, str], ...]
@@ -52,8 +54,16 @@ def insert(db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]]) -> i
     if not is_postgres(db):
         cursor.executemany(_sqlite(spec), rows)
         return int(cursor.rowcount)
-    cursor.execute(_postgres(spec), _arrays(rows))
-    return int(cursor.rowcount)
+    if spec.skip_conflicts or spec.constants:
+        cursor.execute(_postgres(spec), _arrays(rows))
+        return int(cursor.rowcount)
+    # COPY, binary: each row formatted in psycopg's C code; the server spent ~3 us less per
+    # attempt row than on the same rows through unnest (README "Benchmark").
+    with cursor.copy(_copy(spec)) as copy:
+        copy.set_types([kind for _, kind in spec.columns])
+        for row in rows:
+            copy.write_row(row)
+    return len(rows)
 
 
 def insert_returning(
@@ -80,6 +90,12 @@ def _sqlite(spec: Insert) -> str:
 @functools.cache
 def _postgres(spec: Insert) -> str:
     return spec.postgres()
+
+
+@functools.cache
+def _copy(spec: Insert) -> str:
+    names = ", ".join(name for name, _ in spec.columns)
+    return f"COPY {spec.table} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
 def _arrays(rows: Sequence[Sequence[object]]) -> list[list[object]]:
