@@ -35,7 +35,12 @@ def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path) -> None:
         assert throughput["ratio"] == throughput["deliveries_per_s"] / throughput["reference"]
     assert report["latency"]["p99_ms"] > 0
     assert report["latency"]["broker_floor"]["p99_ms"] > 0
-    assert report["backlog"]["deliveries_per_s"] > 0
+    backlog = report["backlog"]
+    assert backlog["deliveries_per_s"] > 0
+    # Paired as the empty store's runs are: compared as ratios to their own references.
+    assert len(backlog["ratios"]) == len(backlog["references"]) == 1
+    assert backlog["ratio"] == backlog["deliveries_per_s"] / backlog["reference"]
+    assert "ratio over the empty store's" in done.stdout
     assert all(report["grpc"]["service"][call] > 0 for call in ("create", "get", "list50"))
     assert "end to end sqlite" in done.stdout and "gRPC get" in done.stdout
 
