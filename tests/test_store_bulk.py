@@ -5,7 +5,7 @@ from datetime import datetime
 
 import peewee as pw
 
-from service.store import bulk
+from service.store import bulk, tables
 from service.store.database import open_database
 from service.store.migrations import migrate
 
@@ -176,5 +176,25 @@ def test_insert_returning_gives_the_rows_it_inserted_on_postgres(database_url: s
         assert [tuple(r) for r in rows] == (
             expected if isinstance(db, pw.PostgresqlDatabase) else [("old", "first")]
         )
+    finally:
+        db.close()
+
+
+def test_a_moment_is_stored_as_the_datetime_itself_would_be(database_url: str) -> None:
+    db = open_database(database_url)
+    db.connect()
+    try:
+        migrate(db)
+        when = datetime(2026, 3, 4, 5, 6, 7, 890123)
+        with db.atomic():
+            bulk.insert(
+                db, EVENT_TYPES, [("as-is", "", when), ("moment", "", bulk.moment(db, when))]
+            )
+        rows = db.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT created_at FROM event_types ORDER BY name"
+        ).fetchall()
+        assert rows[0] == rows[1]  # the same text on SQLite, the same timestamp on PostgreSQL
+        stored = tables.EventTypeRow.get(tables.EventTypeRow.name == "moment").created_at
+        assert stored == when
     finally:
         db.close()

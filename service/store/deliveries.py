@@ -211,6 +211,7 @@ class DeliveryStore:
                 events, subscriptions, required_scopes, unix_time(lease_end), ahead
             )
             pending = int(DeliveryStatus.PENDING)
+            created, leased = bulk.moment(self._db, now), bulk.moment(self._db, lease_end)
             jobs: list[Job] = []
             rows: list[tuple[object, ...]] = []
             for job in planned:
@@ -227,8 +228,8 @@ class DeliveryStore:
                         event_pk,
                         job.event_type,
                         pending,
-                        now,
-                        lease_end,
+                        created,
+                        leased,
                     )
                 )
             if bulk.insert(self._db, _INSERT_DELIVERY, rows) < len(rows):
@@ -256,8 +257,9 @@ class DeliveryStore:
         """The row id of every event, inserting those not stored yet; and which may have been
         stored before (a re-consumed batch, or another instance a moment ago)."""
         unique = {(e.tenant, e.id): e for e in events}
+        received = bulk.moment(self._db, now)
         rows = [
-            (e.tenant, e.id, e.type, e.source, e.subject, e.time, now, e.data)
+            (e.tenant, e.id, e.type, e.source, e.subject, e.time, received, e.data)
             for e in unique.values()
         ]
         returned = bulk.insert_returning(self._db, _INSERT_EVENT, rows, "id, tenant, event_id")
@@ -400,6 +402,7 @@ class DeliveryStore:
         db = self._db
         with db.atomic():
             now = utcnow()
+            stamp = bulk.moment(db, now)
             # First, so a delivery deleted meanwhile shows (its update finds no row) and the
             # rest stay (PostgreSQL locks them) while their attempts are inserted.
             found = bulk.update_rows(
@@ -411,7 +414,7 @@ class DeliveryStore:
                         int(_STATUS[i.attempt.outcome]),
                         i.attempt.attempt_number,
                         i.attempt.http_status,
-                        now,
+                        stamp,
                         i.attempt.next_attempt_time,
                         i.attempt.delivery_id,
                     )
@@ -432,7 +435,7 @@ class DeliveryStore:
                 db,
                 _INSERT_OUTBOX,
                 [
-                    (i.audit_topic, i.audit_key, i.audit_value, now)
+                    (i.audit_topic, i.audit_key, i.audit_value, stamp)
                     for i in live
                     if i.attempt.attempt_id not in audited
                 ],
