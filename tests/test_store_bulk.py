@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import peewee as pw
+import psycopg
 import pytest
 
 from service.store import bulk, tables
@@ -178,3 +179,26 @@ def test_a_moment_is_stored_as_the_datetime_itself_would_be(db: pw.Database) -> 
     assert rows[0] == rows[1]  # the same text on SQLite, the same timestamp on PostgreSQL
     stored = tables.EventTypeRow.get(tables.EventTypeRow.name == "moment").created_at
     assert stored == when
+
+
+@pytest.mark.postgres
+def test_postgres_statements_are_never_prepared(postgres_url: str) -> None:
+    """A prepared statement's generic plan, made while a table was nearly empty, kept a
+    sequential scan for every attempt batch (README "Benchmark")."""
+    db = open_database(postgres_url)
+    db.connect()
+    try:
+        migrate(db)
+        now = datetime(2026, 1, 1)
+        for n in range(8):  # psycopg would prepare from the fifth run on by default
+            with db.atomic():
+                bulk.insert(db, EVENT_TYPES, [(f"type-{n}", "", now)])
+                list(bulk.rows_in(db, "SELECT name FROM event_types WHERE name IN ({})", ["x"]))
+        prepared = db.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT count(*) FROM pg_prepared_statements"
+        ).fetchone()[0]
+        assert prepared == 0
+        connection = db.connection()  # type: ignore[no-untyped-call]
+        assert isinstance(connection, psycopg.Connection)  # psycopg 3
+    finally:
+        db.close()

@@ -53,8 +53,9 @@ def open_database(url: str) -> pw.Database:
         )
     elif scheme in ("postgresql", "postgres"):
         params = parse(url)  # type: ignore[no-untyped-call]
-        # psycopg 3: server-side parameters, binary arrays and prepared statements for the
-        # hot path's batches (service/store/bulk.py).
+        # psycopg 3: binary parameters and COPY for the hot path's batches (bulk.py). No
+        # prepared statements: a generic plan made while a table was nearly empty stayed,
+        # a sequential scan per attempt batch (README "Benchmark").
         db = PooledPostgresqlDatabase(  # type: ignore[no-untyped-call]
             params.pop("database"), **params, **POOL, prefer_psycopg3=True, prepare_threshold=None
         )
