@@ -202,3 +202,26 @@ def test_postgres_statements_are_never_prepared(postgres_url: str) -> None:
         assert isinstance(connection, psycopg.Connection)  # psycopg 3
     finally:
         db.close()
+
+
+def test_driver_errors_come_out_as_peewee_errors(db: pw.Database) -> None:
+    """The runner turns peewee's OperationalError into Unavailable; bulk's statements use
+    the driver's cursor, so its errors must come out as peewee's too."""
+    every_column = bulk.Insert(
+        "event_types",
+        (
+            *((name, "text") for name in ("name", "description", "required_scope")),
+            *((name, "text") for name in ("json_schema", "example_json")),
+            ("created_at", "timestamp"),
+            ("updated_at", "timestamp"),
+        ),
+    )
+    now = datetime(2026, 1, 1)
+    row = ("same", "", "", "", "", now, now)
+    with pytest.raises(pw.IntegrityError), db.atomic():
+        bulk.insert(db, every_column, [row, row])  # binary COPY on PostgreSQL
+    missing = bulk.Insert("no_such_table", (("name", "text"),), skip_conflicts=True)
+    with pytest.raises((pw.OperationalError, pw.ProgrammingError)), db.atomic():
+        bulk.insert(db, missing, [("x",)])
+    with pytest.raises((pw.OperationalError, pw.ProgrammingError)), db.atomic():
+        bulk.update_rows(db, "no_such_table", (("name", "text"),), [("x", "id")])

@@ -2,14 +2,30 @@
 the HTTP request it records (see README "Benchmark")."""
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import peewee as pw
 
 from service.store.database import is_postgres
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _driver_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """The driver's errors as peewee's, as peewee raises them for its own statements: these
+    functions use the driver's cursor directly, and the store runner turns peewee's
+    OperationalError and InterfaceError into Unavailable."""
+
+    @functools.wraps(fn)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        with pw.__exception_wrapper__:  # type: ignore[attr-defined]
+            return fn(*args, **kwargs)
+
+    return translated
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,7 @@ class Insert:
         )
 
 
+@_driver_errors
 def insert(db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]]) -> int:
     """Inserts the rows in the current transaction; returns how many it inserted."""
     if not rows:
@@ -67,6 +84,7 @@ def insert(db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]]) -> i
     return len(rows)
 
 
+@_driver_errors
 def insert_returning(
     db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]], returning: str
 ) -> list[tuple[Any, ...]] | None:
@@ -111,6 +129,7 @@ def _arrays(rows: Sequence[Sequence[object]]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+@_driver_errors
 def execute_many(db: pw.Database, text: str, rows: Sequence[Sequence[object]]) -> None:
     """Runs `text` (with `?` placeholders) for every row in the current transaction: for a
     few rows (psycopg sends them all in one round trip)."""
@@ -118,6 +137,7 @@ def execute_many(db: pw.Database, text: str, rows: Sequence[Sequence[object]]) -
         db.cursor().executemany(sql(db, text), rows)  # type: ignore[no-untyped-call]
 
 
+@_driver_errors
 def update_rows(
     db: pw.Database,
     table: str,
