@@ -41,26 +41,38 @@ class Insert:
     # ON CONFLICT DO NOTHING: rows that would collide are skipped, not an error.
     skip_conflicts: bool = False
 
-    def sqlite(self) -> str:
+    # Each statement is built once per spec (the specs are module constants): a frozen
+    # dataclass takes cached_property, which writes to the instance's __dict__ directly.
+    @functools.cached_property
+    def _into(self) -> str:
         names = ", ".join(name for name, _ in (*self.columns, *self.constants))
-        values = ", ".join(["?"] * len(self.columns) + [value for _, value in self.constants])
-        conflict = " ON CONFLICT DO NOTHING" if self.skip_conflicts else ""
-        return f"INSERT INTO {self.table} ({names}) VALUES ({values}){conflict}"  # noqa: S608
+        return f"INSERT INTO {self.table} ({names})"
 
+    @functools.cached_property
+    def _conflict(self) -> str:
+        return " ON CONFLICT DO NOTHING" if self.skip_conflicts else ""
+
+    @functools.cached_property
+    def sqlite(self) -> str:
+        values = ", ".join(["?"] * len(self.columns) + [value for _, value in self.constants])
+        return f"{self._into} VALUES ({values}){self._conflict}"
+
+    @functools.cached_property
     def postgres(self) -> str:
         """One short statement for any number of rows, each column one array parameter, the
         values in binary. As a VALUES list quoted on the client (psycopg2's
         execute_values), the client spent ~1 us per value and the server parsed every value
         of every batch: the delivery INSERT cost it 24.5 against 11 us a row (README
         "Benchmark")."""
-        names = ", ".join(name for name, _ in (*self.columns, *self.constants))
         arrays = ", ".join(f"%b::{kind}[]" for _, kind in self.columns)
         extra = "".join(f", {value}" for _, value in self.constants)
-        conflict = " ON CONFLICT DO NOTHING" if self.skip_conflicts else ""
-        return (
-            f"INSERT INTO {self.table} ({names})"  # noqa: S608 (names are constants)
-            f" SELECT *{extra} FROM unnest({arrays}){conflict}"
-        )
+        return f"{self._into} SELECT *{extra} FROM unnest({arrays}){self._conflict}"  # noqa: S608
+
+    @functools.cached_property
+    def copy(self) -> str:
+        """Binary COPY of `columns`: for specs without constants or conflicts to skip."""
+        names = ", ".join(name for name, _ in self.columns)
+        return f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
 @_driver_errors
@@ -70,14 +82,14 @@ def insert(db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]]) -> i
         return 0
     cursor = db.cursor()  # type: ignore[no-untyped-call]
     if not is_postgres(db):
-        cursor.executemany(_sqlite(spec), rows)
+        cursor.executemany(spec.sqlite, rows)
         return int(cursor.rowcount)
     if spec.skip_conflicts or spec.constants:
-        cursor.execute(_postgres(spec), _arrays(rows))
+        cursor.execute(spec.postgres, _arrays(rows))
         return int(cursor.rowcount)
     # COPY, binary: each row formatted in psycopg's C code; the server spent ~3 us less per
     # attempt row than on the same rows through unnest (README "Benchmark").
-    with cursor.copy(_copy(spec)) as copy:
+    with cursor.copy(spec.copy) as copy:
         copy.set_types([kind for _, kind in spec.columns])
         for row in rows:
             copy.write_row(row)
@@ -97,24 +109,8 @@ def insert_returning(
     if not rows:
         return []
     cursor = db.cursor()  # type: ignore[no-untyped-call]
-    cursor.execute(f"{_postgres(spec)} RETURNING {returning}", _arrays(rows))
+    cursor.execute(f"{spec.postgres} RETURNING {returning}", _arrays(rows))
     return list(cursor.fetchall())
-
-
-@functools.cache
-def _sqlite(spec: Insert) -> str:
-    return spec.sqlite()
-
-
-@functools.cache
-def _postgres(spec: Insert) -> str:
-    return spec.postgres()
-
-
-@functools.cache
-def _copy(spec: Insert) -> str:
-    names = ", ".join(name for name, _ in spec.columns)
-    return f"COPY {spec.table} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
 def moment(db: pw.Database, value: datetime) -> datetime | str:
