@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint test test-fast bench run demo up down clean
+.PHONY: install test-deps proto lint test test-fast bench run demo up down clean
 
 install: $(STAMP)
 
@@ -14,6 +14,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Beside Python, the tests and the benchmark run their own PostgreSQL server from Debian's
+# binaries: installed here when missing (as root), unless WEBHOOKS_TEST_DATABASE_URL names a
+# server to use instead.
+test-deps:
+	@if [ -z "$$WEBHOOKS_TEST_DATABASE_URL" ] && ! ls /usr/lib/postgresql/*/bin/postgres \
+			>/dev/null 2>&1 && ! command -v postgres >/dev/null; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make: the tests need PostgreSQL's server: apt-get install postgresql" \
+				"(as root), or set WEBHOOKS_TEST_DATABASE_URL" >&2; \
+			exit 1; \
+		fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	fi
 
 # Regenerates the committed stubs from protos/ (tests/test_generated.py runs
 # this into a scratch PROTO_OUT and fails on any difference).
@@ -33,15 +47,15 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) test-deps
 	$(PY) -m pytest -m "not slow"
 
 # The benchmark (README "Benchmark"): under 10 minutes, prints a table and writes
 # bench-results.json. BENCH_ARGS=--smoke for a quick run.
-bench: $(STAMP)
+bench: $(STAMP) test-deps
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
 # The embedded default: SQLite, a generated development API key, no Docker.

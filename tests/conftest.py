@@ -1,8 +1,10 @@
-"""Shared fixtures: real servers on real ports, over SQLite files and the local PostgreSQL."""
+"""Shared fixtures: real servers on real ports, over SQLite files and the suite's PostgreSQL."""
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,42 @@ import pytest
 from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
 from service.config import Settings
 from tests.pipeline_support import Receiver, Record, new_topic, pipeline_env, produce
+from tests.postgres_server import URL_VARIABLE, MissingPostgres, own_server
 from tests.support import Api, ServerThread, base_env, postgres_schema
 from webhooks.v1 import webhook_service_pb2 as pb
 
+POSTGRES_REPORT = pytest.StashKey[str]()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The database the PostgreSQL tests make their schemas in: WEBHOOKS_TEST_DATABASE_URL's,
+    else one on the suite's own server, started at first use and stopped at the end."""
+    if given := os.environ.get(URL_VARIABLE):
+        request.config.stash[POSTGRES_REPORT] = f"PostgreSQL: {URL_VARIABLE}"
+        yield given
+        return
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(own_server())
+        except MissingPostgres as error:
+            pytest.fail(str(error), pytrace=False)
+        request.config.stash[POSTGRES_REPORT] = (
+            f"PostgreSQL: own server on 127.0.0.1:{server.port}, initdb "
+            f"{server.initdb_seconds:.2f} s, start {server.start_seconds:.2f} s"
+        )
+        yield server.url
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if report := config.stash.get(POSTGRES_REPORT, None):
+        terminalreporter.write_line(report)
+
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh schema in the `test` database, dropped afterwards."""
-    with postgres_schema() as url:
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh schema in the suite's `test` database, dropped afterwards."""
+    with postgres_schema(postgres_server_url) as url:
         yield url
 
 

@@ -30,9 +30,6 @@ from service.domain.access import hash_key, new_api_key
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
-POSTGRES_URL = os.environ.get(
-    "WEBHOOKS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 CATALOG = Path(__file__).parent.parent / "service" / "dev_catalog.json"
 
 # name -> (tenant, scopes); one key each, generated per test session.
@@ -82,14 +79,15 @@ def base_env(tmp_path: Path, database_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def postgres_schema(prefix: str = "t") -> Iterator[str]:
-    """A database URL whose search path is a fresh schema of `test`, dropped afterwards."""
+def postgres_schema(server_url: str, prefix: str = "t") -> Iterator[str]:
+    """A database URL whose search path is a fresh schema of `server_url`'s database, dropped
+    afterwards."""
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(POSTGRES_URL, autocommit=True)
+    admin = psycopg.connect(server_url, autocommit=True)
     with admin.cursor() as cur:
         cur.execute(f"CREATE SCHEMA {schema}")
     try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        yield f"{server_url}?options=-csearch_path%3D{schema}"
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP SCHEMA {schema} CASCADE")

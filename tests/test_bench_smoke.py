@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +10,18 @@ from pathlib import Path
 import pytest
 
 from tests.bench.__main__ import later_events
+from tests.postgres_server import URL_VARIABLE
 
 ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.slow
-def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path) -> None:
+def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path, postgres_server_url: str) -> None:
     output = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench", "--smoke", "--output", str(output)],
         cwd=ROOT,
+        env={**os.environ, URL_VARIABLE: postgres_server_url},  # the suite's server, not another
         capture_output=True,
         text=True,
         timeout=300,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka.embedded import free_port
+from tests import postgres_server
 from tests.bench import backlog, ceilings, e2e, grpc_calls
 from tests.support import postgres_schema
 
@@ -238,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             report["later_events"] = events
             args = argparse.Namespace(**{**vars(args), "events": events})
             if "postgres" not in args.skip:
-                with postgres_schema("bench") as url_pg:
+                with (
+                    postgres_server.database_url() as server_url,
+                    postgres_schema(server_url, "bench") as url_pg,
+                ):
                     report["postgres"] = pipeline_runs(
                         "postgres", url_pg, args, receiver, work, reference
                     )
