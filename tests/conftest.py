@@ -34,7 +34,11 @@ def postgres_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
         try:
             server = stack.enter_context(own_server())
         except MissingPostgres as error:
-            pytest.fail(str(error), pytrace=False)
+            missing = str(error)
+        else:
+            missing = ""
+        if missing:
+            pytest.fail(missing, pytrace=False)
         request.config.stash[POSTGRES_REPORT] = (
             f"PostgreSQL: own server on 127.0.0.1:{server.port}, initdb "
             f"{server.initdb_seconds:.2f} s, start {server.start_seconds:.2f} s"

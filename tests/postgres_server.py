@@ -40,18 +40,18 @@ class MissingPostgres(RuntimeError):
     """No server binaries here and no URL given."""
 
 
-def server_bindir() -> Path:
+def server_bindir(debian: Path = Path("/usr/lib/postgresql")) -> Path:
     """Where initdb and postgres are: on PATH, else Debian's newest /usr/lib/postgresql/N/bin."""
     on_path = shutil.which("initdb")
     if on_path and shutil.which("postgres"):
         return Path(on_path).resolve().parent
-    debian = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+    versions = sorted(
+        debian.glob("*/bin/postgres"),
         key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
     )
-    if not debian:
+    if not versions:
         raise MissingPostgres(MISSING)
-    return debian[-1].parent
+    return versions[-1].parent
 
 
 def _owner() -> dict[str, Any]:
