@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # server to use instead.
 test-deps:
 	@if [ -z "$$WEBHOOKS_TEST_DATABASE_URL" ] && ! ls /usr/lib/postgresql/*/bin/postgres \
-			>/dev/null 2>&1 && ! command -v postgres >/dev/null; then \
+			>/dev/null 2>&1 && ! { command -v initdb && command -v postgres; } >/dev/null; then \
 		if [ "$$(id -u)" != 0 ]; then \
 			echo "make: the tests need PostgreSQL's server: apt-get install postgresql" \
 				"(as root), or set WEBHOOKS_TEST_DATABASE_URL" >&2; \

@@ -1,7 +1,6 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the suite's PostgreSQL."""
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -14,8 +13,8 @@ import pytest
 
 from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
 from service.config import Settings
+from tests import postgres_server
 from tests.pipeline_support import Receiver, Record, new_topic, pipeline_env, produce
-from tests.postgres_server import URL_VARIABLE, MissingPostgres, own_server
 from tests.support import Api, ServerThread, base_env, postgres_schema
 from webhooks.v1 import webhook_service_pb2 as pb
 
@@ -26,24 +25,17 @@ POSTGRES_REPORT = pytest.StashKey[str]()
 def postgres_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The database the PostgreSQL tests make their schemas in: WEBHOOKS_TEST_DATABASE_URL's,
     else one on the suite's own server, started at first use and stopped at the end."""
-    if given := os.environ.get(URL_VARIABLE):
-        request.config.stash[POSTGRES_REPORT] = f"PostgreSQL: {URL_VARIABLE}"
-        yield given
-        return
     with ExitStack() as stack:
         try:
-            server = stack.enter_context(own_server())
-        except MissingPostgres as error:
+            database = stack.enter_context(postgres_server.database_url())
+        except postgres_server.MissingPostgres as error:
             missing = str(error)
         else:
             missing = ""
-        if missing:
+        if missing:  # outside the except block: one line, without the chained exception
             pytest.fail(missing, pytrace=False)
-        request.config.stash[POSTGRES_REPORT] = (
-            f"PostgreSQL: own server on 127.0.0.1:{server.port}, initdb "
-            f"{server.initdb_seconds:.2f} s, start {server.start_seconds:.2f} s"
-        )
-        yield server.url
+        request.config.stash[POSTGRES_REPORT] = database.origin
+        yield database.url
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

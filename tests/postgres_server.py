@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -79,7 +79,14 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        return self._url(DATABASE)
+
+    @property
+    def admin_url(self) -> str:
+        return self._url("postgres")
+
+    def _url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     @property
     def log(self) -> Path:
@@ -134,10 +141,6 @@ class PostgresServer:
                 time.sleep(0.05)
         self.start_seconds = time.monotonic() - began
 
-    @property
-    def admin_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
     def stop(self, mode: str = "fast", wait_seconds: float = 30.0) -> None:
         """Signals the postmaster by its pid as `pg_ctl stop -m mode` would; SIGKILL if it
         outlives `wait_seconds`."""
@@ -168,12 +171,21 @@ def own_server() -> Iterator[PostgresServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+class Database(NamedTuple):
+    url: str
+    origin: str  # one line for the test summary: which server, and its start time
+
+
 @contextmanager
-def database_url() -> Iterator[str]:
-    """The URL of a database the suite may make schemas in: WEBHOOKS_TEST_DATABASE_URL's when
-    set, else a database on a server of its own, started here and stopped afterwards."""
+def database_url() -> Iterator[Database]:
+    """A database the suite may make schemas in: WEBHOOKS_TEST_DATABASE_URL's when set, else
+    one on a server of its own, started here and stopped afterwards."""
     if given := os.environ.get(URL_VARIABLE):
-        yield given
+        yield Database(given, f"PostgreSQL: {URL_VARIABLE}")
         return
     with own_server() as server:
-        yield server.url
+        yield Database(
+            server.url,
+            f"PostgreSQL: own server on 127.0.0.1:{server.port}, initdb "
+            f"{server.initdb_seconds:.2f} s, start {server.start_seconds:.2f} s",
+        )

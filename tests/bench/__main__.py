@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             args = argparse.Namespace(**{**vars(args), "events": events})
             if "postgres" not in args.skip:
                 with (
-                    postgres_server.database_url() as server_url,
-                    postgres_schema(server_url, "bench") as url_pg,
+                    postgres_server.database_url() as database,
+                    postgres_schema(database.url, "bench") as url_pg,
                 ):
                     report["postgres"] = pipeline_runs(
                         "postgres", url_pg, args, receiver, work, reference
