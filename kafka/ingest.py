@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -20,8 +21,19 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """A batch's events and deliveries are stored: `hand_off` gives its jobs to the dispatcher;
+    `refused` are the positions of the events the store would not take, and why."""
+
+    hand_off: Callable[[], Awaitable[None]]
+    refused: Sequence[tuple[int, EventRejected]] = ()
+
+
 # Stores the batch's events and deliveries in one transaction.
-StoreBatch = Callable[[list[Event]], Awaitable[Callable[[], Awaitable[None]]]]
+StoreBatch = Callable[[list[Event]], Awaitable[StoredBatch]]
+DeadLetter = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 # Batches stored at once: one is written while the next is fetched and decoded.
 MAX_IN_FLIGHT = 2
 # At most one offset commit per this long: a commit per batch was a broker request per
@@ -140,16 +152,21 @@ class IngestConsumer:
             await self._settle(keep=0)
             return 0
         events: list[Event] = []
-        dead: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        sources: list[ConsumerRecord] = []
+        dead: list[DeadLetter] = []
         offsets: dict[TopicPartition, int] = {}
         for partition, records in batches.items():
             for record in records:
-                self._take(record, events, dead)
+                try:
+                    events.append(self._decode(record))
+                except EventRejected as rejected:
+                    dead.append(self._dead_letter(record, rejected))
+                else:
+                    sources.append(record)
             offsets[partition] = records[-1].offset + 1
-        self._metrics.events_consumed.labels("accepted", "").inc(len(events))
         if dead:
             await self._producer.send_all(dead)
-        self._in_flight.append((asyncio.ensure_future(self._store(events)), offsets))
+        self._in_flight.append((asyncio.ensure_future(self._store(events, sources)), offsets))
         await self._settle(keep=MAX_IN_FLIGHT - 1)
         for partition in offsets:
             end = self._consumer.highwater(partition)
@@ -168,10 +185,16 @@ class IngestConsumer:
             idle = self._fetch_max_wait_ms
             fetcher._fetch_max_wait_ms = min(FLOWING_FETCH_WAIT_MS, idle) if flowing else idle
 
-    async def _store(self, events: list[Event]) -> None:
-        hand_off = await self._store_batch(events)
+    async def _store(self, events: list[Event], sources: list[ConsumerRecord]) -> None:
+        stored = await self._store_batch(events)
+        self._metrics.events_consumed.labels("accepted", "").inc(len(events) - len(stored.refused))
+        if stored.refused:
+            # Before the batch counts as stored, so before its offsets are committed.
+            await self._producer.send_all(
+                [self._dead_letter(sources[index], why) for index, why in stored.refused]
+            )
         # Stored: waiting for the hand-off is the backpressure when the dispatcher is full.
-        await hand_off()
+        await stored.hand_off()
 
     async def _settle(self, keep: int) -> None:
         """Hands the offsets of stored batches at the head to the committer, waiting for the
@@ -233,47 +256,38 @@ class IngestConsumer:
                 if partition in ours:
                     self._to_commit.setdefault(partition, offset)
 
-    def _take(self, record: ConsumerRecord, events: list[Event], dead: list) -> None:  # type: ignore[type-arg]
-        headers = [(k, v if v is not None else b"") for k, v in (record.headers or ())]
-        try:
-            event = self._decode(record, headers)
-        except EventRejected as rejected:
-            self._metrics.events_consumed.labels("dead_lettered", rejected.reason).inc()
-            log.info(
-                "event dead-lettered",
-                extra={
-                    "reason": rejected.reason,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
-            )
-            value = record.value if record.value is not None else b""
-            dead.append(
-                (
-                    topics.DEAD_LETTER_TOPIC,
-                    record.key,
-                    value,
-                    dead_letter_headers(
-                        headers,
-                        rejected.reason,
-                        rejected.message,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                    ),
-                )
-            )
-            return
-        events.append(event)
+    def _dead_letter(self, record: ConsumerRecord, rejected: EventRejected) -> DeadLetter:
+        self._metrics.events_consumed.labels("dead_lettered", rejected.reason).inc()
+        log.info(
+            "event dead-lettered",
+            extra={
+                "reason": rejected.reason,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+        )
+        return (
+            topics.DEAD_LETTER_TOPIC,
+            record.key,
+            record.value if record.value is not None else b"",
+            dead_letter_headers(
+                _headers(record),
+                rejected.reason,
+                rejected.message,
+                record.topic,
+                record.partition,
+                record.offset,
+            ),
+        )
 
-    def _decode(self, record: ConsumerRecord, headers: list[tuple[str, bytes]]) -> Event:
+    def _decode(self, record: ConsumerRecord) -> Event:
         """The record's checked event, or EventRejected; a decoder bug is refused too, as
         DECODE_FAILED, because it must not block the partition."""
         try:
             event = decode_event(
                 record.value,
-                headers,
+                _headers(record),
                 default_tenant=self._default_tenant,
                 max_bytes=self._max_bytes,
             )
@@ -307,3 +321,7 @@ class IngestConsumer:
             consumer, self._consumer = self._consumer, None
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
+
+
+def _headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
+    return [(k, v if v is not None else b"") for k, v in (record.headers or ())]

@@ -12,7 +12,7 @@ from typing import Any
 
 from kafka import topics
 from kafka.codec import encode_attempt, event_to_proto
-from kafka.ingest import IngestConsumer
+from kafka.ingest import IngestConsumer, StoredBatch
 from kafka.outbox import AUDIT_HEADERS, OutboxPublisher
 from kafka.producer import Producer
 from service import runtime
@@ -29,8 +29,9 @@ from service.delivery.scheduler import RetryScheduler
 from service.delivery.worker import DeliveryWorker
 from service.domain.access import KeyEntry, parse_keys
 from service.domain.clock import utcnow
+from service.domain.event_rules import EVENT_ID_REUSED
 from service.domain.models import Event
-from service.errors import Unavailable
+from service.errors import Unavailable, invalid
 from service.metrics import Metrics, MetricsServer
 from service.store.checkpoint import Checkpointer
 from service.store.database import open_database, sqlite_path
@@ -215,7 +216,7 @@ class App:
         settings = self.settings
         self._producer = producer = Producer(settings.kafka_bootstrap_servers)
 
-        async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
+        async def store_batch(events: list[Event]) -> StoredBatch:
             assert self._dispatcher is not None
             dispatcher = self._dispatcher
             ahead = await self._planner.plan(events)
@@ -234,7 +235,10 @@ class App:
             ingested = await asyncio.shield(stored)
             created = len(ahead) - len(ingested.not_stored) + len(ingested.jobs)
             self.metrics.deliveries_created.inc(created)
-            return lambda: dispatcher.submit(ingested.jobs)
+            return StoredBatch(
+                lambda: dispatcher.submit(ingested.jobs),
+                [(index, EVENT_ID_REUSED) for index in ingested.reused_ids],
+            )
 
         self._consumer = IngestConsumer(
             bootstrap=settings.kafka_bootstrap_servers,
@@ -282,6 +286,9 @@ class App:
             raise Unavailable("Kafka is disabled on this instance")
         topic = self.settings.kafka_topics[0]
         value = event_to_proto(event).SerializeToString()
+        limit = self.settings.max_event_bytes
+        if len(value) > limit:  # ingest would dead-letter it: refuse it now instead
+            raise invalid("event.data", f"the event is {len(value)} bytes; the limit is {limit}")
         [(partition, offset)] = await self._producer.send_all(
             [(topic, event.id.encode(), value, [("content-type", b"application/x-protobuf")])]
         )

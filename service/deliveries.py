@@ -7,13 +7,13 @@ from datetime import datetime
 
 from service.catalog import EventTypeCheck
 from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
-from service.domain.access import Principal
+from service.domain.access import Principal, require_scope
 from service.domain.clock import utcnow
 from service.domain.deliveries import DeliveryFilter, DeliveryView
-from service.domain.event_rules import EventRejected, check_event
+from service.domain.event_rules import EVENT_ID_REUSED, EventRejected, check_event
 from service.domain.ids import new_id
 from service.domain.models import Event
-from service.errors import InvalidArgument, PermissionDenied, Unavailable, invalid
+from service.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unavailable, invalid
 from service.store.deliveries import DeliveryStore
 from service.store.event_types import EventTypeStore
 from service.store.runner import StoreRunner
@@ -117,6 +117,15 @@ class DeliveryService:
             check(event)
         except EventRejected as rejected:
             raise invalid_event(rejected) from None
+        # A key publishes only into the domains it may read: the type's subscribe scope.
+        if scope := check.required_scopes[event.type]:
+            require_scope(principal, scope)
+        if await self._run(self._store.reuses_id, event):
+            raise AlreadyExists(
+                EVENT_ID_REUSED.message,
+                reason=EVENT_ID_REUSED.reason,
+                metadata={"field": "event.id"},
+            )
         if self._publish is None:
             raise Unavailable("Kafka is disabled on this instance (WEBHOOKS_KAFKA_ENABLED=false)")
         return await self._publish(event)

@@ -1,10 +1,9 @@
 """The ingest consumer against the real broker: how long its fetches wait, flowing and idle."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from kafka.embedded import EmbeddedBroker
-from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer
+from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer, StoredBatch
 from kafka.producer import Producer
 from service.domain.models import Event
 from tests.pipeline_support import cloud_event, new_topic, produce, structured
@@ -24,13 +23,13 @@ def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_id
     topic = new_topic(broker.bootstrap)
     stored: list[Event] = []
 
-    async def store_batch(events: list[Event]) -> Callable[[], Awaitable[None]]:
+    async def store_batch(events: list[Event]) -> StoredBatch:
         stored.extend(events)
 
         async def hand_off() -> None:
             return None
 
-        return hand_off
+        return StoredBatch(hand_off)
 
     async def run() -> list[tuple[int, int]]:
         producer = Producer(broker.bootstrap)

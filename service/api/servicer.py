@@ -99,12 +99,15 @@ def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
-def _fingerprint(request: Any) -> str:
-    """Ties a request_id to the request's content (request_id itself excluded)."""
+def _fingerprint(request: Any, principal: Principal) -> str:
+    """Ties a request_id to the principal and the request's content (request_id excluded):
+    another caller replaying it gets REQUEST_ID_REUSED, never the first result."""
     copy = type(request)()
     copy.CopyFrom(request)
     copy.request_id = ""
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+    digest = hashlib.sha256(principal.name.encode() + b"\0")
+    digest.update(copy.SerializeToString(deterministic=True))
+    return digest.hexdigest()
 
 
 def _not_yet(rpc_name: str) -> NotImplementedYet:
@@ -146,7 +149,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         if request.verify_endpoint:
             raise _not_yet("verify_endpoint")
         spec = convert.spec_from_pb(request.subscription)
-        fingerprint = _fingerprint(request) if request.request_id else ""
+        fingerprint = _fingerprint(request, principal) if request.request_id else ""
         sub, secret = await self._run(
             self._subs.create, principal, spec, request.request_id, fingerprint
         )

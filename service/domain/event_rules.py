@@ -23,6 +23,14 @@ class EventRejected(Exception):
         self.message = message
 
 
+# (tenant, id) names one event: a copy may repeat it, never carry another type or other
+# data, or a retry of the first event's deliveries would send what its subscribers may not see.
+EVENT_ID_REUSED = EventRejected(
+    "EVENT_ID_REUSED",
+    "the id names a stored event of another type or with other data; give this event its own id",
+)
+
+
 def check_event(event: Event) -> None:
     """Raises EventRejected naming the first problem."""
     check_attributes(event)

@@ -2,9 +2,10 @@
 
 import json
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import peewee as pw
 
@@ -97,6 +98,7 @@ _CLAIM_OUTBOX = (
 _RELEASE_OUTBOX = "UPDATE outbox SET claimed_until = NULL WHERE id IN ({})"
 _OUTBOX_BATCH = "SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT ?"
 _EVENT_PKS = "SELECT id, event_id FROM events WHERE tenant = ? AND event_id IN ({})"
+_EVENT_CONTENTS = "SELECT event_id, type, data FROM events WHERE tenant = ? AND event_id IN ({})"
 _DELIVERY_PAIRS = "SELECT subscription_id, event_id FROM deliveries WHERE event_id IN ({})"
 # Per ingest batch: through the ORM, building the query and its rows took 8% of the
 # service's CPU at 1,000 events/s (make bench, latency).
@@ -166,10 +168,12 @@ class RecordedAttempt:
 @dataclass(frozen=True)
 class Ingested:
     """What an ingest transaction stored: jobs for the deliveries it created that were not
-    sent ahead, and the ids of the jobs sent ahead whose deliveries it did not store."""
+    sent ahead, the ids of the jobs sent ahead whose deliveries it did not store, and the
+    positions in the batch of the events refused because their id names another event."""
 
     jobs: list[Job]
     not_stored: frozenset[str]
+    reused_ids: tuple[int, ...] = ()
 
 
 class DeliveryStore:
@@ -203,12 +207,14 @@ class DeliveryStore:
         now = utcnow()
         with self._db.atomic():
             event_rows, known = self._insert_events(events, now)
-            subscriptions = self.matchers({e.tenant for e in events})
+            reused = self._reused_ids(events, known)
+            accepted = [e for i, e in enumerate(events) if i not in reused]
+            subscriptions = self.matchers({e.tenant for e in accepted})
             # Only events stored before (a re-consumed batch) can have deliveries already.
             existing = self._existing_pairs([event_rows[k] for k in known])
             lease_end = now + lease
             planned = fan_out.plan_jobs(
-                events, subscriptions, required_scopes, unix_time(lease_end), ahead
+                accepted, subscriptions, required_scopes, unix_time(lease_end), ahead
             )
             pending = int(DeliveryStatus.PENDING)
             created, leased = bulk.moment(self._db, now), bulk.moment(self._db, lease_end)
@@ -240,7 +246,28 @@ class DeliveryStore:
         return Ingested(
             [job for job in jobs if fan_out.pair(job) not in ahead],
             frozenset(job.delivery_id for job in sent_ahead if job.delivery_id not in kept),
+            tuple(sorted(reused)),
         )
+
+    def _reused_ids(self, events: Sequence[Event], known: set[tuple[str, str]]) -> set[int]:
+        """Positions of the events whose (tenant, id) is stored, or came earlier in the batch,
+        with another type or other data: an id names one event, so a copy may only repeat it
+        (a producer's retry, a re-consumed batch), never carry new content under it."""
+        stored = self._contents(known)
+        first: dict[tuple[str, str], tuple[str, bytes]] = {}
+        out = set()
+        for index, event in enumerate(events):
+            key = (event.tenant, event.id)
+            content = (event.type, event.data)
+            original = stored.get(key) or first.setdefault(key, content)
+            if content != original:
+                out.add(index)
+        return out
+
+    def reuses_id(self, event: Event) -> bool:
+        """Whether the event's id names a stored event of another type or with other data."""
+        stored = self._contents([(event.tenant, event.id)]).get((event.tenant, event.id))
+        return stored is not None and stored != (event.type, event.data)
 
     def unseen(self, events: Sequence[Event]) -> list[Event]:
         """The events not stored yet: only their deliveries may be sent ahead of the
@@ -256,7 +283,9 @@ class DeliveryStore:
     ) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
         """The row id of every event, inserting those not stored yet; and which may have been
         stored before (a re-consumed batch, or another instance a moment ago)."""
-        unique = {(e.tenant, e.id): e for e in events}
+        unique: dict[tuple[str, str], Event] = {}
+        for event in events:  # the first of an id is stored; a different later one is refused
+            unique.setdefault((event.tenant, event.id), event)
         received = bulk.moment(self._db, now)
         rows = [
             (e.tenant, e.id, e.type, e.source, e.subject, e.time, received, e.data)
@@ -275,15 +304,28 @@ class DeliveryStore:
         return self._event_pks(unique), known
 
     def _event_pks(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        return {(tenant, row[1]): row[0] for tenant, row in self._per_tenant(_EVENT_PKS, keys)}
+
+    def _contents(
+        self, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, bytes]]:
+        """The type and data of the stored events among `keys`."""
+        return {
+            (tenant, event_id): (type_, bytes(data))
+            for tenant, (event_id, type_, data) in self._per_tenant(_EVENT_CONTENTS, keys)
+        }
+
+    def _per_tenant(
+        self, query: str, keys: Iterable[tuple[str, str]]
+    ) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        """Rows of an events query by (tenant, event id) keys, one statement per tenant."""
         by_tenant: dict[str, list[str]] = {}
         for tenant, event_id in keys:
             by_tenant.setdefault(tenant, []).append(event_id)
-        out: dict[tuple[str, str], int] = {}
         for tenant, event_ids in by_tenant.items():
             # Both columns of the unique (tenant, event_id) index, so it is used.
-            rows = bulk.rows_in(self._db, _EVENT_PKS, event_ids, tenant)
-            out.update({(tenant, event_id): pk for pk, event_id in rows})
-        return out
+            for row in bulk.rows_in(self._db, query, event_ids, tenant):
+                yield tenant, row
 
     def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
         """The enabled subscriptions of the tenants, as matching needs them."""
@@ -344,7 +386,7 @@ class DeliveryStore:
                     subscription_id=row.subscription_id,
                     tenant=row.tenant,
                     event_id=event.event_id,
-                    event_type=row.event_type,
+                    event_type=event.type,
                     body=webhook_body(
                         event.event_id,
                         event.type,
