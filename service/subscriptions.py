@@ -9,7 +9,7 @@ from service.domain import event_patterns
 from service.domain.access import Principal, missing_subscribe_scopes, require_owner_or_admin
 from service.domain.models import EventType, Subscription, SubscriptionSpec
 from service.domain.signing_secrets import new_secret
-from service.domain.validation import merge_redacted, validate_subscription
+from service.domain.validation import merge_redacted, to_uri, validate_subscription
 from service.errors import FieldViolation, InvalidArgument, PermissionDenied, invalid
 from service.store.event_types import EventTypeStore
 from service.store.subscriptions import Change, SubscriptionStore
@@ -56,6 +56,7 @@ class SubscriptionService:
         request_hash: str = "",
     ) -> tuple[Subscription, str]:
         """Returns the new subscription and its secret (the only time the secret is shown)."""
+        spec = replace(spec, url=to_uri(spec.url))
         catalog = self._event_types.catalog()
         violations = self._violations(spec, catalog)
         if len(request_id) > MAX_REQUEST_ID:
@@ -98,6 +99,8 @@ class SubscriptionService:
             updates: dict[str, object] = {path: getattr(values, path) for path in mask}
             if "headers" in mask:
                 updates["headers"] = merge_redacted(values.headers, current.spec.headers)
+            if "url" in mask:
+                updates["url"] = to_uri(values.url)
             spec = replace(current.spec, **updates)  # type: ignore[arg-type]
             catalog = self._event_types.catalog()
             touched = tuple(f"subscription.{path}" for path in mask)

@@ -2,14 +2,24 @@
 a key reading or injecting data beyond its scopes, a stolen request_id, poisoned stored values,
 hostile schemas, page tokens, requests and response bodies (README "Security")."""
 
+import asyncio
+import ipaddress
 import json
+import socket
+import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import grpc
 
 from kafka import topics
-from kafka.codec import header
+from kafka.codec import encode_attempt, header
+from service.delivery.attempts import AttemptMaker, AttemptSettings
+from service.delivery.http import RESPONSE_BODY_LIMIT, HttpSender
+from service.domain.deliveries import Job, Target
+from service.domain.outcomes import AttemptResult, ErrorKind, Outcome, Trigger
+from service.store.deliveries import RecordedAttempt
 from tests.conftest import Pipeline
 from tests.pipeline_support import Receiver, cloud_event, read_topic, structured
 from tests.support import Api, expect_error
@@ -122,3 +132,128 @@ def test_a_request_id_replays_only_for_the_principal_that_sent_it(api: Api) -> N
         )
         assert details["reason"] == "REQUEST_ID_REUSED"
         assert first.secret not in json.dumps(details)
+
+
+def test_header_values_must_be_rfc9110_ascii_and_iris_become_uris(api: Api) -> None:
+    for value in ("José", " padded", "tab\tend\t", "", "a\x7fb"):
+        details = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT, api.create, headers={"X-Name": value}
+        )
+        assert "RFC 9110" in details["violations"]["subscription.headers['X-Name']"]
+    assert api.create(headers={"X-Name": "Jos\\u00e9 a\tb"}).subscription.headers
+
+    created = api.create(url="https://bücher.example/café?q=é#")
+    assert created.subscription.url == "https://xn--bcher-kva.example/caf%C3%A9?q=%C3%A9"
+    # Full-width digits and ideographic dots name the same address as their ASCII forms.
+    fullwidth = "".join(chr(0xFF10 + int(c)) if c.isdigit() else c for c in "10.0.0.1")
+    for literal in (
+        f"https://{fullwidth}/",
+        "https://10\u30020\u30020\u30021/",
+        "https://\u2460\u24ea.0.0.1/",
+    ):
+        details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.create, url=literal)
+        assert details["violations"]["subscription.url"], literal
+
+
+def _attempt_settings() -> AttemptSettings:
+    return AttemptSettings(
+        allow_http=True,
+        allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
+        timeout_seconds=5,
+        ca_file=None,
+        schedule=(0.1, 0.1),
+        jitter=0,
+        disable_after=timedelta(days=5),
+        audit_topic="audit",
+        encode_audit=encode_attempt,
+    )
+
+
+def _job(attempts_made: int) -> Job:
+    return Job(
+        delivery_id="msg_1",
+        subscription_id="sub_1",
+        tenant="acme",
+        event_id="e1",
+        event_type="person.created",
+        body=b"{}",
+        attempts_made=attempts_made,
+        trigger=Trigger.SCHEDULED,
+    )
+
+
+def _target(url: str, headers: dict[str, str]) -> Target:
+    return Target("sub_1", "acme", url, headers, (b"k" * 32,), 0, True, None)
+
+
+def test_a_request_that_cannot_be_made_is_a_failed_attempt_on_the_schedule(
+    receiver: Receiver,
+) -> None:
+    """Values stored before the create-time checks (a non-ASCII header or path) end FAILED
+    after the schedule, never an endless loop of unrecorded attempts."""
+
+    async def run() -> list[RecordedAttempt]:
+        maker = AttemptMaker(_attempt_settings())
+        try:
+            return [
+                await maker.make(_job(n), _target(url, headers))
+                for n, (url, headers) in enumerate(
+                    [
+                        (receiver.url("/ok"), {"X-Name": "José"}),
+                        (receiver.url("/café"), {}),
+                        (receiver.url("/ok"), {"X-Name": "José"}),
+                    ]
+                )
+            ]
+        finally:
+            await maker.close()
+
+    attempts = [r.attempt for r in asyncio.run(run())]
+    assert [a.error_kind for a in attempts] == [ErrorKind.INTERNAL] * 3
+    assert [a.outcome for a in attempts] == [
+        Outcome.RETRY_SCHEDULED,
+        Outcome.RETRY_SCHEDULED,
+        Outcome.FAILED,
+    ]
+    assert "UnicodeEncodeError" in attempts[0].error_message
+    assert not receiver.requests
+
+
+def test_a_huge_or_endless_response_body_is_cut_off_at_the_read_limit() -> None:
+    sent: list[int] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def endless() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+            chunk, total = b"x" * 65536, 0
+            try:
+                while total < 1 << 30:
+                    conn.sendall(chunk)
+                    total += len(chunk)
+            except OSError:
+                pass  # the client closed the connection
+            sent.append(total)
+
+    thread = threading.Thread(target=endless, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/big"
+
+    async def run() -> AttemptResult:
+        sender = HttpSender(
+            allow_http=True, allow_cidrs=[ipaddress.ip_network("127.0.0.0/8")], timeout_seconds=30
+        )
+        try:
+            return await sender.send(url, {}, b"{}")
+        finally:
+            await sender.close()
+
+    result = asyncio.run(run())
+    thread.join(30)
+    server.close()
+    assert result.http_status == 200 and result.error_kind == ErrorKind.NONE
+    assert len(result.response_body) == RESPONSE_BODY_LIMIT
+    # Socket buffers hold a few MB at most; reading to the end would have taken 1 GiB.
+    assert sent and sent[0] < 64 * 1024 * 1024

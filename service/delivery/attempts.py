@@ -2,6 +2,7 @@
 and to audit. Runs in the service process or in a delivery worker (service.delivery.worker)."""
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -13,10 +14,12 @@ from service.delivery.http import HttpSender
 from service.domain.clock import utcnow
 from service.domain.deliveries import AttemptRecord, Job, Target
 from service.domain.ids import new_id
-from service.domain.outcomes import AttemptResult, decide
+from service.domain.outcomes import AttemptResult, ErrorKind, decide
 from service.domain.signing import signature_header
 from service.domain.ssrf import IpNetwork
 from service.store.deliveries import RecordedAttempt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,19 @@ class AttemptMaker:
         """Starts the attempt; the future gets its RecordedAttempt. A plain call, not a
         coroutine: thousands a second, and a task for each cost more than its own work."""
         started = utcnow()
-        sent = self.begin(job, target)
+        try:
+            sent = self.begin(job, target)
+        except Exception as exc:
+            # Not the endpoint's doing, yet an attempt all the same: recorded as failed and
+            # retried on the schedule, so it ends FAILED instead of coming back forever.
+            log.exception("attempt could not be made", extra={"delivery_id": job.delivery_id})
+            sent = asyncio.get_running_loop().create_future()
+            sent.set_result(
+                AttemptResult(
+                    error_kind=ErrorKind.INTERNAL,
+                    error_message=f"the request could not be made ({type(exc).__name__})",
+                )
+            )
         recorded: asyncio.Future[RecordedAttempt] = sent.get_loop().create_future()
 
         def answered(_: "asyncio.Future[AttemptResult]") -> None:

@@ -24,6 +24,10 @@ from service.domain.retry import parse_retry_after
 from service.domain.ssrf import IpNetwork, address_allowed
 
 RESPONSE_BODY_LIMIT = 4096
+# Answers up to this long are read to the end, so their connection is kept for the next
+# request; a longer one is cut off there and its connection closed, so an endless or huge
+# body costs no more than this.
+RESPONSE_READ_LIMIT = 64 * 1024
 USER_AGENT = "webhook-service/0.1 (+Standard Webhooks)"
 CONNECT_TIMEOUT_SECONDS = 10.0
 # How many easy handles are kept for reuse (each holds a little libcurl state).
@@ -45,7 +49,7 @@ _TLS = {
 class _Transfer:
     """One request in flight: its future and what the callbacks collected."""
 
-    __slots__ = ("blocked", "body", "future", "opened", "retry_after", "size", "start")
+    __slots__ = ("blocked", "body", "cut", "future", "opened", "retry_after", "size", "start")
 
     def __init__(self, future: "asyncio.Future[AttemptResult]") -> None:
         self.future = future
@@ -54,13 +58,17 @@ class _Transfer:
         self.retry_after: str | None = None
         self.blocked = False  # an address was refused...
         self.opened = False  # ...and none was allowed: the whole attempt is SSRF_BLOCKED
+        self.cut = False  # the answer was longer than RESPONSE_READ_LIMIT and not read on
         self.start = time.perf_counter()
 
-    def write(self, data: bytes) -> None:
-        # The whole answer is read (so the connection can be reused) but only the start kept.
+    def write(self, data: bytes) -> int | None:
         if self.size < RESPONSE_BODY_LIMIT:
             self.body.append(data[: RESPONSE_BODY_LIMIT - self.size])
         self.size += len(data)
+        if self.size > RESPONSE_READ_LIMIT:
+            self.cut = True
+            return 0  # libcurl stops the transfer (E_WRITE_ERROR) and closes the connection
+        return None
 
     def header(self, line: bytes) -> None:
         name, sep, value = line.partition(b":")
@@ -252,6 +260,8 @@ class HttpSender:
         transfer = self._transfers.pop(handle)
         assert self._multi is not None
         self._multi.remove_handle(handle)
+        if code == pycurl.E_WRITE_ERROR and transfer.cut:
+            code = 0  # answered: the rest of its body is not wanted
         status = int(handle.getinfo(pycurl.RESPONSE_CODE)) if code == 0 else 0
         handle.setopt(pycurl.OPENSOCKETFUNCTION, _refuse)  # drop the closure over `transfer`
         if len(self._idle) < HANDLE_POOL:

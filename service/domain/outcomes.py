@@ -24,6 +24,7 @@ class ErrorKind(IntEnum):
     SSRF_BLOCKED = 6
     REDIRECT = 7
     CIRCUIT_OPEN = 8
+    INTERNAL = 9
 
 
 class Outcome(IntEnum):

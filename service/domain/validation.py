@@ -5,8 +5,9 @@ import json
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import idna
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema.exceptions import ValidationError as SchemaValidationError
@@ -30,6 +31,12 @@ MAX_JSON_TEXT = 64 * 1024
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 9110 field-value, ASCII only: visible characters, inner spaces and tabs. libcurl
+# sends header text as bytes, and other text has no one agreed encoding.
+_FIELD_VALUE = re.compile(r"[\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?")
+# What stays as it is in a path or query when an IRI becomes a URI (RFC 3986 reserved and
+# unreserved characters, and existing percent escapes).
+_URI_SAFE = "/?:@!$&'()*+,;=-._~%"
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _SCOPE = re.compile(r"[A-Za-z0-9_.-]+:[A-Za-z0-9_.*-]+")
 # The service sets these itself; a subscription may not override them.
@@ -103,6 +110,8 @@ def check_url(
         return [FieldViolation(field, "must not contain credentials; use a custom header")]
     if parts.fragment:
         return [FieldViolation(field, "must not contain a fragment")]
+    if not url.isascii():  # to_uri turned every IRI with a valid host into a URI
+        return [FieldViolation(field, "host is not a valid name")]
     host = parts.hostname or ""
     if not host:
         return [FieldViolation(field, "must have a host")]
@@ -110,6 +119,34 @@ def check_url(
         return [FieldViolation(field, "port must be between 1 and 65535")]
     problem = check_literal_host(host, allow_cidrs)
     return [FieldViolation(field, problem)] if problem else []
+
+
+def to_uri(url: str) -> str:
+    """An IRI as the URI that names it: non-ASCII host labels in IDNA (UTS 46 also maps
+    full-width digits and ideographic dots, so such a form of 127.0.0.1 is checked as
+    that), other non-ASCII characters percent-encoded as UTF-8. ASCII URLs, and IRIs that
+    name no valid host, come back unchanged for check_url to judge."""
+    if url.isascii():
+        return url
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+        if not host.isascii():
+            host = idna.encode(host, uts46=True).decode("ascii")
+    except (ValueError, idna.IDNAError):
+        return url
+    netloc = f"{host}:{port}" if port is not None else host
+    if parts.username is not None or parts.password is not None:
+        return url  # check_url refuses credentials; keep what the caller wrote
+    return urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            quote(parts.path, safe=_URI_SAFE),
+            quote(parts.query, safe=_URI_SAFE),
+            quote(parts.fragment, safe=_URI_SAFE),
+        )
+    )
 
 
 def check_literal_host(host: str, allow_cidrs: Sequence[IpNetwork]) -> str | None:
@@ -203,10 +240,12 @@ def check_headers(field: str, headers: Mapping[str, str]) -> list[FieldViolation
             out.append(FieldViolation(where, "is set by the service and cannot be overridden"))
         elif lower in seen:
             out.append(FieldViolation(where, "is repeated with different letter case"))
-        elif len(value) > MAX_HEADER_VALUE or _CONTROL.search(value.replace("\t", " ")):
+        elif len(value) > MAX_HEADER_VALUE or not _FIELD_VALUE.fullmatch(value):
             out.append(
                 FieldViolation(
-                    where, f"value must be printable, at most {MAX_HEADER_VALUE} characters"
+                    where,
+                    f"value must be 1 to {MAX_HEADER_VALUE} visible ASCII characters, spaces"
+                    " and tabs between them (RFC 9110 field-value)",
                 )
             )
         seen.add(lower)

@@ -127,6 +127,10 @@ class _ErrorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorKind.V
     """The endpoint answered with a redirect, which is never followed."""
     ERROR_KIND_CIRCUIT_OPEN: _ErrorKind.ValueType  # 8
     """The endpoint's circuit breaker was open; no request was sent."""
+    ERROR_KIND_INTERNAL: _ErrorKind.ValueType  # 9
+    """The service could not make the request (a stored value it cannot send, or a
+    fault of its own); retried on the schedule like any other failure.
+    """
 
 class ErrorKind(_ErrorKind, metaclass=_ErrorKindEnumTypeWrapper):
     """ErrorKind classifies why an attempt failed."""
@@ -149,6 +153,10 @@ ERROR_KIND_REDIRECT: ErrorKind.ValueType  # 7
 """The endpoint answered with a redirect, which is never followed."""
 ERROR_KIND_CIRCUIT_OPEN: ErrorKind.ValueType  # 8
 """The endpoint's circuit breaker was open; no request was sent."""
+ERROR_KIND_INTERNAL: ErrorKind.ValueType  # 9
+"""The service could not make the request (a stored value it cannot send, or a
+fault of its own); retried on the schedule like any other failure.
+"""
 Global___ErrorKind: _TypeAlias = ErrorKind  # noqa: Y015
 
 @_typing.final
