@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from service import config, logs
 from service.config import Settings, SettingsError
 from service.crypto import new_encryption_key
-from service.domain.access import ADMIN, hash_key, new_api_key
+from service.domain.access import ADMIN, CATALOG, hash_key, new_api_key
 
 if TYPE_CHECKING:
     from kafka.embedded import EmbeddedBroker
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "init-dev":
         key = write_dev_files(DEV_DIR)[0]
-        print(f"wrote {DEV_DIR}/ (API key {key}, tenant dev, webhooks:admin)")
+        print(f"wrote {DEV_DIR}/ (API key {key}, tenant dev, webhooks:admin and webhooks:catalog)")
         return 0
     if args.command == "demo-receiver":
         from service.demo_receiver import run  # deferred: only this command serves HTTP
@@ -158,7 +158,7 @@ def write_dev_files(dev_dir: Path) -> tuple[str, dict[str, str]]:
                 "sha256": hash_key(key),
                 "tenant": "dev",
                 "principal": "developer",
-                "scopes": [ADMIN],
+                "scopes": [ADMIN, CATALOG],
             }
         ]
     }
@@ -205,7 +205,7 @@ def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | N
     print(
         "webhook-service (development defaults, Ctrl-C to stop)\n"
         f"  gRPC      {address} (health and reflection on)\n"
-        f"  API key   {key}  (tenant dev, webhooks:admin; kept in {key_file})\n"
+        f"  API key   {key}  (tenant dev, webhooks:admin + catalog; kept in {key_file})\n"
         f"  metrics   http://{metrics}/metrics\n"
         f"  database  {DEV_DIR / 'webhooks.db'}\n"
         f"  Kafka     {environ['WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS']}"

@@ -41,6 +41,8 @@ PRINCIPALS: dict[str, tuple[str, list[str]]] = {
     "nobody": ("acme", []),
     "revoked": ("acme", ["webhooks:admin"]),
     "gina": ("globex", ["webhooks:admin"]),
+    # The operator: edits the catalog every tenant shares (no tenant's admin may).
+    "operator": ("ops", ["webhooks:catalog", "webhooks:read"]),
 }
 KEYS = {name: new_api_key() for name in PRINCIPALS}
 

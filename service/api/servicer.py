@@ -18,7 +18,7 @@ from service.catalog import CatalogService
 from service.deliveries import DeliveryService, invalid_event
 from service.domain import pagination
 from service.domain.access import (
-    ADMIN,
+    CATALOG,
     READ,
     WRITE,
     KeyEntry,
@@ -250,7 +250,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         item = await self._run(self._catalog.get, _required_id(request.name, "name"))
         return pb.GetEventTypeResponse(event_type=convert.event_type_to_pb(item))
 
-    @rpc(ADMIN)
+    @rpc(CATALOG)
     async def CreateEventType(
         self, request: pb.CreateEventTypeRequest, principal: Principal
     ) -> pb.CreateEventTypeResponse:
@@ -258,7 +258,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self._catalog_changed()
         return pb.CreateEventTypeResponse(event_type=convert.event_type_to_pb(item))
 
-    @rpc(ADMIN)
+    @rpc(CATALOG)
     async def UpdateEventType(
         self, request: pb.UpdateEventTypeRequest, principal: Principal
     ) -> pb.UpdateEventTypeResponse:
@@ -276,7 +276,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self._catalog_changed()
         return pb.UpdateEventTypeResponse(event_type=convert.event_type_to_pb(item))
 
-    @rpc(ADMIN)
+    @rpc(CATALOG)
     async def DeleteEventType(
         self, request: pb.DeleteEventTypeRequest, principal: Principal
     ) -> pb.DeleteEventTypeResponse:

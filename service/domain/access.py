@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -10,9 +11,15 @@ from dataclasses import dataclass
 
 from service.errors import PermissionDenied, Unauthenticated
 
+log = logging.getLogger(__name__)
 READ = "webhooks:read"
 WRITE = "webhooks:write"
 ADMIN = "webhooks:admin"
+# Changes the event type catalog, which every tenant shares: an operator's scope, granted
+# only explicitly in the keys file and never implied by webhooks:admin, so no tenant's
+# admin can change what another tenant's events must look like.
+CATALOG = "webhooks:catalog"
+_OPERATOR_SCOPES = frozenset({CATALOG})
 # Holding a scope implies the ones listed here.
 _IMPLIED = {ADMIN: (WRITE, READ), WRITE: (READ,)}
 KEY_PREFIX = "whk_"
@@ -33,8 +40,10 @@ class Principal:
         return ADMIN in self.scopes
 
     def has(self, scope: str) -> bool:
-        """Admins hold every scope, subscribe scopes included."""
-        return self.is_admin or scope in self.scopes
+        """Admins hold every scope, subscribe scopes included, but the operator's."""
+        if scope in self.scopes:
+            return True
+        return self.is_admin and scope not in _OPERATOR_SCOPES
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,10 @@ def authenticate(ring: Mapping[str, KeyEntry], authorization: str | None) -> Pri
     if entry is None or not hmac.compare_digest(entry.sha256, digest):
         raise Unauthenticated("invalid API key", reason="INVALID_API_KEY")
     if entry.revoked:
-        raise Unauthenticated("API key revoked", reason="REVOKED_API_KEY")
+        # The same answer as an unknown key: a caller learns nothing of which keys once
+        # were valid. The operator sees which revoked key is still in use.
+        log.warning("revoked API key used", extra={"key_id": entry.principal.key_id})
+        raise Unauthenticated("invalid API key", reason="INVALID_API_KEY")
     return entry.principal
 
 
