@@ -5,12 +5,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from jsonschema import Draft202012Validator
+import jsonschema_rs
 
 from service.domain.access import Principal
 from service.domain.event_rules import EventRejected, parse_data
 from service.domain.models import Event, EventType
-from service.domain.validation import validate_event_type
+from service.domain.validation import compile_schema, schema_violation, validate_event_type
 from service.errors import InvalidArgument
 from service.store.event_types import EventTypeStore
 
@@ -108,11 +108,13 @@ class EventTypeCheck:
 
     def __init__(self, catalog: Mapping[str, EventType]) -> None:
         self.required_scopes = {name: e.required_scope for name, e in catalog.items()}
-        self._validators = {
-            name: Draft202012Validator(json.loads(e.json_schema))
-            for name, e in catalog.items()
-            if e.json_schema
-        }
+        self._validators: dict[str, jsonschema_rs.Validator | str] = {}
+        for name, event_type in catalog.items():
+            if event_type.json_schema:
+                try:
+                    self._validators[name] = compile_schema(json.loads(event_type.json_schema))
+                except ValueError as exc:  # stored before create refused such schemas
+                    self._validators[name] = str(exc)
 
     def __call__(self, event: Event) -> None:
         if event.type not in self.required_scopes:
@@ -120,9 +122,11 @@ class EventTypeCheck:
                 "UNKNOWN_EVENT_TYPE", f"{event.type!r} is not in the event type catalog"
             )
         validator = self._validators.get(event.type)
+        if isinstance(validator, str):
+            raise EventRejected("SCHEMA_UNUSABLE", f"the type's schema {validator}")
         if validator is not None:
-            error = next(validator.iter_errors(parse_data(event.data)), None)
-            if error is not None:
+            problem = schema_violation(validator, parse_data(event.data))
+            if problem is not None:
                 raise EventRejected(
-                    "SCHEMA_VIOLATION", f"the data does not match the schema: {error.message}"
+                    "SCHEMA_VIOLATION", f"the data does not match the schema: {problem}"
                 )

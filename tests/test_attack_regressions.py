@@ -3,6 +3,7 @@ a key reading or injecting data beyond its scopes, a stolen request_id, poisoned
 hostile schemas, page tokens, requests and response bodies (README "Security")."""
 
 import asyncio
+import base64
 import ipaddress
 import json
 import socket
@@ -22,7 +23,7 @@ from service.domain.outcomes import AttemptResult, ErrorKind, Outcome, Trigger
 from service.store.deliveries import RecordedAttempt
 from tests.conftest import Pipeline
 from tests.pipeline_support import Receiver, cloud_event, read_topic, structured
-from tests.support import Api, expect_error
+from tests.support import KEYS, Api, expect_error
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
@@ -257,3 +258,78 @@ def test_a_huge_or_endless_response_body_is_cut_off_at_the_read_limit() -> None:
     assert len(result.response_body) == RESPONSE_BODY_LIMIT
     # Socket buffers hold a few MB at most; reading to the end would have taken 1 GiB.
     assert sent and sent[0] < 64 * 1024 * 1024
+
+
+def _create_type(api: Api, name: str, schema: object) -> Any:
+    request = pb.CreateEventTypeRequest(
+        event_type=pb.EventType(name=name, json_schema=json.dumps(schema))
+    )
+    return api.call("CreateEventType", request, as_="operator")
+
+
+def test_schema_regexes_run_in_linear_time_and_unusable_schemas_are_refused(api: Api) -> None:
+    _create_type(
+        api, "redos.check", {"properties": {"s": {"type": "string", "pattern": "^(a|aa)+$"}}}
+    )
+    # Exponential for a backtracking engine (37 characters stalled every RPC for 1.2-1.8 s):
+    # 5,000 would never finish within the call's 10 s deadline.
+    hostile = events_pb2.DomainEvent(
+        id="r1", type="redos.check", data=json.dumps({"s": "a" * 5000 + "b"}).encode()
+    )
+    details = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        api.call,
+        "PublishEvent",
+        pb.PublishEventRequest(event=hostile),
+    )
+    assert "does not match" in details["violations"]["event.data"]
+    for schema, problem in [
+        ({"pattern": "(?=a)b"}, "cannot be used"),  # lookahead: not linear, so not allowed
+        ({"$ref": "#/$defs/missing"}, "cannot be used"),
+        ({"$ref": "https://schemas.example.com/person.json"}, "cannot be used"),
+        ({"type": "strin"}, "not a valid JSON Schema"),
+    ]:
+        details = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT, _create_type, api, "bad.schema", schema
+        )
+        assert problem in details["violations"]["event_type.json_schema"], schema
+
+
+def test_malformed_requests_and_tokens_are_invalid_arguments(api: Api) -> None:
+    # A page token of deeply nested JSON once raised RecursionError: INTERNAL.
+    nested = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    for method, request in [
+        ("ListSubscriptions", pb.ListSubscriptionsRequest(page_token=nested)),
+        ("ListDeliveries", pb.ListDeliveriesRequest(page_token=nested)),
+        ("ListEventTypes", pb.ListEventTypesRequest(page_token=nested)),
+    ]:
+        details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.call, method, request)
+        assert "page_token" in details["violations"]
+    # Invalid UTF-8 in a string field: protobuf refuses it while grpc deserializes (UNKNOWN).
+    body = pb.CreateSubscriptionRequest(
+        subscription=pb.Subscription(name="XX", url="https://hooks.example.com/")
+    ).SerializeToString()
+    raw = api.channel.unary_unary(
+        "/webhooks.v1.WebhookService/CreateSubscription",
+        request_serializer=None,
+        response_deserializer=pb.CreateSubscriptionResponse.FromString,
+    )
+    details = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        raw,
+        body.replace(b"XX", b"\xff\xfe"),
+        metadata=[("authorization", f"Bearer {KEYS['alice']}")],
+        timeout=10,
+    )
+    assert details["reason"] == "MALFORMED_REQUEST"
+    assert "UTF-8" in details["violations"]["request"]
+    # JSON in another encoding than UTF-8 reaches no subscriber.
+    for data in ('{"a": 1}'.encode("utf-16"), b'\xef\xbb\xbf{"a": 1}'):
+        event = events_pb2.DomainEvent(id="enc", type="person.created", data=data)
+        details = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            api.call,
+            "PublishEvent",
+            pb.PublishEventRequest(event=event),
+        )
+        assert "event.data" in details["violations"]

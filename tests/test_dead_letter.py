@@ -154,6 +154,32 @@ def test_bad_records_are_dead_lettered_and_good_ones_still_flow(
             [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"a.b")],
             "MALFORMED_JSON",
         ),
+        # RFC 8259: UTF-8 without a byte order mark; the json module takes the others.
+        *[
+            (value, headers, reason)
+            for headers in (
+                CE,
+                [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"a.b")],
+            )
+            for value, reason in (
+                (
+                    '{"specversion": "1.0", "id": "1", "type": "a.b"}'.encode("utf-16"),
+                    "INVALID_UTF8",
+                ),
+                (
+                    '{"specversion": "1.0", "id": "1", "type": "a.b"}'.encode("utf-32"),
+                    "INVALID_UTF8",
+                ),
+                (b'\xef\xbb\xbf{"specversion": "1.0", "id": "1", "type": "a.b"}', "MALFORMED_JSON"),
+            )
+        ],
+        (
+            events_pb2.DomainEvent(
+                id="1", type="a.b", data='{"a": 1}'.encode("utf-16-le")
+            ).SerializeToString(),
+            [("content-type", b"application/x-protobuf")],
+            "MALFORMED_JSON",
+        ),
     ],
 )
 def test_decoder_reasons(value: bytes, headers: list[tuple[str, bytes]], reason: str) -> None:

@@ -1,11 +1,13 @@
 """Builds the grpc.aio server: WebhookService, health, reflection, optional TLS/mTLS."""
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.api.servicer import lenient_parser
 from service.config import Settings
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
@@ -27,7 +29,7 @@ class GrpcServer:
             ]
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        pb_grpc.add_WebhookServiceServicer_to_server(servicer, self.server)
+        self.server.add_generic_rpc_handlers((_service_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -50,6 +52,25 @@ class GrpcServer:
         """Reports NOT_SERVING, then lets in-flight calls finish for up to `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+
+def _service_handler(
+    servicer: pb_grpc.WebhookServiceServicer,
+) -> "grpc.GenericRpcHandler[Any, Any]":
+    """What the generated add_WebhookServiceServicer_to_server registers, but a request that
+    does not parse (a string field of invalid UTF-8) reaches its handler as Undecodable,
+    answered INVALID_ARGUMENT, instead of grpc's bare UNKNOWN."""
+    service = pb.DESCRIPTOR.services_by_name["WebhookService"]
+    handlers = {}
+    for method in service.methods:  # every RPC is unary
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_parser(request_class.FromString),
+            response_serializer=response_class.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:

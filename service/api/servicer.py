@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from kafka.codec import event_from_proto
 from service import catalog, subscriptions
@@ -47,6 +48,25 @@ Response = TypeVar("Response")
 Handler = Callable[[Any, Request, Principal], Awaitable[Response]]
 
 
+class Undecodable:
+    """A request body that is not the RPC's message; `problem` says why (protobuf's text)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def lenient_parser(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that hands an unparsable body on as Undecodable."""
+
+    def parse_or_flag(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc).rpartition(": ")[2] or "does not parse")
+
+    return parse_or_flag
+
+
 def rpc(scope: str) -> Callable[[Handler[Request, Response]], Callable[..., Awaitable[Response]]]:
     """Wraps a handler: API key and scope first, then domain errors mapped to gRPC statuses."""
 
@@ -62,6 +82,11 @@ def rpc(scope: str) -> Callable[[Handler[Request, Response]], Callable[..., Awai
             try:
                 principal = authenticate(self.keys(), _authorization(context))
                 require_scope(principal, scope)
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument(
+                        [FieldViolation("request", f"is not a valid message: {request.problem}")],
+                        reason="MALFORMED_REQUEST",
+                    )
                 with_nul = convert.strings_with_nul(request)  # type: ignore[arg-type]
                 if with_nul:
                     problem = "must not contain NUL characters"

@@ -77,8 +77,14 @@ def _encodable(text: str) -> bool:
 
 
 def strict_json(text: bytes | str) -> object:
-    """json.loads refusing NaN, Infinity and numbers too large for a double, which the json
-    module takes and which would reach subscribers as invalid JSON."""
+    """json.loads refusing what would reach subscribers as other than UTF-8 JSON: NaN,
+    Infinity and numbers too large for a double, which the json module takes, and UTF-16,
+    UTF-32 or a byte order mark, which it detects in bytes (RFC 8259 section 8.1 requires
+    UTF-8 without one). Raises UnicodeDecodeError for bytes that are not UTF-8."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte order mark is not allowed (RFC 8259: UTF-8 without one)")
     return json.loads(text, parse_constant=_not_json, parse_float=_finite)
 
 

@@ -39,7 +39,7 @@ def decode_token(token: str, fingerprint: str) -> str | None:
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         after, query = raw["a"], raw["q"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise invalid("page_token", "is not a token this service issued") from None
     if query != fingerprint or not isinstance(after, str):
         raise invalid(
