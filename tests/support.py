@@ -235,3 +235,27 @@ def process_env(tmp_path: Path, database_url: str, **overrides: str) -> dict[str
     env |= base_env(tmp_path, database_url)
     env["WEBHOOKS_GRPC_ADDRESS"] = f"127.0.0.1:{free_port()}"
     return env | overrides
+
+
+def api_store(api: Api) -> Any:
+    """The running server's subscription store, to check what is really stored."""
+    from service.crypto import SecretBox
+    from service.store.subscriptions import SubscriptionStore
+    from service.store.tables import database_proxy
+
+    class Direct:
+        def __init__(self) -> None:
+            self.inner = SubscriptionStore(
+                database_proxy.obj, SecretBox(api.settings.secret_encryption_keys)
+            )
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self.inner, name)
+
+            def call(*args: Any) -> Any:
+                with database_proxy.obj.connection_context():
+                    return method(*args)
+
+            return call
+
+    return Direct()

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from kafka import topics
 from kafka.codec import encode_attempt, header
@@ -20,10 +21,11 @@ from service.delivery.attempts import AttemptMaker, AttemptSettings
 from service.delivery.http import RESPONSE_BODY_LIMIT, HttpSender
 from service.domain.deliveries import Job, Target
 from service.domain.outcomes import AttemptResult, ErrorKind, Outcome, Trigger
+from service.domain.signing_secrets import MAX_LIVE_SECRETS
 from service.store.deliveries import RecordedAttempt
 from tests.conftest import Pipeline
 from tests.pipeline_support import Receiver, cloud_event, read_topic, structured
-from tests.support import KEYS, Api, expect_error
+from tests.support import KEYS, Api, api_store, expect_error
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
@@ -333,3 +335,21 @@ def test_malformed_requests_and_tokens_are_invalid_arguments(api: Api) -> None:
             pb.PublishEventRequest(event=event),
         )
         assert "event.data" in details["violations"]
+
+
+def test_at_most_ten_secrets_sign_at_once(api: Api) -> None:
+    sub_id = api.create().subscription.id
+    rotate = pb.RotateSubscriptionSecretRequest(id=sub_id)
+    for _ in range(MAX_LIVE_SECRETS - 1):
+        api.call("RotateSubscriptionSecret", rotate)
+    details = expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION, api.call, "RotateSubscriptionSecret", rotate
+    )
+    assert details["reason"] == "TOO_MANY_LIVE_SECRETS"
+    assert details["metadata"] == {"live_secrets": "10", "max": "10"}
+    assert len(api_store(api).live_secrets(sub_id)) == MAX_LIVE_SECRETS
+    # Revoking the older ones is always possible, and makes room again.
+    now = pb.RotateSubscriptionSecretRequest(id=sub_id, overlap=duration_pb2.Duration(seconds=0))
+    api.call("RotateSubscriptionSecret", now)
+    api.call("RotateSubscriptionSecret", rotate)
+    assert len(api_store(api).live_secrets(sub_id)) == 2

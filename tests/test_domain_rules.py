@@ -45,7 +45,9 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
     ("types", "granted", "event_type", "scope", "matches"),
     [
         ((), (), "lead.created", "", True),
-        (("lead.created",), (), "lead.created", "leads:subscribe", True),  # checked at create
+        (("lead.created",), ("leads:subscribe",), "lead.created", "leads:subscribe", True),
+        # The type gained the scope after the subscription was made without it (attack run).
+        (("lead.created",), ("webhooks:write",), "lead.created", "leads:subscribe", False),
         (("lead.*",), (), "lead.created", "leads:subscribe", False),
         (("lead.*",), ("leads:subscribe",), "lead.created", "leads:subscribe", True),
         (("*",), ("*",), "lead.created", "leads:subscribe", True),

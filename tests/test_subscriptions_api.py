@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from service.domain.signing_secrets import secret_prefix
-from tests.support import KEYS, Api, expect_error
+from tests.support import KEYS, Api, api_store, expect_error
 from webhooks.v1 import webhook_service_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -397,30 +397,6 @@ def test_sensitive_headers_are_redacted_and_kept_on_update(api: Api) -> None:
         "Authorization": "Bearer receiver-token",
         "X-Env": "staging",
     }
-
-
-def api_store(api: Api) -> Any:
-    """The running server's subscription store, to check what is really stored."""
-    from service.crypto import SecretBox
-    from service.store.subscriptions import SubscriptionStore
-    from service.store.tables import database_proxy
-
-    class Direct:
-        def __init__(self) -> None:
-            self.inner = SubscriptionStore(
-                database_proxy.obj, SecretBox(api.settings.secret_encryption_keys)
-            )
-
-        def __getattr__(self, name: str) -> Any:
-            method = getattr(self.inner, name)
-
-            def call(*args: Any) -> Any:
-                with database_proxy.obj.connection_context():
-                    return method(*args)
-
-            return call
-
-    return Direct()
 
 
 def test_rotation_keeps_old_secret_for_overlap_then_revokes(api: Api) -> None:

@@ -27,11 +27,9 @@ def matches(sub: Matcher, event_type: str, scope: str) -> bool:
     """Whether the subscription takes the type; `scope` is the type's subscribe scope."""
     if not event_patterns.subscription_matches(sub.event_types, event_type):
         return False
-    # Exact names were scope-checked at subscribe time; patterns only cover types the
-    # subscriber's scopes allow.
-    if not scope or event_type in sub.event_types:
-        return True
-    return "*" in sub.granted_scopes or scope in sub.granted_scopes
+    # Exact names and patterns alike: a type that gained a scope after the subscription was
+    # made reaches it only if its creator held that scope then.
+    return not scope or "*" in sub.granted_scopes or scope in sub.granted_scopes
 
 
 def plan_jobs(

@@ -13,8 +13,15 @@ from service.crypto import SecretBox
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
 from service.domain.models import DisabledReason, Subscription, SubscriptionSpec
-from service.domain.signing_secrets import secret_prefix
-from service.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, QuotaExceeded
+from service.domain.signing_secrets import MAX_LIVE_SECRETS, secret_prefix
+from service.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    QuotaExceeded,
+)
 from service.store import bulk
 from service.store.tables import IdempotencyRow, SigningSecretRow, SubscriptionRow, Tenant
 
@@ -248,10 +255,19 @@ class SubscriptionStore:
         secret: str,
         overlap: timedelta,
     ) -> Subscription:
-        """Adds `secret` as current; every older live secret expires within `overlap`."""
+        """Adds `secret` as current; every older live secret expires within `overlap`. With
+        an overlap, refused while MAX_LIVE_SECRETS sign already."""
         with self._db.atomic():
             check(self._load(tenant, subscription_id, lock=True))
             now = utcnow()
+            signing = len(live_secrets(self._db, [subscription_id]).get(subscription_id, []))
+            if overlap and signing >= MAX_LIVE_SECRETS:
+                raise FailedPrecondition(
+                    f"{signing} secrets sign its deliveries already, the most allowed; rotate"
+                    " with overlap 0 to revoke the older ones now, or wait until one expires",
+                    reason="TOO_MANY_LIVE_SECRETS",
+                    metadata={"live_secrets": str(signing), "max": str(MAX_LIVE_SECRETS)},
+                )
             deadline = now + overlap
             live = SigningSecretRow.subscription == subscription_id
             SigningSecretRow.update(expires_at=deadline).where(
