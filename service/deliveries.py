@@ -7,13 +7,20 @@ from datetime import datetime
 
 from service.catalog import EventTypeCheck
 from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
-from service.domain.access import Principal, require_scope
+from service.domain.access import Principal, require_owner_or_admin, require_scope
 from service.domain.clock import utcnow
 from service.domain.deliveries import DeliveryFilter, DeliveryView
 from service.domain.event_rules import EVENT_ID_REUSED, EventRejected, check_event
 from service.domain.ids import new_id
-from service.domain.models import Event
-from service.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unavailable, invalid
+from service.domain.models import Event, Subscription
+from service.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    invalid,
+)
 from service.store.deliveries import DeliveryStore
 from service.store.event_types import EventTypeStore
 from service.store.runner import StoreRunner
@@ -69,19 +76,33 @@ class DeliveryService:
         return await self._run(self._store.get, principal.tenant, delivery_id)
 
     async def retry(self, principal: Principal, delivery_id: str) -> DeliveryView:
-        """Queued for the scheduler's next pass (within WEBHOOKS_SCHEDULER_INTERVAL_SECONDS)."""
+        """Queued for the scheduler's next pass (within WEBHOOKS_SCHEDULER_INTERVAL_SECONDS).
+        Only the subscription's creator or an admin may, as for every change to it."""
+        view = await self._run(self._store.get, principal.tenant, delivery_id)
+        await self._owned(principal, view.subscription_id)
         return await self._run(self._store.retry, principal.tenant, delivery_id)
 
     async def recover(self, principal: Principal, subscription_id: str, since: datetime) -> int:
+        await self._owned(principal, subscription_id)
         return await self._run(self._store.recover, principal.tenant, subscription_id, since)
+
+    async def _owned(self, principal: Principal, subscription_id: str) -> Subscription:
+        subscription = await self._run(self._subscriptions.get, principal.tenant, subscription_id)
+        require_owner_or_admin(principal, subscription.created_by)
+        return subscription
 
     async def send_test(
         self, principal: Principal, subscription_id: str, event_type: str
     ) -> DeliveryView:
-        """Sends a sample of `event_type` (its catalog example, marked test) and returns the
-        delivery with its attempt."""
+        """Sends a sample of `event_type` (its catalog example, marked test) through the
+        endpoint's limits and returns the delivery with its attempt, or still pending when
+        those limits hold it back longer than an attempt may take."""
         catalog = await self._run(self._event_types.catalog)
-        subscription = await self._run(self._subscriptions.get, principal.tenant, subscription_id)
+        subscription = await self._owned(principal, subscription_id)
+        if not subscription.spec.enabled:
+            raise FailedPrecondition(
+                "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
+            )
         if not event_type:
             exact = [t for t in subscription.spec.event_types if t in catalog]
             event_type = exact[0] if exact else TEST_EVENT_TYPE
@@ -102,7 +123,7 @@ class DeliveryService:
             event,
             self._policy.lease,
         )
-        await self._dispatcher.deliver_now(job)
+        await self._dispatcher.deliver_soon(job, wait=self._policy.attempt_timeout + 2)
         return await self._run(self._store.get, principal.tenant, job.delivery_id)
 
     async def publish(self, principal: Principal, event: Event) -> tuple[str, int, int]:

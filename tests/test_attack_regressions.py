@@ -9,11 +9,12 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from kafka import topics
 from kafka.codec import encode_attempt, header
@@ -353,3 +354,63 @@ def test_at_most_ten_secrets_sign_at_once(api: Api) -> None:
     api.call("RotateSubscriptionSecret", now)
     api.call("RotateSubscriptionSecret", rotate)
     assert len(api_store(api).live_secrets(sub_id)) == 2
+
+
+def test_test_events_obey_the_endpoints_limits_and_the_creator_rule(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    pipeline: Pipeline = make_pipeline()
+    api = pipeline.api
+    limited = api.create(url=receiver.url("/limited"), rate_limit_per_second=2).subscription
+    send = pb.SendTestEventRequest(subscription_id=limited.id)
+    # 60 calls at once once made 60 POSTs in 0.22 s at 1/s: now the lane spaces them.
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda _: api.call("SendTestEvent", send), range(6)))
+    assert all(r.delivery.test for r in replies)
+    requests = receiver.wait_for("/limited", 6)
+    assert requests[-1].at - requests[0].at >= 2.0  # 6 at 2/s with a burst of 1: >= 2.5 s
+
+    # Bob is a writer of the same tenant, but not the subscription's creator.
+    failed = api.call("SendTestEvent", send).delivery
+    for method, request in [
+        ("SendTestEvent", send),
+        ("RetryDelivery", pb.RetryDeliveryRequest(id=failed.id)),
+        (
+            "RecoverDeliveries",
+            pb.RecoverDeliveriesRequest(subscription_id=limited.id, since=failed.create_time),
+        ),
+    ]:
+        details = expect_error(
+            grpc.StatusCode.PERMISSION_DENIED, api.call, method, request, as_="bob"
+        )
+        assert details["reason"] == "NOT_CREATOR", method
+        api.call(method, request, as_="admin")
+
+    disabled = api.create(url=receiver.url("/off"), enabled=False).subscription
+    details = expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        api.call,
+        "SendTestEvent",
+        pb.SendTestEventRequest(subscription_id=disabled.id),
+    )
+    assert details["reason"] == "SUBSCRIPTION_DISABLED"
+    assert not receiver.at("/off")
+
+
+def test_an_exact_subscription_stops_when_its_type_gains_a_scope(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    pipeline: Pipeline = make_pipeline()
+    api = pipeline.api
+    api.create(as_="bob", url=receiver.url("/exact"), event_types=["invoice.paid"])
+    api.create(as_="admin", url=receiver.url("/admin"), event_types=["invoice.paid"])
+    update = pb.UpdateEventTypeRequest(
+        event_type=pb.EventType(name="invoice.paid", required_scope="billing:subscribe"),
+        update_mask=field_mask_pb2.FieldMask(paths=["required_scope"]),
+    )
+    api.call("UpdateEventType", update, as_="operator")  # this test's own database
+    time.sleep(0.2)  # the service reloads its catalog at once, in the background
+    pipeline.send(structured(cloud_event("invoice.paid", {"amount": 1})))
+    receiver.wait_for("/admin", 1)  # an admin's subscription holds every subscribe scope
+    time.sleep(0.5)
+    assert not receiver.at("/exact")

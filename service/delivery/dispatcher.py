@@ -137,6 +137,8 @@ class Dispatcher:
         # and the ids of such jobs that their transaction did not store.
         self._storing: dict[asyncio.Future[Ingested], list[str]] = {}
         self._not_stored: OrderedDict[str, None] = OrderedDict()
+        # Deliveries whose recorded attempt someone awaits (deliver_soon).
+        self._waiting: dict[str, asyncio.Future[None]] = {}
         # Metric children by (metric, labels): labels() costs more than the increment.
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -181,18 +183,19 @@ class Dispatcher:
             self._child(self._metrics.deliveries_deferred, "endpoint_backlog").inc(len(deferred))
             await self._defer(deferred, seconds=1.0)
 
-    async def deliver_now(self, job: Job) -> AttemptRecord:
-        """One attempt outside the lanes, recorded before returning (SendTestEvent)."""
-        target = (await self._load_targets({job.subscription_id}, force=True)).get(
-            job.subscription_id
-        )
-        if target is None:
-            raise Unavailable("the subscription disappeared before the test event was sent")
-        recorded = await self._attempt(job, target)
-        await self._runner.call(self._store.record_attempts, [recorded])
-        self._child(self._metrics.audit_records, "outbox").inc()
-        self._after_write()
-        return recorded.attempt
+    async def deliver_soon(self, job: Job, wait: float) -> None:
+        """Queues one job in its endpoint's lane, under its rate limit, concurrency limit and
+        circuit breaker like any other, and waits up to `wait` seconds for its attempt to be
+        recorded (SendTestEvent); a job held back by those limits is sent when they allow."""
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[job.delivery_id] = recorded
+        try:
+            await self.submit([job])
+            await asyncio.wait_for(recorded, wait)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting.pop(job.delivery_id, None)
 
     async def stop(self, grace: float) -> None:
         """Stops taking jobs, hands queued ones back to the store (due now), lets in-flight
@@ -262,7 +265,7 @@ class Dispatcher:
                     continue
                 job = lane.queue[0]
                 target = (await self._load_targets({subscription_id})).get(subscription_id)
-                if target is None or (not target.enabled and not job.test):
+                if target is None or not target.enabled:
                     lane.queue.popleft()
                     if target is not None and not await self._unstored([job.delivery_id]):
                         # Disabled: FAILED until RecoverDeliveries.
@@ -543,8 +546,11 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
                 continue
             del self._results[: len(batch)]
-            for _ in batch:
+            for done in batch:
                 self._release()
+                waiter = self._waiting.get(done.attempt.delivery_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
             self._audited -= audited
             self._child(self._metrics.audit_records, "direct").inc(len(audited))
             if len(audited) < len(batch):
