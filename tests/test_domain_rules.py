@@ -206,6 +206,17 @@ def test_check_url(url: str, allow_http: bool, problem: str | None) -> None:
         ("64:ff9b::808:808", (), True),
         ("64:ff9b:1::8.8.8.8", (), False),  # local-use NAT64
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", (), False),  # Teredo
+        # Python 3.11's is_global calls these global (attack run; CVE-2024-4032).
+        ("fec0::1", (), False),  # site-local
+        ("192.0.0.9", (), False),  # IETF protocol assignments
+        ("5f00::1", (), False),  # SRv6 SIDs
+        ("192.88.99.1", (), False),  # 6to4 relay anycast
+        ("3fff::1", (), False),  # documentation
+        ("::ffff:192.0.0.9", (), False),
+        ("100::1", (), False),
+        ("2620:4f:8000::1", (), False),
+        ("1.1.1.1", (), True),
+        ("2606:4700:4700::1111", (), True),
         ("127.0.0.1", LOOPBACK, True),
         ("::ffff:127.0.0.1", LOOPBACK, True),
         ("::1", LOOPBACK, False),
