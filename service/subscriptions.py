@@ -9,7 +9,7 @@ from service.domain import event_patterns
 from service.domain.access import Principal, missing_subscribe_scopes, require_owner_or_admin
 from service.domain.models import EventType, Subscription, SubscriptionSpec
 from service.domain.signing_secrets import new_secret
-from service.domain.validation import merge_redacted, to_uri, validate_subscription
+from service.domain.validation import merge_redacted, same_host, to_uri, validate_subscription
 from service.errors import FieldViolation, InvalidArgument, PermissionDenied, invalid
 from service.store.event_types import EventTypeStore
 from service.store.subscriptions import Change, SubscriptionStore
@@ -21,6 +21,7 @@ UPDATABLE = (
     "event_types",
     "enabled",
     "headers",
+    "visible_headers",
     "rate_limit_per_second",
 )
 OUTPUT_ONLY = (
@@ -97,10 +98,29 @@ class SubscriptionService:
         def change(current: Subscription) -> Change:
             require_owner_or_admin(principal, current.created_by)
             updates: dict[str, object] = {path: getattr(values, path) for path in mask}
-            if "headers" in mask:
-                updates["headers"] = merge_redacted(values.headers, current.spec.headers)
             if "url" in mask:
                 updates["url"] = to_uri(values.url)
+            moved = "url" in mask and not same_host(str(updates["url"]), current.spec.url)
+            if "headers" in mask:
+                headers, again = merge_redacted(
+                    values.headers, current.spec.headers, same_host=not moved
+                )
+            else:
+                headers = current.spec.headers
+                shown = {name.lower() for name in current.spec.visible_headers}
+                again = [k for k in headers if k.lower() not in shown] if moved else []
+            if again:
+                raise invalid(
+                    "subscription.headers",
+                    f"the URL moves to another host: give the values of {', '.join(sorted(again))}"
+                    " again, or remove them",
+                )
+            updates["headers"] = headers
+            if "visible_headers" not in mask:  # a removed header is no longer visible either
+                names = {name.lower() for name in headers}
+                updates["visible_headers"] = tuple(
+                    v for v in current.spec.visible_headers if v.lower() in names
+                )
             spec = replace(current.spec, **updates)  # type: ignore[arg-type]
             catalog = self._event_types.catalog()
             touched = tuple(f"subscription.{path}" for path in mask)

@@ -414,3 +414,66 @@ def test_an_exact_subscription_stops_when_its_type_gains_a_scope(
     receiver.wait_for("/admin", 1)  # an admin's subscription holds every subscribe scope
     time.sleep(0.5)
     assert not receiver.at("/exact")
+
+
+def test_header_values_are_write_only_and_stay_with_their_host(api: Api) -> None:
+    credentials = {
+        name: f"value-of-{name}"
+        for name in ("X-Credential", "X-Passphrase", "Cookie2", "X-Jwt", "X-Bearer", "X-Hmac")
+    }
+    created = api.create(
+        url="https://hooks.example.com/in",
+        headers={**credentials, "X-Team": "crm"},
+        visible_headers=["X-Team"],
+    ).subscription
+    for shown in (
+        created,
+        api.call(
+            "GetSubscription", pb.GetSubscriptionRequest(id=created.id), as_="reader"
+        ).subscription,
+        *api.call("ListSubscriptions", pb.ListSubscriptionsRequest(), as_="reader").subscriptions,
+    ):
+        assert dict(shown.headers) == {**dict.fromkeys(credentials, "<redacted>"), "X-Team": "crm"}
+        assert "value-of" not in str(shown)
+    details = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        api.create,
+        headers={"Authorization": "Bearer t"},
+        visible_headers=["Authorization"],
+    )
+    assert "write-only" in details["violations"]["subscription.visible_headers['Authorization']"]
+
+    def update(paths: list[str], **fields: Any) -> Any:
+        request = pb.UpdateSubscriptionRequest(
+            subscription=pb.Subscription(id=created.id, **fields),
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+        )
+        return api.call("UpdateSubscription", request)
+
+    # Another host: the stored credentials do not follow unless given again...
+    moves: list[tuple[list[str], dict[str, Any]]] = [
+        (["url"], {"url": "https://attacker.example.net/in"}),
+        (
+            ["url", "headers"],
+            {"url": "https://attacker.example.net/in", "headers": dict(created.headers)},
+        ),
+    ]
+    for paths, fields in moves:
+        details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, update, paths, **fields)
+        assert "X-Credential" in details["violations"]["subscription.headers"]
+    stored = api_store(api).get("acme", created.id).spec
+    assert (
+        stored.url == "https://hooks.example.com/in" and stored.headers["X-Jwt"] == "value-of-X-Jwt"
+    )
+    # ...while the same host keeps them, and given again they move.
+    update(["url"], url="https://hooks.example.com/other")
+    moved = update(
+        ["url", "headers"],
+        url="https://new.example.net/in",
+        headers={"X-Jwt": "fresh", "X-Team": "crm"},
+    ).subscription
+    assert dict(moved.headers) == {"X-Jwt": "<redacted>", "X-Team": "crm"}
+    assert api_store(api).get("acme", created.id).spec.headers == {
+        "X-Jwt": "fresh",
+        "X-Team": "crm",
+    }

@@ -50,13 +50,18 @@ def test_subscription_lifecycle_in_tables_and_json(ctl: Ctl) -> None:
         "lead.*",
         "--header",
         "x-team=sales",
+        "--header",
+        "x-token=t0ps3cret",
+        "--visible-header",
+        "x-team",
         "--rate-limit",
         "7",
     )
     assert "secret" in out and "whsec_" in out and "lead.*" in out
     created = ctl.json("subscriptions", "get", _id_from(out))["subscription"]
     assert created["name"] == "crm" and created["rate_limit_per_second"] == 7
-    assert created["headers"] == {"x-team": "sales"} and "secret" not in created
+    assert created["headers"] == {"x-team": "sales", "x-token": "<redacted>"}
+    assert "secret" not in created and "t0ps3cret" not in out
 
     table = ctl("subscriptions", "list")
     header, row = table.splitlines()[:2]

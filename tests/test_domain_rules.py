@@ -30,6 +30,7 @@ from service.domain.validation import (
     check_headers,
     check_literal_host,
     check_url,
+    check_visible_headers,
     merge_redacted,
     redact_headers,
     to_uri,
@@ -267,13 +268,39 @@ def test_check_headers(headers: dict[str, str], problem: str | None) -> None:
 
 
 def test_header_redaction_round_trip() -> None:
-    stored = {"Authorization": "Bearer s3cret", "X-Api-Key": "k", "X-Team": "crm"}
-    shown = redact_headers(stored)
-    assert shown == {"Authorization": "<redacted>", "X-Api-Key": "<redacted>", "X-Team": "crm"}
-    assert merge_redacted({**shown, "X-Team": "ops"}, stored) == {**stored, "X-Team": "ops"}
-    assert merge_redacted({"Authorization": "Bearer new"}, stored) == {
-        "Authorization": "Bearer new"
-    }
+    stored = {"Authorization": "Bearer s3cret", "X-Credential": "k", "X-Team": "crm"}
+    # Write-only unless named visible: X-Credential, X-Jwt, Cookie2... all read redacted.
+    shown = redact_headers(stored, ("x-team",))
+    assert shown == {"Authorization": "<redacted>", "X-Credential": "<redacted>", "X-Team": "crm"}
+    assert merge_redacted({**shown, "X-Team": "ops"}, stored, same_host=True) == (
+        {**stored, "X-Team": "ops"},
+        [],
+    )
+    assert merge_redacted({"Authorization": "Bearer new"}, stored, same_host=True) == (
+        {"Authorization": "Bearer new"},
+        [],
+    )
+    # A new host gets no stored credential it was not given anew.
+    assert merge_redacted(shown, stored, same_host=False) == (
+        {"X-Team": "crm"},
+        ["Authorization", "X-Credential"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("visible", "problem"),
+    [
+        (("X-Team",), None),
+        (("x-team",), None),
+        (("X-Other",), "names no header"),
+        (("Authorization",), "always write-only"),
+    ],
+)
+def test_check_visible_headers(visible: tuple[str, ...], problem: str | None) -> None:
+    violations = check_visible_headers("v", visible, {"Authorization": "Bearer t", "X-Team": "crm"})
+    assert [v.description for v in violations if problem and problem in v.description] or (
+        problem is None and not violations
+    )
 
 
 def test_validate_subscription_event_types_against_catalog() -> None:

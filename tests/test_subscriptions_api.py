@@ -21,6 +21,7 @@ def test_create_returns_secret_once_and_get_shows_only_prefix(api: Api) -> None:
         event_types=["lead.created", "person.*"],
         description="CRM sync",
         headers={"X-Team": "crm"},
+        visible_headers=["X-Team"],
         rate_limit_per_second=25,
     )
     secret = created.secret
@@ -382,7 +383,8 @@ def test_only_creator_or_admin_updates_deletes_and_rotates(api: Api) -> None:
 
 def test_sensitive_headers_are_redacted_and_kept_on_update(api: Api) -> None:
     sub = api.create(
-        headers={"Authorization": "Bearer receiver-token", "X-Env": "prod"}
+        headers={"Authorization": "Bearer receiver-token", "X-Env": "prod"},
+        visible_headers=["X-Env"],
     ).subscription
     assert dict(sub.headers) == {"Authorization": "<redacted>", "X-Env": "prod"}
     listed = api.call("ListSubscriptions", pb.ListSubscriptionsRequest()).subscriptions[0]

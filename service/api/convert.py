@@ -73,6 +73,7 @@ def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
         enabled=message.enabled if message.HasField("enabled") else True,
         headers=dict(message.headers),
         rate_limit_per_second=message.rate_limit_per_second,
+        visible_headers=tuple(message.visible_headers),
     )
 
 
@@ -108,7 +109,9 @@ def subscription_fields(sub: Subscription) -> dict[str, Any]:
         "update_time": timestamp(sub.update_time),
     }
     if spec.headers:
-        fields["headers"] = redact_headers(spec.headers)
+        fields["headers"] = redact_headers(spec.headers, spec.visible_headers)
+    if spec.visible_headers:
+        fields["visible_headers"] = spec.visible_headers
     if sub.last_delivery_time is not None:
         fields["last_delivery_time"] = timestamp(sub.last_delivery_time)
     if sub.previous_secret_expire_time is not None:

@@ -141,6 +141,7 @@ def _subscription_text(s: pb.Subscription, secret: str = "") -> str:
         ("event types", list(s.event_types) or "* (all)"),
         ("enabled", _enabled(s)),
         ("headers", [f"{k}={v}" for k, v in sorted(s.headers.items())]),
+        ("visible headers", list(s.visible_headers)),
         ("rate limit/s", s.rate_limit_per_second or "default"),
         ("secret prefix", s.secret_prefix),
         ("created", output.when(s.create_time)),
@@ -180,6 +181,9 @@ def _subscription_from_flags(args: argparse.Namespace) -> tuple[pb.Subscription,
     if args.header is not None:
         s.headers.update(_headers(args.header))
         paths.append("headers")
+    if args.visible_header is not None:
+        s.visible_headers.extend(args.visible_header)
+        paths.append("visible_headers")
     if args.rate_limit is not None:
         s.rate_limit_per_second = args.rate_limit
         paths.append("rate_limit_per_second")
@@ -517,7 +521,14 @@ def _subscription_flags(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument(
         "--event-type", action="append", help="repeatable: name, prefix.* or * (default: all)"
     )
-    parser.add_argument("--header", action="append", help="repeatable NAME=VALUE")
+    parser.add_argument(
+        "--header", action="append", help="repeatable NAME=VALUE (write-only unless visible)"
+    )
+    parser.add_argument(
+        "--visible-header",
+        action="append",
+        help="repeatable NAME: a header whose value is no secret and reads show",
+    )
     parser.add_argument("--rate-limit", type=int, help="requests per second")
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_const", const=True)

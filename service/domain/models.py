@@ -30,6 +30,8 @@ class SubscriptionSpec:
     enabled: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     rate_limit_per_second: int = 0
+    # Headers whose values reads show; every other value is write-only.
+    visible_headers: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

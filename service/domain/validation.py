@@ -43,9 +43,8 @@ _RESERVED_HEADERS = frozenset(
     {"host", "content-type", "content-length", "transfer-encoding", "connection", "user-agent"}
 )
 _RESERVED_HEADER_PREFIX = "webhook-"
-# Header values under these names (or containing these words) are shown redacted.
-_SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-_SENSITIVE_WORDS = ("token", "secret", "key", "password", "auth", "signature", "session")
+# Never shown, whatever visible_headers says.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 REDACTED = "<redacted>"
 
 
@@ -64,6 +63,7 @@ def validate_subscription(
     out += check_url(f"{prefix}.url", spec.url, allow_http=allow_http, allow_cidrs=allow_cidrs)
     out += check_event_types(f"{prefix}.event_types", spec.event_types, catalog)
     out += check_headers(f"{prefix}.headers", spec.headers)
+    out += check_visible_headers(f"{prefix}.visible_headers", spec.visible_headers, spec.headers)
     if not 0 <= spec.rate_limit_per_second <= MAX_RATE_LIMIT:
         out.append(
             FieldViolation(
@@ -251,20 +251,49 @@ def check_headers(field: str, headers: Mapping[str, str]) -> list[FieldViolation
     return out
 
 
-def is_sensitive_header(name: str) -> bool:
-    """Whether a header's value is a credential and must not be shown back."""
-    lower = name.lower()
-    return lower in _SENSITIVE_HEADERS or any(word in lower for word in _SENSITIVE_WORDS)
+def check_visible_headers(
+    field: str, visible: Sequence[str], headers: Mapping[str, str]
+) -> list[FieldViolation]:
+    """Each name must be one of the headers, and not a credential header."""
+    names = {name.lower() for name in headers}
+    out = []
+    for name in visible:
+        if name.lower() not in names:
+            out.append(FieldViolation(f"{field}[{name!r}]", "names no header of this subscription"))
+        elif name.lower() in _CREDENTIAL_HEADERS:
+            out.append(FieldViolation(f"{field}[{name!r}]", "is a credential: always write-only"))
+    return out
 
 
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers as shown to callers: sensitive values replaced by `<redacted>`."""
-    return {k: (REDACTED if is_sensitive_header(k) else v) for k, v in headers.items()}
+def redact_headers(headers: Mapping[str, str], visible: Sequence[str]) -> dict[str, str]:
+    """Headers as shown to callers: every value `<redacted>` but those of `visible`."""
+    shown = {name.lower() for name in visible}
+    return {k: (v if k.lower() in shown else REDACTED) for k, v in headers.items()}
 
 
-def merge_redacted(new: Mapping[str, str], stored: Mapping[str, str]) -> dict[str, str]:
-    """Headers for an update: a `<redacted>` value sent back keeps the stored value."""
-    return {k: (stored.get(k, v) if v == REDACTED else v) for k, v in new.items()}
+def merge_redacted(
+    new: Mapping[str, str], stored: Mapping[str, str], *, same_host: bool
+) -> tuple[dict[str, str], list[str]]:
+    """Headers for an update: a `<redacted>` value sent back keeps the stored value, but only
+    for the same host; also the names whose value must be given again for a new host."""
+    merged, again = {}, []
+    for name, value in new.items():
+        if value == REDACTED and name in stored:
+            if same_host:
+                merged[name] = stored[name]
+            else:
+                again.append(name)
+        else:
+            merged[name] = value
+    return merged, again
+
+
+def same_host(url: str, other: str) -> bool:
+    """Whether two URLs name the same host (a header credential may follow only then)."""
+    try:
+        return urlsplit(url).hostname == urlsplit(other).hostname
+    except ValueError:
+        return False
 
 
 def validate_event_type(event_type: EventType, prefix: str = "event_type") -> list[FieldViolation]:

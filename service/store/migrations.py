@@ -62,6 +62,14 @@ def _tenant_subscription_count(db: pw.Database) -> None:
     tenant.update(subscription_count=count).execute()
 
 
+def _visible_headers(db: pw.Database) -> None:
+    # Existing subscriptions get none: every header value becomes write-only.
+    if "visible_headers" not in {c.name for c in db.get_columns("subscriptions")}:
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "ALTER TABLE subscriptions ADD COLUMN visible_headers TEXT NOT NULL DEFAULT '[]'"
+        )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -69,6 +77,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (4, "outbox claims for several publishers", _outbox_claims),
     (5, "no separate delivery subscription index", _drop_delivery_subscription_index),
     (6, "subscription count per tenant", _tenant_subscription_count),
+    (7, "header values write-only unless visible", _visible_headers),
 )
 
 

@@ -44,7 +44,7 @@ class Change:
 _SUBSCRIPTION_COLUMNS = (
     "id, tenant, name, url, description, event_types, enabled, headers_encrypted,"
     " rate_limit_per_second, disabled_reason, created_by, created_at, updated_at,"
-    " last_delivery_at, last_delivery_status"
+    " last_delivery_at, last_delivery_status, visible_headers"
 )
 # What the API shows of the secrets, in the same statement as the row: the newest live
 # secret's prefix and when the older live ones expire. Each `?` is the current time. A
@@ -77,6 +77,7 @@ class _SubscriptionRead(NamedTuple):
     updated_at: datetime | str
     last_delivery_at: datetime | str | None
     last_delivery_status: int
+    visible_headers: str
     secret_prefix: str | None
     previous_secret_expires_at: datetime | str | None
 
@@ -108,7 +109,8 @@ def live_secrets(db: pw.Database, ids: Sequence[str]) -> dict[str, list[_SecretR
 
 @functools.lru_cache(maxsize=1024)
 def _event_types(text: str) -> tuple[str, ...]:
-    """A stored event_types column as a tuple; few distinct lists recur on every page."""
+    """A stored JSON list column (event_types, visible_headers) as a tuple; few distinct
+    lists recur on every page."""
     return tuple(json.loads(text))
 
 
@@ -345,6 +347,7 @@ class SubscriptionStore:
             if spec.headers
             else None,
             "rate_limit_per_second": spec.rate_limit_per_second,
+            "visible_headers": json.dumps(list(spec.visible_headers)),
         }
 
     def _add_secret(self, subscription_id: str, secret: str, now: datetime) -> None:
@@ -391,6 +394,7 @@ class SubscriptionStore:
                 enabled=bool(row.enabled),
                 headers=headers,
                 rate_limit_per_second=row.rate_limit_per_second,
+                visible_headers=_event_types(row.visible_headers),
             ),
             disabled_reason=_DISABLED_REASONS[row.disabled_reason],
             secret_prefix=row.secret_prefix or "",

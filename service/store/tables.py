@@ -45,6 +45,8 @@ class SubscriptionRow(BaseModel):
     disabled_reason = pw.SmallIntegerField(default=0)
     # Encrypted JSON object of custom headers (their values may be credentials).
     headers_encrypted = pw.BlobField(null=True)
+    # JSON list of the header names whose values reads show (the rest are write-only).
+    visible_headers = pw.TextField(default="[]")
     rate_limit_per_second = pw.IntegerField(default=0)
     created_by = pw.CharField(max_length=255)
     created_at = pw.DateTimeField()

@@ -93,6 +93,7 @@ class Subscription(_message.Message):
     LAST_DELIVERY_TIME_FIELD_NUMBER: _builtins.int
     LAST_DELIVERY_STATUS_FIELD_NUMBER: _builtins.int
     PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    VISIBLE_HEADERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. `sub_01J...`. Output only; required in updates."""
     name: _builtins.str
@@ -125,9 +126,11 @@ class Subscription(_message.Message):
 
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra HTTP headers sent with every delivery (at most 20). Values of
-        sensitive headers (authorization, cookies, tokens, keys) are shown as
-        `<redacted>`; sending `<redacted>` back in an update keeps the stored value.
+        """Extra HTTP headers sent with every delivery (at most 20). Values are
+        write-only: reads show `<redacted>` for every header not named in
+        visible_headers. Sending `<redacted>` back in an update keeps the stored
+        value, unless the update moves the URL to another host: then every
+        write-only value must be given again (or the header removed).
         """
 
     @_builtins.property
@@ -146,6 +149,13 @@ class Subscription(_message.Message):
     def previous_secret_expire_time(self) -> _timestamp_pb2.Timestamp:
         """While a rotation overlap lasts, when the previous secret stops signing.
         Output only.
+        """
+
+    @_builtins.property
+    def visible_headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of headers (keys of `headers`) whose values are not secret, such as
+        `X-Team`: reads show them. Authorization, Proxy-Authorization and Cookie
+        always stay write-only.
         """
 
     def __init__(
@@ -167,10 +177,11 @@ class Subscription(_message.Message):
         last_delivery_time: _timestamp_pb2.Timestamp | None = ...,
         last_delivery_status: _builtins.int = ...,
         previous_secret_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        visible_headers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "enabled", b"enabled", "last_delivery_time", b"last_delivery_time", "previous_secret_expire_time", b"previous_secret_expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url", "visible_headers", b"visible_headers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
