@@ -113,7 +113,15 @@ def test_publishing_needs_the_types_scope_and_fits_the_size_cap(make_pipeline: A
     )
     assert details["reason"] == "MISSING_SCOPE"
     assert details["metadata"] == {"scope": "leads:subscribe"}
-    assert api.call("PublishEvent", pb.PublishEventRequest(event=lead)).event_id == "l-1"
+    deadline = time.monotonic() + 15
+    while True:  # the service's producer connects in the background after start
+        try:
+            assert api.call("PublishEvent", pb.PublishEventRequest(event=lead)).event_id == "l-1"
+            break
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
     big = events_pb2.DomainEvent(
         id="big", type="person.created", data=json.dumps({"pad": "x" * 2100}).encode()

@@ -46,7 +46,8 @@ class SubscriptionRow(BaseModel):
     # Encrypted JSON object of custom headers (their values may be credentials).
     headers_encrypted = pw.BlobField(null=True)
     # JSON list of the header names whose values reads show (the rest are write-only).
-    visible_headers = pw.TextField(default="[]")
+    # A database default too, as migration 7 gave rows made before it.
+    visible_headers = pw.TextField(default="[]", constraints=[pw.SQL("DEFAULT '[]'")])
     rate_limit_per_second = pw.IntegerField(default=0)
     created_by = pw.CharField(max_length=255)
     created_at = pw.DateTimeField()
