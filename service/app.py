@@ -15,6 +15,7 @@ from kafka.codec import encode_attempt, event_to_proto
 from kafka.ingest import IngestConsumer, StoredBatch
 from kafka.outbox import AUDIT_HEADERS, OutboxPublisher
 from kafka.producer import Producer
+from kafka.provisioning import TopicsUnavailable, missing_topics, service_topics
 from service import runtime
 from service.api.server import GrpcServer
 from service.api.servicer import WebhookServicer
@@ -50,6 +51,20 @@ PRUNE_BATCH = 1000
 
 class StartupError(Exception):
     """The service cannot start; the message says what to fix."""
+
+
+async def check_topics(settings: Settings) -> None:
+    """The service never relies on broker auto-creation: its topics must be there."""
+    names = service_topics([] if settings.kafka_topic_pattern else settings.kafka_topics)
+    try:
+        missing = await missing_topics(settings.kafka_bootstrap_servers, names)
+    except TopicsUnavailable as exc:
+        raise StartupError(f"cannot list the Kafka topics: {exc}") from None
+    if missing:
+        raise StartupError(
+            f"Kafka topics missing: {', '.join(missing)}; create them with"
+            " `webhook-service kafka-init`"
+        )
 
 
 def load_keys(settings: Settings) -> dict[str, KeyEntry]:
@@ -99,6 +114,8 @@ class App:
     async def start(self) -> int:
         settings = self.settings
         self._keys = load_keys(settings)
+        if settings.kafka_enabled:
+            await check_topics(settings)
         db = open_database(settings.database_url)
         # SQLite takes one writer at a time and makes the others sleep-poll for the lock
         # (measured: a third fewer deliveries/s with 4 threads), so it gets one thread.
@@ -214,7 +231,9 @@ class App:
         self, runner: StoreRunner, store: DeliveryStore, policy: DeliveryPolicy
     ) -> None:
         settings = self.settings
-        self._producer = producer = Producer(settings.kafka_bootstrap_servers)
+        self._producer = producer = Producer(
+            settings.kafka_bootstrap_servers, idempotence=settings.kafka_idempotence
+        )
 
         async def store_batch(events: list[Event]) -> StoredBatch:
             assert self._dispatcher is not None

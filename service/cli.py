@@ -60,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the service with settings from WEBHOOKS_* variables")
     commands.add_parser("dev", help="run on SQLite with a generated development key (make run)")
     commands.add_parser("migrate", help="apply pending schema migrations and exit")
+    commands.add_parser(
+        "kafka-init",
+        help="create the Kafka topics the service uses (ingest, audit, dead letters), idempotently",
+    )
     check = commands.add_parser(
         "healthcheck", help="exit 0 when the gRPC health check says SERVING"
     )
@@ -100,6 +104,8 @@ def _run(command: str) -> int:
     try:
         if command == "migrate":
             return _migrate(settings)
+        if command == "kafka-init":
+            return _kafka_init(settings)
         uvloop.run(serve(settings))
     except StartupError as exc:
         print(f"webhook-service: cannot start: {exc}", file=sys.stderr)
@@ -115,6 +121,26 @@ def _migrate(settings: Settings) -> int:
     with db.connection_context():
         applied = migrate(db)
     print(f"applied migrations: {applied or 'none pending'}")
+    return 0
+
+
+def _kafka_init(settings: Settings) -> int:
+    from kafka.provisioning import TopicLayout, TopicsUnavailable, create_topics, service_topics
+
+    pattern = settings.kafka_topic_pattern
+    names = service_topics([] if pattern else settings.kafka_topics)
+    layout = TopicLayout(
+        settings.kafka_partitions, settings.kafka_replication_factor, settings.kafka_retention_hours
+    )
+    try:
+        created = asyncio.run(create_topics(settings.kafka_bootstrap_servers, names, layout))
+    except TopicsUnavailable as exc:
+        print(f"webhook-service: kafka-init: {exc}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"{name}: {'created' if name in created else 'exists'}")
+    if pattern:
+        print(f"ingest topics matching {pattern!r} are the producers' to create")
     return 0
 
 
@@ -184,7 +210,8 @@ def write_dev_files(dev_dir: Path) -> tuple[str, dict[str, str]]:
 def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | None":
     """Writes .dev/, starts the embedded broker unless WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS names
     one, and prints how to call."""
-    from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
+    from kafka.embedded import EmbeddedBroker, free_port
+    from kafka.provisioning import create_topics, service_topics
 
     key, defaults = write_dev_files(DEV_DIR)
     key_file = DEV_DIR / "dev-api-key"
@@ -199,6 +226,7 @@ def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | N
         )
         asyncio.run(create_topics(broker.bootstrap, topic_names))
         environ["WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        environ.setdefault("WEBHOOKS_KAFKA_IDEMPOTENCE", "false")  # tansu has no InitProducerId
     address = environ.get("WEBHOOKS_GRPC_ADDRESS", "127.0.0.1:50051")
     metrics = environ.get("WEBHOOKS_METRICS_ADDRESS", "127.0.0.1:9464")
     ctl = ".venv/bin/webhookctl" + ("" if address == "127.0.0.1:50051" else f" --address {address}")

@@ -157,6 +157,25 @@ class Settings:
         _in_range(int, 1000, 300_000),
         "consumer group session timeout (brokers want >= 6000)",
     )
+    kafka_idempotence: bool = _setting(
+        True,
+        _bool,
+        "idempotent audit and dead-letter producer (acks=all either way); false only for"
+        " brokers without InitProducerId, such as the embedded one",
+    )
+    kafka_partitions: int = _setting(
+        6, _in_range(int, 1, 10_000), "partitions of each topic `kafka-init` creates"
+    )
+    kafka_replication_factor: int = _setting(
+        0,
+        _in_range(int, 0, 32),
+        "replicas of each topic `kafka-init` creates; 0 = 3, or every broker when fewer",
+    )
+    kafka_retention_hours: int = _setting(
+        168,
+        _in_range(int, -1, 100_000),
+        "how long the topics `kafka-init` creates keep records; -1 = forever",
+    )
     kafka_fetch_max_wait_ms: int = _setting(
         10,
         _in_range(int, 1, 10_000),

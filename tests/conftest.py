@@ -1,9 +1,10 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the suite's PostgreSQL."""
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,17 @@ from typing import Any
 import grpc
 import pytest
 
-from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
+from kafka.embedded import EmbeddedBroker, free_port
+from kafka.provisioning import create_topics, service_topics
 from service.config import Settings
-from tests import postgres_server
-from tests.pipeline_support import Receiver, Record, new_topic, pipeline_env, produce
+from tests import apache_kafka, postgres_server
+from tests.apache_kafka import KafkaCluster
+from tests.pipeline_support import Broker, Receiver, Record, new_topic, pipeline_env, produce
 from tests.support import Api, ServerThread, base_env, postgres_schema
 from webhooks.v1 import webhook_service_pb2 as pb
 
 POSTGRES_REPORT = pytest.StashKey[str]()
+KAFKA_MISSING = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +45,8 @@ def postgres_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if report := config.stash.get(POSTGRES_REPORT, None):
         terminalreporter.write_line(report)
+    if missing := config.stash.get(KAFKA_MISSING, None):
+        terminalreporter.write_sep("!", f"APACHE KAFKA TESTS SKIPPED: {missing}", red=True)
 
 
 @pytest.fixture
@@ -85,14 +91,41 @@ def api(make_server: Any) -> Api:
     return server
 
 
-@pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """One tansu broker for the session; each test uses its own ingest topic."""
-    instance = EmbeddedBroker(free_port())
-    instance.start()
-    asyncio.run(create_topics(instance.bootstrap, service_topics([])))
-    yield instance
-    instance.stop()
+@pytest.fixture(
+    scope="session",
+    params=["tansu", pytest.param("apache", marks=pytest.mark.apache_kafka)],
+)
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """One broker of each kind for the session, tansu and a single Apache Kafka node; each
+    test uses its own ingest topic."""
+    if request.param == "tansu":
+        tansu = EmbeddedBroker(free_port())
+        tansu.start()
+        asyncio.run(create_topics(tansu.bootstrap, service_topics([])))
+        yield tansu
+        tansu.stop()
+        return
+    with apache_kafka_cluster(request, size=1) as cluster:
+        asyncio.run(create_topics(cluster.bootstrap, service_topics([])))
+        yield cluster
+
+
+@contextmanager
+def apache_kafka_cluster(request: pytest.FixtureRequest, size: int) -> Iterator[KafkaCluster]:
+    """A running Apache Kafka cluster, or one line saying what is missing: a failure under CI,
+    a skip elsewhere, reported again at the end of the run."""
+    missing = ""
+    try:
+        apache_kafka.jars()
+    except apache_kafka.MissingKafka as error:
+        missing = str(error)
+    if missing:
+        request.config.stash[KAFKA_MISSING] = missing
+        if os.environ.get("CI"):
+            pytest.fail(missing, pytrace=False)
+        pytest.skip(missing)
+    with apache_kafka.running_cluster(size) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -136,10 +169,10 @@ class Pipeline:
 
 
 @pytest.fixture
-def make_pipeline(make_server: Any, broker: EmbeddedBroker) -> Any:
+def make_pipeline(make_server: Any, broker: Broker) -> Any:
     def start(**overrides: str) -> Pipeline:
         topic = new_topic(broker.bootstrap)
-        env = pipeline_env(broker.bootstrap, topic) | overrides
+        env = pipeline_env(broker, topic) | overrides
         return Pipeline(make_server(**env), broker.bootstrap, topic)
 
     return start

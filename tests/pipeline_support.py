@@ -10,13 +10,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from kafka import topics
-from kafka.embedded import create_topics
+from kafka.provisioning import create_topics
 from webhooks.v1 import events_pb2
 
 
@@ -239,9 +240,7 @@ def read_topic(
         )
         await consumer.start()
         try:
-            partitions = [
-                TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0})
-            ]
+            partitions = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             records: list[Any] = []
@@ -259,6 +258,17 @@ def read_topic(
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
+    """Every partition of the topic (a fresh consumer's metadata may not know them yet)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+        return sorted(p["partition"] for p in described["partitions"])
+    finally:
+        await admin.close()
 
 
 def audit_records(
@@ -280,11 +290,23 @@ def audit_records(
     return mine(records)
 
 
-def pipeline_env(bootstrap: str, topic: str) -> dict[str, str]:
+class Broker(Protocol):
+    """tansu (kafka.embedded.EmbeddedBroker) or Apache Kafka (tests.apache_kafka)."""
+
+    bootstrap: str
+    supports_idempotence: bool
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+def pipeline_env(broker: Broker, topic: str) -> dict[str, str]:
     """Settings of a test service with Kafka on and short, deterministic retries."""
     return {
         "WEBHOOKS_KAFKA_ENABLED": "true",
-        "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "WEBHOOKS_KAFKA_IDEMPOTENCE": str(broker.supports_idempotence).lower(),
         "WEBHOOKS_KAFKA_TOPICS": topic,
         "WEBHOOKS_ALLOW_HTTP": "true",
         "WEBHOOKS_RETRY_SCHEDULE": "0.2,0.2",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kafka.embedded import EmbeddedBroker
 from tests.pipeline_support import (
+    Broker,
     Receiver,
     Reply,
     new_topic,
@@ -27,7 +27,7 @@ EVENTS = 300
 def test_sigkill_mid_stream_loses_nothing(
     store: str,
     tmp_path: Path,
-    broker: EmbeddedBroker,
+    broker: Broker,
     receiver: Receiver,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -37,7 +37,7 @@ def test_sigkill_mid_stream_loses_nothing(
         else request.getfixturevalue("postgres_url")
     )
     topic = new_topic(broker.bootstrap)
-    env = process_env(tmp_path, database_url, **pipeline_env(broker.bootstrap, topic))
+    env = process_env(tmp_path, database_url, **pipeline_env(broker, topic))
     first = ServiceProcess(env, tmp_path / "first.log").start()
     second = ServiceProcess(env, tmp_path / "second.log")
     try:
@@ -60,13 +60,13 @@ def test_sigkill_mid_stream_loses_nothing(
 
 @pytest.mark.slow
 def test_sigterm_drains_and_commits_so_a_restart_resends_nothing(
-    tmp_path: Path, broker: EmbeddedBroker, receiver: Receiver
+    tmp_path: Path, broker: Broker, receiver: Receiver
 ) -> None:
     topic = new_topic(broker.bootstrap)
     env = process_env(
         tmp_path,
         f"sqlite:///{tmp_path / 'drain.db'}",
-        **pipeline_env(broker.bootstrap, topic),
+        **pipeline_env(broker, topic),
         WEBHOOKS_SHUTDOWN_GRACE_SECONDS="10",
     )
     first = ServiceProcess(env, tmp_path / "first.log").start()

@@ -12,9 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kafka.embedded import EmbeddedBroker
 from tests.conftest import Pipeline
 from tests.pipeline_support import (
+    Broker,
     Receiver,
     Reply,
     audit_records,
@@ -48,11 +48,11 @@ def _outbox_rows(database: Path) -> int:
 
 
 def test_broker_frozen_for_10_s_while_events_flow_loses_nothing(
-    tmp_path: Path, broker: EmbeddedBroker, receiver: Receiver
+    tmp_path: Path, broker: Broker, receiver: Receiver
 ) -> None:
     database = tmp_path / "outage.db"
     topic = new_topic(broker.bootstrap)
-    env = process_env(tmp_path, f"sqlite:///{database}", **pipeline_env(broker.bootstrap, topic))
+    env = process_env(tmp_path, f"sqlite:///{database}", **pipeline_env(broker, topic))
     service = ServiceProcess(env, tmp_path / "service.log").start()
     ids = [f"evt-{n:04d}" for n in range(300)]
     try:

@@ -2,11 +2,10 @@
 
 import asyncio
 
-from kafka.embedded import EmbeddedBroker
 from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer, StoredBatch
 from kafka.producer import Producer
 from service.domain.models import Event
-from tests.pipeline_support import cloud_event, new_topic, produce, structured
+from tests.pipeline_support import Broker, cloud_event, new_topic, produce, structured
 
 IDLE_WAIT_MS = 40
 
@@ -18,7 +17,7 @@ def _fetch_wait(consumer: IngestConsumer) -> int:
 
 
 def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_idle(
-    broker: EmbeddedBroker,
+    broker: Broker,
 ) -> None:
     topic = new_topic(broker.bootstrap)
     stored: list[Event] = []
@@ -32,7 +31,7 @@ def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_id
         return StoredBatch(hand_off)
 
     async def run() -> list[tuple[int, int]]:
-        producer = Producer(broker.bootstrap)
+        producer = Producer(broker.bootstrap, idempotence=broker.supports_idempotence)
         consumer = IngestConsumer(
             bootstrap=broker.bootstrap,
             topic_names=[topic],

@@ -13,12 +13,11 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kafka.embedded import EmbeddedBroker
 from service.app import App, StartupError
 from service.config import Settings
 from service.logs import JsonFormatter
 from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Reply, audit_records, cloud_event, structured
+from tests.pipeline_support import Broker, Receiver, Reply, audit_records, cloud_event, structured
 from tests.support import KEYS, Api, base_env, expect_error
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
@@ -184,7 +183,7 @@ _METRICS = "WEBHOOKS_METRICS_ADDRESS"
 
 
 def test_audit_records_go_straight_to_kafka_and_through_the_outbox_while_it_is_away(
-    make_pipeline: Any, broker: EmbeddedBroker, receiver: Receiver
+    make_pipeline: Any, broker: Broker, receiver: Receiver
 ) -> None:
     pipeline: Pipeline = make_pipeline(WEBHOOKS_RETRY_SCHEDULE="2")
     api = pipeline.api

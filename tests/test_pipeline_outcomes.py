@@ -324,7 +324,7 @@ def test_topic_pattern_consumes_every_matching_topic(
     import asyncio
     import uuid
 
-    from kafka.embedded import create_topics
+    from kafka.provisioning import create_topics
     from tests.pipeline_support import produce
 
     prefix = f"pat{uuid.uuid4().hex[:6]}"

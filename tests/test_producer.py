@@ -4,12 +4,11 @@ import asyncio
 import os
 from typing import Any
 
-from kafka.embedded import EmbeddedBroker
 from kafka.producer import Producer
-from tests.pipeline_support import new_topic, read_topic
+from tests.pipeline_support import Broker, new_topic, read_topic
 
 
-def test_send_all_reports_each_records_partition_and_offset(broker: EmbeddedBroker) -> None:
+def test_send_all_reports_each_records_partition_and_offset(broker: Broker) -> None:
     first, second = new_topic(broker.bootstrap), new_topic(broker.bootstrap)
     # Many keys and none, two topics, and records larger than a whole batch (256 KB),
     # which go alone and split the batches around them.
@@ -21,7 +20,7 @@ def test_send_all_reports_each_records_partition_and_offset(broker: EmbeddedBrok
     records[101] = (first, b"key-1", b"after the big one", [])
 
     async def send() -> list[tuple[int, int]]:
-        producer = Producer(broker.bootstrap)
+        producer = Producer(broker.bootstrap, idempotence=broker.supports_idempotence)
         await producer.start()
         try:
             return await producer.send_all(records)

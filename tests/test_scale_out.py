@@ -10,8 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kafka.embedded import EmbeddedBroker, free_port
+from kafka.embedded import free_port
 from tests.pipeline_support import (
+    Broker,
     Receiver,
     Reply,
     audit_records,
@@ -57,7 +58,7 @@ def _statuses(postgres_url: str) -> Counter[int]:
 
 
 def test_two_instances_send_each_event_once_and_claim_each_retry_once(
-    tmp_path: Path, broker: EmbeddedBroker, receiver: Receiver, postgres_url: str
+    tmp_path: Path, broker: Broker, receiver: Receiver, postgres_url: str
 ) -> None:
     topic = new_topic(broker.bootstrap)
     env = process_env(
@@ -67,7 +68,7 @@ def test_two_instances_send_each_event_once_and_claim_each_retry_once(
         # group formed made one instance fail 101 of them within 0.1 s (a CI run), before
         # any retry was due: at pipeline_env's threshold of 100 the circuit opened for its
         # 30 s cooldown, longer than the test waits. A breaker test, not this one.
-        **pipeline_env(broker.bootstrap, topic)
+        **pipeline_env(broker, topic)
         | {"WEBHOOKS_DELIVERY_LEASE_SECONDS": "20", "WEBHOOKS_CIRCUIT_FAILURES": "1000"},
     )
     a, b = _instances(tmp_path, env)
@@ -101,12 +102,12 @@ def test_two_instances_send_each_event_once_and_claim_each_retry_once(
 
 
 def test_the_survivor_takes_over_partitions_and_claimed_deliveries_of_a_killed_instance(
-    tmp_path: Path, broker: EmbeddedBroker, receiver: Receiver, postgres_url: str
+    tmp_path: Path, broker: Broker, receiver: Receiver, postgres_url: str
 ) -> None:
     topic = new_topic(broker.bootstrap)
     # Every event's first attempt fails, so a burst of them (the survivor's takeover) would
     # open the circuit for its 30 s cooldown: a breaker test, not this one.
-    settings = pipeline_env(broker.bootstrap, topic) | {"WEBHOOKS_CIRCUIT_FAILURES": "1000"}
+    settings = pipeline_env(broker, topic) | {"WEBHOOKS_CIRCUIT_FAILURES": "1000"}
     env = process_env(tmp_path, postgres_url, **settings)
     a, b = _instances(tmp_path, env)
     ids = [f"evt-{n:04d}" for n in range(300)]

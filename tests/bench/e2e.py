@@ -21,8 +21,9 @@ import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kafka import topics
-from kafka.embedded import EmbeddedBroker, create_topics, free_port, service_topics
+from kafka.embedded import EmbeddedBroker, free_port
 from kafka.ingest import FLOWING_FETCH_WAIT_MS
+from kafka.provisioning import TopicLayout, create_topics, service_topics
 from service.crypto import new_encryption_key
 from service.domain.access import ADMIN, hash_key, new_api_key
 from tests.support import ServiceProcess
@@ -104,7 +105,9 @@ class Stack:
         broker = EmbeddedBroker(free_port())
         broker.start()
         topic = "domain-events"
-        asyncio.run(create_topics(broker.bootstrap, service_topics([topic]), partitions=6))
+        asyncio.run(
+            create_topics(broker.bootstrap, service_topics([topic]), TopicLayout(partitions=6))
+        )
         keys = {tenant: new_api_key() for tenant in LAYOUT}
         entries = [
             {"id": t, "sha256": hash_key(k), "tenant": t, "principal": t, "scopes": [ADMIN]}
@@ -352,7 +355,7 @@ def broker_floor(per_second: float, seconds: float) -> dict[str, float]:
     broker.start()
     try:
         topic = "domain-events"
-        asyncio.run(create_topics(broker.bootstrap, [topic], partitions=6))
+        asyncio.run(create_topics(broker.bootstrap, [topic], TopicLayout(partitions=6)))
         plan = events(int(per_second * seconds))
         samples = asyncio.run(_produce_and_consume(broker.bootstrap, topic, plan, per_second))
     finally:

@@ -1,0 +1,80 @@
+"""The service's topics: created by `webhook-service kafka-init` (never by broker
+auto-creation), and checked by `serve` before it starts."""
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from kafka import topics
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    """How `kafka-init` makes a topic. replication_factor 0 = 3, or every broker if fewer;
+    retention_hours -1 = forever."""
+
+    partitions: int = 3
+    replication_factor: int = 0
+    retention_hours: int = -1
+
+
+class TopicsUnavailable(Exception):
+    """The broker cannot be asked about topics, or cannot create them; one line."""
+
+
+def service_topics(ingest: Sequence[str]) -> list[str]:
+    """Every topic the service reads or writes: the ingest ones, audit and dead letters."""
+    return [*ingest, topics.DELIVERY_ATTEMPTS_TOPIC, topics.DEAD_LETTER_TOPIC]
+
+
+async def missing_topics(bootstrap: str, names: Sequence[str]) -> list[str]:
+    """Those of `names` the cluster does not have."""
+    async with _admin(bootstrap) as admin:
+        existing = set(await admin.list_topics())
+    return [name for name in names if name not in existing]
+
+
+async def create_topics(
+    bootstrap: str, names: Sequence[str], layout: TopicLayout = TopicLayout()
+) -> list[str]:
+    """Creates those of `names` that do not exist (idempotent); returns the ones it made."""
+    async with _admin(bootstrap) as admin:
+        existing = set(await admin.list_topics())
+        wanted = [name for name in names if name not in existing]
+        if not wanted:
+            return []
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replicas = layout.replication_factor or min(3, brokers)
+        configs = (
+            {"retention.ms": str(layout.retention_hours * 3_600_000)}
+            if layout.retention_hours >= 0
+            else {"retention.ms": "-1"}
+        )
+        new = [
+            NewTopic(name, layout.partitions, replicas, topic_configs=configs) for name in wanted
+        ]
+        with contextlib.suppress(TopicAlreadyExistsError):  # another kafka-init just now
+            response = await admin.create_topics(new)
+            failed = [
+                f"{name}: {message or code}"
+                for name, code, message in response.topic_errors
+                if code not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if failed:
+                raise TopicsUnavailable(f"could not create {'; '.join(failed)}")
+    return wanted
+
+
+@contextlib.asynccontextmanager
+async def _admin(bootstrap: str):  # type: ignore[no-untyped-def]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        yield admin
+    except KafkaError as exc:
+        raise TopicsUnavailable(f"Kafka at {bootstrap}: {type(exc).__name__}") from None
+    finally:
+        await admin.close()

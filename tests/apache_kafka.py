@@ -1,0 +1,299 @@
+"""Apache Kafka for the tests and the benchmark: the release pinned in kafka_broker/pom.xml,
+fetched with Maven into a cache, run on Java 17 in KRaft mode as one combined node or a
+cluster of three, on loopback ports with log dirs on disk, started and stopped by process id.
+
+`python -m tests.apache_kafka fetch` fills the cache (make test-deps runs it)."""
+
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from kafka.embedded import free_port
+
+POM = Path(__file__).parent / "kafka_broker" / "pom.xml"
+VERSION = "4.4.0"  # as in the POM
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "webhook-service"
+HEAP = "512m"
+
+
+class MissingKafka(Exception):
+    """Java or Maven is not there, or the jars cannot be fetched; the message is one line."""
+
+
+def jars(cache: Path = CACHE) -> Path:
+    """The directory of the broker's jars, fetched with Maven the first time."""
+    libs = cache / f"kafka-{VERSION}"
+    if (libs / f"kafka_2.13-{VERSION}.jar").is_file():
+        return libs
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if missing:
+        raise MissingKafka(
+            f"Apache Kafka tests need {' and '.join(missing)} on PATH"
+            " (apt-get install openjdk-17-jdk-headless maven)"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"kafka-{VERSION}-", dir=cache))
+    command = [
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={partial}",
+        "-DincludeScope=runtime",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise MissingKafka(f"mvn could not fetch Apache Kafka {VERSION}: {last[0][:300]}")
+    partial.rename(libs)  # whole or not at all: a run stopped halfway leaves no libs
+    return libs
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class KafkaNode:
+    """One combined broker and controller; its data stays in `log_dir` across restarts."""
+
+    def __init__(self, node_id: int, root: Path, libs: Path) -> None:
+        self.node_id = node_id
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.dir = root / f"node-{node_id}"
+        self.log_dir = self.dir / "data"
+        self.properties = self.dir / "server.properties"
+        self._libs = libs
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def configure(self, voters: str, settings: Mapping[str, object]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = {
+            "process.roles": "broker,controller",
+            "node.id": self.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": self.log_dir,
+            **settings,
+        }
+        self.properties.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+
+    def format(self, cluster_id: str) -> None:
+        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", self.properties)
+
+    def _java(self, main: str, *args: object) -> None:
+        command = ["java", "-cp", f"{self._libs}/*", main, *map(str, args)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{main} failed: {(done.stdout + done.stderr)[-500:]}")
+
+    def start(self) -> None:
+        """Starts the process; `KafkaCluster.wait_ready` says when it serves."""
+        with open(self.dir / "out.log", "ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    "java",
+                    f"-Xms{HEAP}",
+                    f"-Xmx{HEAP}",
+                    "-XX:+UseSerialGC",  # two cores: no parallel collector threads
+                    "-cp",
+                    f"{self._libs}/*",
+                    "kafka.Kafka",
+                    str(self.properties),
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies with its data on disk."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self, wait_seconds: float = 30.0) -> None:
+        """SIGTERM (a controlled shutdown), SIGKILL if it takes longer than `wait_seconds`."""
+        if not self.running:
+            return
+        assert self.process is not None
+        self._signal(signal.SIGCONT, wait=False)
+        self._signal(signal.SIGTERM, wait=False)
+        try:
+            self.process.wait(wait_seconds)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM, wait=False)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP, wait=False)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT, wait=False)
+
+    def _signal(self, number: int, wait: bool = True) -> None:
+        if self.running:
+            assert self.process is not None
+            os.kill(self.process.pid, number)
+            if wait:
+                self.process.wait(30)
+
+
+class KafkaCluster:
+    """`size` combined nodes forming one KRaft quorum. One node: replication 1. Three:
+    replication factor 3 and min.insync.replicas 2, for topics made by the tests and the
+    broker's own. Topics are never created automatically."""
+
+    def __init__(self, root: Path, size: int = 1, libs: Path | None = None) -> None:
+        libs = libs or jars()
+        self.nodes = [KafkaNode(n, root, libs) for n in range(1, size + 1)]
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        replicas = min(size, 3)
+        settings = {
+            "auto.create.topics.enable": "false",
+            "num.partitions": 3,
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min(size, 2),
+            "offsets.topic.replication.factor": replicas,
+            "offsets.topic.num.partitions": 5,  # the default 50 slows the first group join
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min(size, 2),
+            "group.initial.rebalance.delay.ms": 0,
+            # The tests' consumers use 2 s sessions so a crash rebalances quickly.
+            "group.min.session.timeout.ms": 1000,
+            "unclean.leader.election.enable": "false",
+        }
+        cluster_id = _cluster_id()
+        for node in self.nodes:
+            node.configure(voters, settings)
+            node.format(cluster_id)
+        self.bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        self.supports_idempotence = True
+
+    def start(self, wait_seconds: float = 90.0) -> None:
+        for node in self.nodes:
+            node.start()
+        self.wait_ready(wait_seconds)
+
+    def wait_ready(self, wait_seconds: float = 90.0) -> None:
+        """Until every running node is registered with the controller and answers."""
+        deadline = time.monotonic() + wait_seconds
+        expected = {n.node_id for n in self.nodes if n.running}
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.process is not None and node.process.poll() is not None:
+                    tail = (node.dir / "out.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"Kafka node {node.node_id} exited: {tail}")
+            if all(n.listening() for n in self.nodes if n.running) and expected <= self._brokers():
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"Kafka nodes {sorted(expected)} not ready within {wait_seconds} s")
+
+    def _brokers(self) -> set[int]:
+        bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes if n.running)
+
+        async def ask() -> set[int]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+            try:
+                await admin.start()
+                described = await admin.describe_cluster()
+                return {int(b["node_id"]) for b in described["brokers"]}
+            except (KafkaError, OSError):
+                return set()
+            finally:
+                await admin.close()
+
+        return asyncio.run(ask())
+
+    def node(self, node_id: int) -> KafkaNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def leader(self, topic: str, partition: int = 0) -> KafkaNode:
+        """The node that leads the partition now."""
+
+        async def ask() -> int:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                [described] = await admin.describe_topics([topic])
+                found = {p["partition"]: p["leader"] for p in described["partitions"]}
+                return int(found[partition])
+            finally:
+                await admin.close()
+
+        return self.node(asyncio.run(ask()))
+
+    # The EmbeddedBroker's outage interface, for tests that run on either broker.
+    def pause(self) -> None:
+        for node in self.nodes:
+            node.pause()
+
+    def resume(self) -> None:
+        for node in self.nodes:
+            node.resume()
+
+    def stop(self, wait_seconds: float = 15.0) -> None:
+        """SIGTERM to every node at once (one by one, the last waits for a quorum that has
+        gone), SIGKILL to those still there after `wait_seconds`."""
+        for node in self.nodes:
+            node.resume()
+            node.terminate()
+        deadline = time.monotonic() + wait_seconds
+        for node in self.nodes:
+            node.stop(max(0.1, deadline - time.monotonic()))
+
+
+@contextmanager
+def running_cluster(size: int = 1) -> Iterator[KafkaCluster]:
+    """A started cluster in a temporary directory, stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="webhooks-kafka-"))
+    cluster = KafkaCluster(root, size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["fetch"]:
+        sys.exit("usage: python -m tests.apache_kafka fetch")
+    try:
+        print(f"Apache Kafka {VERSION}: {jars()}")
+    except MissingKafka as error:
+        sys.exit(str(error))
