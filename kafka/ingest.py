@@ -7,8 +7,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from kafka import topics
@@ -116,7 +117,6 @@ class IngestConsumer:
         if self._consumer is not None:
             return
         consumer = AIOKafkaConsumer(
-            *([] if self._pattern else self._topics),
             bootstrap_servers=self._bootstrap,
             group_id=topics.CONSUMER_GROUP,
             enable_auto_commit=False,
@@ -129,8 +129,11 @@ class IngestConsumer:
             # The idle wait; `_pace` shortens it while records flow.
             fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
+        handover = _Handover(self)
         if self._pattern:
-            consumer.subscribe(pattern=self._pattern)
+            consumer.subscribe(pattern=self._pattern, listener=handover)
+        else:
+            consumer.subscribe(self._topics, listener=handover)
         try:
             await consumer.start()
         except KafkaError:
@@ -302,6 +305,14 @@ class IngestConsumer:
             return dataclasses.replace(event, record_time_ms=record.timestamp)
         return event
 
+    async def hand_over(self) -> None:
+        """Before partitions go to another member (one joins or leaves): the batches in flight
+        are stored and their offsets committed, so the new owner starts after them and sends
+        nothing of them again. A batch that failed is left to the new owner to read again."""
+        with contextlib.suppress(Exception):
+            await self._settle(keep=0)
+        await self._commit_pending()
+
     async def stop(self) -> None:
         self._stopped.set()
 
@@ -321,6 +332,19 @@ class IngestConsumer:
             consumer, self._consumer = self._consumer, None
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
+
+
+class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka awaits these around a rebalance, with fetching paused."""
+
+    def __init__(self, consumer: IngestConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._consumer.hand_over()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
 
 
 def _headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:

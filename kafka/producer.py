@@ -76,6 +76,16 @@ class Producer:
     def ready(self) -> bool:
         return self._producer is not None
 
+    async def reachable(self) -> bool:
+        """Whether a broker answers a metadata request now (callers bound the wait)."""
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            return bool(await producer.client.force_metadata_update())
+        except KafkaError:
+            return False
+
     async def send_all(
         self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]
     ) -> list[tuple[int, int]]:

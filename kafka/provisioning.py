@@ -1,6 +1,7 @@
 """The service's topics: created by `webhook-service kafka-init` (never by broker
 auto-creation), and checked by `serve` before it starts."""
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from kafka import topics
+
+VISIBLE_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ async def create_topics(
             ]
             if failed:
                 raise TopicsUnavailable(f"could not create {'; '.join(failed)}")
+        # Created is not yet visible: a cluster spreads the new metadata to every broker
+        # shortly after answering, and a `serve` started at once would miss the topics.
+        deadline = asyncio.get_running_loop().time() + VISIBLE_WAIT_SECONDS
+        while not set(wanted) <= set(await admin.list_topics()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TopicsUnavailable(f"{', '.join(wanted)} not listed after creation")
+            await asyncio.sleep(0.1)
     return wanted
 
 

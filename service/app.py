@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from grpc_health.v1 import health_pb2
+
 from kafka import topics
 from kafka.codec import encode_attempt, event_to_proto
 from kafka.ingest import IngestConsumer, StoredBatch
@@ -47,6 +49,12 @@ from service.subscriptions import SubscriptionService
 log = logging.getLogger(__name__)
 CATALOG_REFRESH_SECONDS = 5.0
 PRUNE_BATCH = 1000
+
+
+# The health service name that says whether Kafka answers; "" (the whole service) stays
+# SERVING meanwhile, since the API and deliveries already queued go on without it.
+KAFKA_HEALTH = "webhooks.kafka"
+KAFKA_PROBE_SECONDS = 2.0
 
 
 class StartupError(Exception):
@@ -215,6 +223,9 @@ class App:
         )
         self._grpc = GrpcServer(settings, servicer)
         port = await self._grpc.start()
+        if settings.kafka_enabled:
+            await self._probe_kafka()
+            self._spawn("kafka-health", self._every(KAFKA_PROBE_SECONDS, self._probe_kafka))
         log.info("serving gRPC", extra={"address": settings.grpc_address, "port": port})
         if settings.metrics_address:
             try:
@@ -329,6 +340,20 @@ class App:
 
     def _catalog_changed(self) -> None:
         self._spawn("catalog-refresh-now", self.refresh_catalog())
+
+    async def _probe_kafka(self) -> None:
+        """Health `webhooks.kafka` and the webhooks_kafka_up gauge say whether Kafka answers."""
+        assert self._grpc is not None
+        up = False
+        if self._producer is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KAFKA_PROBE_SECONDS):
+                    up = await self._producer.reachable()
+        self.metrics.kafka_up.set(1 if up else 0)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self._grpc.health.set(
+            KAFKA_HEALTH, serving if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     async def _sample(self) -> None:
         assert self._runner is not None

@@ -85,6 +85,11 @@ class Metrics:
             "Deliveries waiting for an attempt or a retry (sampled)",
             registry=registry,
         )
+        self.kafka_up = Gauge(
+            "webhooks_kafka_up",
+            "1 while a Kafka broker answers the service's metadata requests (every 2 s), else 0",
+            registry=registry,
+        )
         self.outbox_backlog = Gauge(
             "webhooks_audit_outbox_backlog",
             "Audit records written but not yet acknowledged by Kafka (sampled)",

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -239,6 +240,28 @@ class KafkaCluster:
 
         return asyncio.run(ask())
 
+    def wait_in_sync(self, wait_seconds: float = 60.0) -> None:
+        """Until no partition is under-replicated, as a rolling restart waits between nodes."""
+
+        async def lagging() -> int:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                described = await admin.describe_topics()
+                return sum(
+                    len(p["isr"]) < len(p["replicas"])
+                    for topic in described
+                    for p in topic["partitions"]
+                )
+            finally:
+                await admin.close()
+
+        deadline = time.monotonic() + wait_seconds
+        while asyncio.run(lagging()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"partitions still under-replicated after {wait_seconds} s")
+            time.sleep(0.3)
+
     def node(self, node_id: int) -> KafkaNode:
         return next(n for n in self.nodes if n.node_id == node_id)
 
@@ -288,6 +311,30 @@ def running_cluster(size: int = 1) -> Iterator[KafkaCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# Kept here, not in conftest.py, which pytest may import apart from the tests' own import.
+KAFKA_MISSING = pytest.StashKey[str]()
+# One line per Apache Kafka failure test: delivered, lost, duplicates (tests/test_kafka_failures).
+FAILURE_REPORT = pytest.StashKey[list[str]]()
+
+
+@contextmanager
+def cluster_for(request: pytest.FixtureRequest, size: int) -> Iterator[KafkaCluster]:
+    """A running Apache Kafka cluster, or one line saying what is missing: a failure under CI,
+    a skip elsewhere, reported again at the end of the run."""
+    missing = ""
+    try:
+        jars()
+    except MissingKafka as error:
+        missing = str(error)
+    if missing:
+        request.config.stash[KAFKA_MISSING] = missing
+        if os.environ.get("CI"):
+            pytest.fail(missing, pytrace=False)
+        pytest.skip(missing)
+    with running_cluster(size) as cluster:
+        yield cluster
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the suite's PostgreSQL."""
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,11 @@ from kafka.embedded import EmbeddedBroker, free_port
 from kafka.provisioning import create_topics, service_topics
 from service.config import Settings
 from tests import apache_kafka, postgres_server
-from tests.apache_kafka import KafkaCluster
 from tests.pipeline_support import Broker, Receiver, Record, new_topic, pipeline_env, produce
 from tests.support import Api, ServerThread, base_env, postgres_schema
 from webhooks.v1 import webhook_service_pb2 as pb
 
 POSTGRES_REPORT = pytest.StashKey[str]()
-KAFKA_MISSING = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +42,9 @@ def postgres_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if report := config.stash.get(POSTGRES_REPORT, None):
         terminalreporter.write_line(report)
-    if missing := config.stash.get(KAFKA_MISSING, None):
+    for line in config.stash.get(apache_kafka.FAILURE_REPORT, []):
+        terminalreporter.write_line(f"Kafka failure test, {line}")
+    if missing := config.stash.get(apache_kafka.KAFKA_MISSING, None):
         terminalreporter.write_sep("!", f"APACHE KAFKA TESTS SKIPPED: {missing}", red=True)
 
 
@@ -105,26 +104,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         yield tansu
         tansu.stop()
         return
-    with apache_kafka_cluster(request, size=1) as cluster:
+    with apache_kafka.cluster_for(request, size=1) as cluster:
         asyncio.run(create_topics(cluster.bootstrap, service_topics([])))
-        yield cluster
-
-
-@contextmanager
-def apache_kafka_cluster(request: pytest.FixtureRequest, size: int) -> Iterator[KafkaCluster]:
-    """A running Apache Kafka cluster, or one line saying what is missing: a failure under CI,
-    a skip elsewhere, reported again at the end of the run."""
-    missing = ""
-    try:
-        apache_kafka.jars()
-    except apache_kafka.MissingKafka as error:
-        missing = str(error)
-    if missing:
-        request.config.stash[KAFKA_MISSING] = missing
-        if os.environ.get("CI"):
-            pytest.fail(missing, pytrace=False)
-        pytest.skip(missing)
-    with apache_kafka.running_cluster(size) as cluster:
         yield cluster
 
 

@@ -155,9 +155,16 @@ def test_pending_gauge_counts_waiting_retries(make_pipeline: Any, receiver: Rece
     pipeline.api.create(url=receiver.url("/down"), event_types=["person.created"])
     receiver.reply("/down", Reply(503))
     pipeline.send(*(structured(cloud_event("person.created", {"n": n})) for n in range(3)))
-    samples = wait_until(pipeline.api, lambda s: value(s, "webhooks_pending_deliveries") == 3)
-    assert value(samples, "webhooks_pending_deliveries") == 3
     retried = {"outcome": "retry_scheduled", "status_class": "5xx"}
+    # Pending before their first attempt too: wait for the attempts as well.
+    samples = wait_until(
+        pipeline.api,
+        lambda s: (
+            value(s, "webhooks_pending_deliveries") == 3
+            and value(s, "webhooks_delivery_attempts_total", **retried) == 3
+        ),
+    )
+    assert value(samples, "webhooks_pending_deliveries") == 3
     assert value(samples, "webhooks_delivery_attempts_total", **retried) == 3
 
 

@@ -211,9 +211,11 @@ def test_rate_limit_spaces_deliveries(pipeline: Pipeline, receiver: Receiver) ->
     pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(12)])
     requests = receiver.wait_for("/limited", 12)
     span = requests[-1].at - requests[0].at
-    assert span >= 1.0  # 12 requests at 10/s with a burst of 1 take at least 1.1 s
-    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
-    assert min(gaps) > 0.05
+    gaps = sorted(b.at - a.at for a, b in itertools.pairwise(requests))
+    # 12 at 10/s with a burst of 1 are sent 1.1 s apart; unlimited, they arrive within ~50 ms.
+    # Arrival jitter on a loaded machine (a first connect, a stall) compresses a gap or two.
+    assert span >= 0.8, gaps
+    assert gaps[len(gaps) // 2] >= 0.08, gaps
 
 
 def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: Receiver) -> None:

@@ -82,10 +82,11 @@ class _Lane:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _forgettable(lane: _Lane) -> bool:
-    """An idle lane with nothing to remember (closed circuit, no rate debt) can go."""
-    in_debt = lane.bucket is not None and lane.bucket.tokens < 0
-    return not lane.queue and not lane.sending and not lane.breaker.failures and not in_debt
+def _forgettable(lane: _Lane, now: float) -> bool:
+    """An idle lane with nothing to remember (closed circuit, its rate bucket refilled) can
+    go: forgotten sooner, the next send would start from a full bucket and exceed the rate."""
+    refilling = lane.bucket is not None and not lane.bucket.full(now)
+    return not lane.queue and not lane.sending and not lane.breaker.failures and not refilling
 
 
 class Attempts(Protocol):
@@ -309,7 +310,7 @@ class Dispatcher:
             log.exception("lane failed", extra={"subscription_id": subscription_id})
         finally:
             lane.task = None
-            if _forgettable(lane):
+            if _forgettable(lane, loop.time()):
                 self._lanes.pop(subscription_id, None)
 
     def _rate_wait(self, lane: _Lane, target: Target, now: float) -> float:

@@ -22,6 +22,10 @@ class TokenBucket:
         self.tokens -= 1
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def full(self, now: float) -> bool:
+        """Whether a fresh bucket would allow no more than this one does now."""
+        return self.tokens + (now - self.last) * self.rate >= self.burst
+
 
 @dataclass
 class CircuitBreaker:
