@@ -72,7 +72,7 @@ def test_the_stack_has_every_part() -> None:
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
     assert "KAFKA_ZOOKEEPER_CONNECT" not in kafka["environment"]
     assert SERVICES["postgres"]["image"].startswith("postgres:")
-    assert OURS == ["demo-receiver", "migrate", "webhooks"]
+    assert OURS == ["demo-receiver", "kafka-init", "migrate", "webhooks"]
 
 
 @pytest.mark.parametrize("name", ["migrate", "webhooks"])
@@ -88,12 +88,12 @@ def test_service_environment_validates_against_the_settings(name: str, dev_dir: 
 
 
 def test_init_creates_exactly_the_topics_the_service_uses(dev_dir: Path) -> None:
-    settings = Settings.from_env(_container_env("webhooks", dev_dir))
-    script = SERVICES["kafka-init"]["command"][0]
-    loop = re.search(r"for topic in ([^;]+);", script)
-    assert loop, script
-    assert set(loop.group(1).split()) == set(service_topics(settings.kafka_topics))
-    assert "--if-not-exists" in script
+    """The service's own kafka-init, with the service's settings: the topics `serve` checks."""
+    init = SERVICES["kafka-init"]
+    assert init["command"] == ["kafka-init"]
+    assert init["environment"] == SERVICES["webhooks"]["environment"]
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert Settings.from_env(_container_env("kafka-init", dev_dir)).kafka_enabled
 
 
 def test_commands_and_healthchecks_exist() -> None:
