@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import yaml
 
-from kafka.provisioning import service_topics
 from service.cli import parser, write_dev_files
 from service.config import Settings
 from service.crypto import new_encryption_key

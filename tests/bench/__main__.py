@@ -54,9 +54,10 @@ def pipeline_runs(
     receiver: e2e.Receiver,
     work: Path,
     reference: Callable[[], float],
+    broker_kind: str = "tansu",
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    stack = e2e.Stack.start(work / name, database_url)
+    stack = e2e.Stack.start(work / name, database_url, broker_kind)
     try:
         stack.subscribe(receiver.url)
         e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
@@ -93,14 +94,17 @@ def later_events(args: argparse.Namespace, elapsed: float, sqlite_run_s: float) 
     return max(min(int(args.events), 10_000), fewer)
 
 
-def latency_run(args: argparse.Namespace, receiver: e2e.Receiver, work: Path) -> dict[str, Any]:
+def latency_run(
+    args: argparse.Namespace, receiver: e2e.Receiver, work: Path, broker_kind: str = "tansu"
+) -> dict[str, Any]:
     """`runs` runs, each on a fresh broker and store (in tansu's memory storage every batch
     left by an earlier run would slow each fetch) and followed by the broker alone, measured
     the same way. The run with the median p99 is reported: the same code gave a p99 of 44
     and of 144 ms in two runs a minute apart here, so one run says little."""
     results = []
     for n in range(args.runs):
-        stack = e2e.Stack.start(work / f"latency-{n}", f"sqlite:///{work / f'latency-{n}.db'}")
+        name = f"latency-{broker_kind}-{n}"
+        stack = e2e.Stack.start(work / name, f"sqlite:///{work / f'{name}.db'}", broker_kind)
         try:
             stack.subscribe(receiver.url)
             e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
@@ -108,7 +112,9 @@ def latency_run(args: argparse.Namespace, receiver: e2e.Receiver, work: Path) ->
             result["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
         finally:
             stack.stop()
-        result["broker_floor"] = e2e.broker_floor(args.rate, args.latency_seconds)
+        result["broker_floor"] = e2e.broker_floor(
+            args.rate, args.latency_seconds, work / f"{name}-floor", broker_kind
+        )
         results.append(result)
     results.sort(key=lambda r: r["p99_ms"])
     middle = dict(results[len(results) // 2])
@@ -197,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         " (0: no budget)",
     )
     parser.add_argument(
-        "--skip", action="append", default=[], help="latency, postgres, backlog, grpc"
+        "--skip",
+        action="append",
+        default=[],
+        help="apache (its rows), latency, postgres, backlog, grpc",
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--smoke", action="store_true", help="a few hundred events, one run")
@@ -231,8 +240,20 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp)
             sqlite_url = f"sqlite:///{work / 'bench.db'}"
             report["sqlite"] = pipeline_runs("sqlite", sqlite_url, args, receiver, work, reference)
+            if "apache" not in args.skip:
+                report["sqlite_apache"] = pipeline_runs(
+                    "sqlite-apache",
+                    f"sqlite:///{work / 'bench-apache.db'}",
+                    args,
+                    receiver,
+                    work,
+                    reference,
+                    "apache",
+                )
             if "latency" not in args.skip:
                 report["latency"] = latency_run(args, receiver, work)
+                if "apache" not in args.skip:
+                    report["latency_apache"] = latency_run(args, receiver, work, "apache")
             events = later_events(
                 args, time.monotonic() - started, report["sqlite"]["throughput"]["total_s"]
             )
@@ -300,6 +321,36 @@ def table(report: dict[str, Any]) -> str:
             f"{floor['p50_ms']:.1f} / {floor['p99_ms']:.1f} / {floor['max_ms']:.1f}",
         )
         add("  service peak RSS, latency", f"{lat['rss_mb']:.0f} MB", None, "< 300 MB")
+    if "sqlite_apache" in report:
+        t, tansu = report["sqlite_apache"]["throughput"], report["sqlite"]["throughput"]
+        add(
+            f"end to end sqlite on Apache Kafka, deliveries/s ({t['events']:,} events; runs"
+            f" {t['runs']})",
+            f"{t['deliveries_per_s']:,.0f}",
+            t["ratio"] / tansu["ratio"],
+            ">= 0.9 x tansu",
+        )
+        add(
+            f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"
+            f" {tansu['ratio']:.3f}",
+            f"{t['reference']:,.0f}",
+        )
+        rss = report["sqlite_apache"]["rss_mb"]
+        add("  service peak RSS, Apache Kafka", f"{rss:.0f} MB", None, "< 300 MB")
+    if "latency_apache" in report and lat:
+        apache = report["latency_apache"]
+        add(
+            f"latency on Apache Kafka p50 / p99 / max ms ({apache['deliveries']} deliveries;"
+            f" p99s {apache['runs_p99_ms']}), p99 / tansu's",
+            f"{apache['p50_ms']:.1f} / {apache['p99_ms']:.1f} / {apache['max_ms']:.1f}",
+            apache["p99_ms"] / lat["p99_ms"],
+            "p99 <= 25 ms",
+        )
+        floor = apache["broker_floor"]
+        add(
+            f"  Apache Kafka alone, same rate (p99s {apache['floor_p99_ms']})",
+            f"{floor['p50_ms']:.1f} / {floor['p99_ms']:.1f} / {floor['max_ms']:.1f}",
+        )
     if "backlog" in report:
         b = report["backlog"]
         empty = report["sqlite"]["throughput"]

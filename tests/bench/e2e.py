@@ -26,6 +26,7 @@ from kafka.ingest import FLOWING_FETCH_WAIT_MS
 from kafka.provisioning import TopicLayout, create_topics, service_topics
 from service.crypto import new_encryption_key
 from service.domain.access import ADMIN, hash_key, new_api_key
+from tests.apache_kafka import KafkaCluster
 from tests.support import ServiceProcess
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
@@ -94,20 +95,24 @@ class Stack:
 
     workdir: Path
     database_url: str
-    broker: EmbeddedBroker
+    broker: "EmbeddedBroker | KafkaCluster"
     service: ServiceProcess
     keys: dict[str, str]
     topic: str
 
     @classmethod
-    def start(cls, workdir: Path, database_url: str, **settings: str) -> "Stack":
+    def start(
+        cls, workdir: Path, database_url: str, broker_kind: str = "tansu", **settings: str
+    ) -> "Stack":
+        """`broker_kind`: "tansu" (the embedded default) or "apache" (one Apache Kafka node,
+        with the fetch wait the compose stack uses for real Kafka)."""
         workdir.mkdir(parents=True, exist_ok=True)
-        broker = EmbeddedBroker(free_port())
-        broker.start()
+        broker = start_broker(broker_kind, workdir)
+        if broker_kind == "apache":
+            settings = {"WEBHOOKS_KAFKA_FETCH_MAX_WAIT_MS": "500", **settings}
         topic = "domain-events"
-        asyncio.run(
-            create_topics(broker.bootstrap, service_topics([topic]), TopicLayout(partitions=6))
-        )
+        layout = TopicLayout(partitions=6)
+        asyncio.run(create_topics(broker.bootstrap, service_topics([topic]), layout))
         keys = {tenant: new_api_key() for tenant in LAYOUT}
         entries = [
             {"id": t, "sha256": hash_key(k), "tenant": t, "principal": t, "scopes": [ADMIN]}
@@ -123,6 +128,7 @@ class Stack:
             "WEBHOOKS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
             "WEBHOOKS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
             "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "WEBHOOKS_KAFKA_IDEMPOTENCE": str(broker.supports_idempotence).lower(),
             "WEBHOOKS_KAFKA_TOPICS": topic,
             "WEBHOOKS_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "WEBHOOKS_ALLOW_HTTP": "true",
@@ -155,12 +161,12 @@ class Stack:
         """The service, its delivery worker and the broker stopped (SIGSTOP) meanwhile: a
         reference measured beside the idle stack would lose the ~12% of a core it polls with
         and flatter the ratio. Keep it shorter than the consumer's session timeout."""
-        assert self.service.process is not None and self.broker.process is not None
+        assert self.service.process is not None
         service = self.service.process.pid
         children = subprocess.run(
             ["pgrep", "-P", str(service)], capture_output=True, text=True, check=False
         ).stdout.split()
-        pids = [service, *map(int, children), self.broker.process.pid]
+        pids = [service, *map(int, children), *broker_pids(self.broker)]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -346,13 +352,30 @@ def latency(
     return {"deliveries": expected, **percentiles(samples)}
 
 
-def broker_floor(per_second: float, seconds: float) -> dict[str, float]:
+def start_broker(kind: str, workdir: Path) -> "EmbeddedBroker | KafkaCluster":
+    if kind == "apache":
+        cluster = KafkaCluster(workdir / "kafka", size=1)
+        cluster.start()
+        return cluster
+    broker = EmbeddedBroker(free_port())
+    broker.start()
+    return broker
+
+
+def broker_pids(broker: "EmbeddedBroker | KafkaCluster") -> list[int]:
+    if isinstance(broker, KafkaCluster):
+        return [n.process.pid for n in broker.nodes if n.process is not None]
+    return [broker.process.pid] if broker.process is not None else []
+
+
+def broker_floor(
+    per_second: float, seconds: float, workdir: Path, kind: str = "tansu"
+) -> dict[str, float]:
     """The same producer at the same rate into a fresh broker, read by a bare consumer with
     the service's fetch settings: the part of the latency the broker alone takes. tansu's
     memory storage gets slower as batches pile up (its fetches cost more with every batch
     stored), so it needs the same duration as the service's run to compare."""
-    broker = EmbeddedBroker(free_port())
-    broker.start()
+    broker = start_broker(kind, workdir)
     try:
         topic = "domain-events"
         asyncio.run(create_topics(broker.bootstrap, [topic], TopicLayout(partitions=6)))
