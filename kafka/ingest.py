@@ -60,6 +60,7 @@ class IngestConsumer:
         bootstrap: str,
         topic_names: Sequence[str],
         topic_pattern: str,
+        group_id: str = topics.CONSUMER_GROUP,
         producer: Producer,
         store_batch: StoreBatch,
         check: Callable[[Event], None],
@@ -73,6 +74,7 @@ class IngestConsumer:
         self._bootstrap = bootstrap
         self._topics = list(topic_names)
         self._pattern = topic_pattern
+        self._group_id = group_id
         self._producer = producer
         self._store_batch = store_batch
         self._check = check
@@ -118,7 +120,7 @@ class IngestConsumer:
             return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
-            group_id=topics.CONSUMER_GROUP,
+            group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max(1024 * 1024, self._max_bytes + 1024),

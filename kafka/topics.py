@@ -6,5 +6,5 @@ DEFAULT_INGEST_TOPIC = "domain-events"
 DELIVERY_ATTEMPTS_TOPIC = "webhooks.delivery-attempts"
 # Messages that could not be ingested, with the reason and origin in headers.
 DEAD_LETTER_TOPIC = "webhooks.dead-letter"
-# The consumer group of every service instance.
+# The consumer group of every service instance, unless WEBHOOKS_KAFKA_GROUP_ID names another.
 CONSUMER_GROUP = "webhook-service"

@@ -249,7 +249,10 @@ class App:
         async def store_batch(events: list[Event]) -> StoredBatch:
             assert self._dispatcher is not None
             dispatcher = self._dispatcher
-            ahead = await self._planner.plan(events)
+            planner = self._planner
+            if earlier := planner.earlier(events):
+                await asyncio.wait(earlier)  # then this batch finds those copies stored
+            ahead = await planner.plan(events)
             # First in the store's queue: an event waits for nothing already accepted.
             stored = asyncio.ensure_future(
                 runner.call_first(
@@ -257,7 +260,7 @@ class App:
                 )
             )
             if ahead:
-                planner = self._planner
+                planner.storing(ahead, stored)
                 stored.add_done_callback(lambda _: planner.ended(ahead))
                 await dispatcher.submit(ahead, stored)
             # Shielded: the transaction runs on whatever happens here, and the dispatcher
@@ -274,6 +277,7 @@ class App:
             bootstrap=settings.kafka_bootstrap_servers,
             topic_names=settings.kafka_topics,
             topic_pattern=settings.kafka_topic_pattern,
+            group_id=settings.kafka_group_id,
             producer=producer,
             store_batch=store_batch,
             check=lambda event: self.check(event),

@@ -157,6 +157,9 @@ class Settings:
         _in_range(int, 1000, 300_000),
         "consumer group session timeout (brokers want >= 6000)",
     )
+    kafka_group_id: str = _setting(
+        topics.CONSUMER_GROUP, str, "consumer group of the service's instances (one per deployment)"
+    )
     kafka_idempotence: bool = _setting(
         True,
         _bool,

@@ -306,6 +306,8 @@ def pipeline_env(broker: Broker, topic: str) -> dict[str, str]:
     return {
         "WEBHOOKS_KAFKA_ENABLED": "true",
         "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        # A group per topic: a test's instances share it, no other test's members join it.
+        "WEBHOOKS_KAFKA_GROUP_ID": f"webhooks-{topic}",
         "WEBHOOKS_KAFKA_IDEMPOTENCE": str(broker.supports_idempotence).lower(),
         "WEBHOOKS_KAFKA_TOPICS": topic,
         "WEBHOOKS_ALLOW_HTTP": "true",

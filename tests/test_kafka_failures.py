@@ -286,7 +286,7 @@ def test_an_instance_joining_and_leaving_hands_its_batches_over(
         stream = Stream(cluster.bootstrap, topic, 600, pause=0.05).start()
         receiver.wait_for("/failures", 100)
         second.start()  # joins: the group rebalances
-        _wait(lambda: _consumed(metrics_port) > 0, 30, "the second instance never consumed")
+        _wait(lambda: _consumed(metrics_port) > 0, 60, "the second instance never consumed")
         receiver.wait_for("/failures", 300)
         assert second.terminate() == 0  # leaves: the group rebalances again
         stream.join(120)

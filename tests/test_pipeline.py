@@ -52,6 +52,8 @@ def test_event_is_delivered_signed_audited_and_visible(
     assert audit.attempt_number == 1 and audit.trigger == events_pb2.ATTEMPT_TRIGGER_SCHEDULED
     assert audit.url == receiver.url("/hook")
 
+    # The attempt is stored once Kafka acked its audit record: a moment after the record.
+    pipeline.wait_status(delivery_id, events_pb2.DELIVERY_STATUS_SUCCEEDED)
     delivery = api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id), as_="reader").delivery
     assert delivery.status == events_pb2.DELIVERY_STATUS_SUCCEEDED
     assert delivery.attempt_count == 1 and delivery.last_http_status == 200

@@ -7,9 +7,11 @@ a job it did not store (its subscription went away meanwhile) has its attempt ma
 never recorded, and a pair only it matched (a subscription created meanwhile) is sent
 after it, as every delivery was before."""
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 from service.domain import fan_out
 from service.domain.clock import unix_time, utcnow
@@ -51,6 +53,10 @@ class AheadPlanner:
         # copy in a later batch (a producer's retry) is left to its own transaction, which
         # finds the first one stored, or the copy would be sent twice.
         self._planning: set[tuple[str, str]] = set()
+        # The transactions those were sent ahead of, by event: a later copy's transaction
+        # waits for its event's, or on PostgreSQL (several store threads) it could commit
+        # first, find nothing stored and send the event a second time.
+        self._storing: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def plan(self, events: Sequence[Event]) -> list[Job]:
         """Jobs for the events neither stored nor planned already (a re-consumed one is left
@@ -79,9 +85,22 @@ class AheadPlanner:
         )
         return jobs
 
+    def storing(self, jobs: Sequence[Job], stored: "asyncio.Future[Any]") -> None:
+        """`jobs` (from `plan`) are sent ahead of the transaction `stored`."""
+        for job in jobs:
+            self._storing[(job.tenant, job.event_id)] = stored
+
+    def earlier(self, events: Sequence[Event]) -> set["asyncio.Future[Any]"]:
+        """The transactions in flight that copies of these events were sent ahead of."""
+        found = (self._storing.get((e.tenant, e.id)) for e in events)
+        return {stored for stored in found if stored is not None}
+
     def ended(self, jobs: Sequence[Job]) -> None:
         """The transaction that `jobs` (from `plan`) were planned ahead of has ended."""
-        self._planning.difference_update((job.tenant, job.event_id) for job in jobs)
+        keys = {(job.tenant, job.event_id) for job in jobs}
+        self._planning.difference_update(keys)
+        for key in keys:
+            self._storing.pop(key, None)
 
     def invalidate(self) -> None:
         """Forgets every cached view (a subscription changed)."""
