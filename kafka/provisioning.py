@@ -51,11 +51,8 @@ async def create_topics(
             return []
         brokers = len((await admin.describe_cluster())["brokers"])
         replicas = layout.replication_factor or min(3, brokers)
-        configs = (
-            {"retention.ms": str(layout.retention_hours * 3_600_000)}
-            if layout.retention_hours >= 0
-            else {"retention.ms": "-1"}
-        )
+        hours = layout.retention_hours
+        configs = {"retention.ms": str(hours * 3_600_000 if hours >= 0 else -1)}
         new = [
             NewTopic(name, layout.partitions, replicas, topic_configs=configs) for name in wanted
         ]

@@ -396,11 +396,6 @@ class Dispatcher:
 
     # -- attempts -------------------------------------------------------------------
 
-    async def _attempt(self, job: Job, target: Target) -> RecordedAttempt:
-        recorded = await self._attempts.make(job, target)
-        self._noted(job, recorded)
-        return recorded
-
     def _noted(self, job: Job, recorded: RecordedAttempt) -> None:
         """Counts the attempt; forgets the target of a subscription it disabled."""
         self._count(job, recorded.attempt, utcnow())

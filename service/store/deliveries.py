@@ -5,7 +5,7 @@ import math
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee as pw
 
@@ -98,7 +98,7 @@ _CLAIM_OUTBOX = (
 _RELEASE_OUTBOX = "UPDATE outbox SET claimed_until = NULL WHERE id IN ({})"
 _OUTBOX_BATCH = "SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT ?"
 _EVENT_PKS = "SELECT id, event_id FROM events WHERE tenant = ? AND event_id IN ({})"
-_EVENT_CONTENTS = "SELECT event_id, type, data FROM events WHERE tenant = ? AND event_id IN ({})"
+_STORED_EVENTS = "SELECT event_id, id, type, data FROM events WHERE tenant = ? AND event_id IN ({})"
 _DELIVERY_PAIRS = "SELECT subscription_id, event_id FROM deliveries WHERE event_id IN ({})"
 # Per ingest batch: through the ORM, building the query and its rows took 8% of the
 # service's CPU at 1,000 events/s (make bench, latency).
@@ -207,7 +207,7 @@ class DeliveryStore:
         now = utcnow()
         with self._db.atomic():
             event_rows, known = self._insert_events(events, now)
-            reused = self._reused_ids(events, known)
+            reused = _reused_ids(events, known)
             accepted = [e for i, e in enumerate(events) if i not in reused]
             subscriptions = self.matchers({e.tenant for e in accepted})
             # Only events stored before (a re-consumed batch) can have deliveries already.
@@ -249,25 +249,11 @@ class DeliveryStore:
             tuple(sorted(reused)),
         )
 
-    def _reused_ids(self, events: Sequence[Event], known: set[tuple[str, str]]) -> set[int]:
-        """Positions of the events whose (tenant, id) is stored, or came earlier in the batch,
-        with another type or other data: an id names one event, so a copy may only repeat it
-        (a producer's retry, a re-consumed batch), never carry new content under it."""
-        stored = self._contents(known)
-        first: dict[tuple[str, str], tuple[str, bytes]] = {}
-        out = set()
-        for index, event in enumerate(events):
-            key = (event.tenant, event.id)
-            content = (event.type, event.data)
-            original = stored.get(key) or first.setdefault(key, content)
-            if content != original:
-                out.add(index)
-        return out
-
     def reuses_id(self, event: Event) -> bool:
         """Whether the event's id names a stored event of another type or with other data."""
-        stored = self._contents([(event.tenant, event.id)]).get((event.tenant, event.id))
-        return stored is not None and stored != (event.type, event.data)
+        key = (event.tenant, event.id)
+        stored = self._stored_events([key]).get(key)
+        return stored is not None and (stored.type, stored.data) != (event.type, event.data)
 
     def unseen(self, events: Sequence[Event]) -> list[Event]:
         """The events not stored yet: only their deliveries may be sent ahead of the
@@ -280,9 +266,10 @@ class DeliveryStore:
 
     def _insert_events(
         self, events: Sequence[Event], now: datetime
-    ) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
-        """The row id of every event, inserting those not stored yet; and which may have been
-        stored before (a re-consumed batch, or another instance a moment ago)."""
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], "_StoredEvent"]]:
+        """The row id of every event, inserting those not stored yet; and the rows of those
+        that may have been stored before (a re-consumed batch, or another instance a moment
+        ago), read once for their ids and their content."""
         unique: dict[tuple[str, str], Event] = {}
         for event in events:  # the first of an id is stored; a different later one is refused
             unique.setdefault((event.tenant, event.id), event)
@@ -294,25 +281,26 @@ class DeliveryStore:
         returned = bulk.insert_returning(self._db, _INSERT_EVENT, rows, "id, tenant, event_id")
         if returned is not None:  # PostgreSQL: the new rows' keys came back
             pks = {(tenant, event_id): pk for pk, tenant, event_id in returned}
-            known = {key for key in unique if key not in pks}
-            pks.update(self._event_pks(known))
-            return pks, known
-        inserted = bulk.insert(self._db, _INSERT_EVENT, rows)
-        # Usually every event is new. Otherwise all of them are treated as known: looking
-        # for existing deliveries of a fresh event finds none and costs one query.
-        known = set(unique) if inserted < len(rows) else set()
-        return self._event_pks(unique), known
+            known = self._stored_events(key for key in unique if key not in pks)
+        else:
+            if bulk.insert(self._db, _INSERT_EVENT, rows) == len(rows):
+                return self._event_pks(unique), {}  # usually every event is new
+            # Otherwise all of them are treated as known: looking for existing deliveries
+            # of a fresh event finds none, and its content is its own.
+            pks, known = {}, self._stored_events(unique)
+        pks.update({key: row.pk for key, row in known.items()})
+        return pks, known
 
     def _event_pks(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         return {(tenant, row[1]): row[0] for tenant, row in self._per_tenant(_EVENT_PKS, keys)}
 
-    def _contents(
+    def _stored_events(
         self, keys: Iterable[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[str, bytes]]:
-        """The type and data of the stored events among `keys`."""
+    ) -> dict[tuple[str, str], "_StoredEvent"]:
+        """The row id, type and data of the stored events among `keys`."""
         return {
-            (tenant, event_id): (type_, bytes(data))
-            for tenant, (event_id, type_, data) in self._per_tenant(_EVENT_CONTENTS, keys)
+            (tenant, event_id): _StoredEvent(pk, type_, bytes(data))
+            for tenant, (event_id, pk, type_, data) in self._per_tenant(_STORED_EVENTS, keys)
         }
 
     def _per_tenant(
@@ -673,6 +661,30 @@ class DeliveryStore:
                 next_attempt_at=now + lease,
             )
         return self._jobs([delivery_id], Trigger.TEST)[0]
+
+
+class _StoredEvent(NamedTuple):
+    pk: int
+    type: str
+    data: bytes
+
+
+def _reused_ids(
+    events: Sequence[Event], stored: Mapping[tuple[str, str], _StoredEvent]
+) -> set[int]:
+    """Positions of the events whose (tenant, id) is stored, or came earlier in the batch,
+    with another type or other data: an id names one event, so a copy may only repeat it
+    (a producer's retry, a re-consumed batch), never carry new content under it."""
+    first: dict[tuple[str, str], tuple[str, bytes]] = {}
+    out = set()
+    for index, event in enumerate(events):
+        key = (event.tenant, event.id)
+        content = (event.type, event.data)
+        row = stored.get(key)
+        original = (row.type, row.data) if row is not None else first.setdefault(key, content)
+        if content != original:
+            out.add(index)
+    return out
 
 
 def _trigger(row: DeliveryRow) -> Trigger:
