@@ -9,7 +9,6 @@ import orjson
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from service.domain.clock import epoch_parts, utcnow
-from service.domain.deliveries import AttemptRecord
 from service.domain.event_rules import (
     EventRejected,
     check_attributes,
@@ -18,6 +17,7 @@ from service.domain.event_rules import (
     strict_json,
 )
 from service.domain.models import Event
+from service.domain.pipeline import AttemptRecord
 from webhooks.v1 import events_pb2
 
 Headers = Sequence[tuple[str, bytes]]

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -17,19 +16,12 @@ from kafka.codec import dead_letter_headers, decode_event
 from kafka.producer import Producer
 from service.domain.event_rules import EventRejected
 from service.domain.models import Event
+from service.domain.pipeline import StoredBatch
 from service.errors import Unavailable
 from service.metrics import Metrics
+from service.tasks import finish, log_failure
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StoredBatch:
-    """A batch's events and deliveries are stored: `hand_off` gives its jobs to the dispatcher;
-    `refused` are the positions of the events the store would not take, and why."""
-
-    hand_off: Callable[[], Awaitable[None]]
-    refused: Sequence[tuple[int, EventRejected]] = ()
 
 
 # Stores the batch's events and deliveries in one transaction.
@@ -92,6 +84,11 @@ class IngestConsumer:
         self._to_commit: dict[TopicPartition, int] = {}
         self._commit_wanted = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="ingest")
+        self._task.add_done_callback(log_failure)
 
     async def run(self) -> None:
         delay = 0.5
@@ -315,8 +312,11 @@ class IngestConsumer:
             await self._settle(keep=0)
         await self._commit_pending()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float) -> None:
+        """Stops polling; the batches in flight are stored and committed within `grace`."""
         self._stopped.set()
+        if self._task is not None:
+            await finish(self._task, grace)
 
     async def _close(self) -> None:
         """Finishes the batches in flight and commits what they stored, then leaves."""

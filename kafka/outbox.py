@@ -3,22 +3,34 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from kafka.producer import Producer
+from kafka.publishing import AUDIT_HEADERS
+from service.domain.pipeline import OutboxRecord
 from service.errors import Unavailable
+from service.tasks import finish
 
 log = logging.getLogger(__name__)
 BATCH = 1000
-AUDIT_HEADERS = [("content-type", b"application/x-protobuf")]
+R = TypeVar("R")
 
 
-class OutboxItem(Protocol):
-    id: int
-    topic: str
-    key: bytes | None
-    value: bytes
+class OutboxRows(Protocol):
+    """The store's outbox (service.store.outbox.OutboxStore); its methods are synchronous."""
+
+    def batch(self, limit: int) -> list[OutboxRecord]: ...
+
+    def delete(self, ids: Sequence[int]) -> None: ...
+
+    def release(self, ids: Sequence[int]) -> None: ...
+
+
+class StoreCalls(Protocol):
+    """Runs a store method on a store thread (service.store.runner.StoreRunner)."""
+
+    async def call(self, fn: Callable[..., R], /, *args: Any) -> R: ...
 
 
 class OutboxPublisher:
@@ -28,18 +40,20 @@ class OutboxPublisher:
         self,
         *,
         producer: Producer,
-        fetch: Callable[[int], Awaitable[Sequence[OutboxItem]]],
-        delete: Callable[[list[int]], Awaitable[None]],
-        release: Callable[[list[int]], Awaitable[None]],
+        rows: OutboxRows,
+        runner: StoreCalls,
         idle_seconds: float = 0.05,
     ) -> None:
         self._producer = producer
-        self._fetch = fetch
-        self._delete = delete
-        self._release = release
+        self._rows = rows
+        self._runner = runner
         self._idle = idle_seconds
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="outbox")
 
     def notify(self) -> None:
         """New rows were written: publish soon."""
@@ -60,7 +74,7 @@ class OutboxPublisher:
                 await self._sleep(self._idle if published else 1.0)
 
     async def drain_once(self) -> int:
-        rows = await self._fetch(BATCH)
+        rows = await self._runner.call(self._rows.batch, BATCH)
         if not rows:
             return 0
         ids = [row.id for row in rows]
@@ -70,9 +84,9 @@ class OutboxPublisher:
             )
         except Unavailable:
             with contextlib.suppress(Unavailable):
-                await self._release(ids)
+                await self._runner.call(self._rows.release, ids)
             raise
-        await self._delete(ids)
+        await self._runner.call(self._rows.delete, ids)
         return len(rows)
 
     async def _sleep(self, seconds: float) -> None:
@@ -80,10 +94,12 @@ class OutboxPublisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float) -> None:
         """Publishes what it can in a last pass (rows that remain go out after the restart)."""
         self._stopped.set()
         self._wake.set()
+        if self._task is not None:
+            await finish(self._task, grace)
         with contextlib.suppress(Unavailable):
             while await self.drain_once() == BATCH:
                 pass

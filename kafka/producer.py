@@ -1,6 +1,7 @@
 """One aiokafka producer for the audit outbox, the dead-letter topic and PublishEvent."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,8 @@ from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
+# How long a send made while the producer connects in the background waits for it.
+FIRST_SEND_WAIT_SECONDS = 5.0
 
 
 class KeyedPartitioner:
@@ -44,9 +47,17 @@ class Producer:
         self._idempotence = idempotence
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = KeyedPartitioner()
+        self._connecting: asyncio.Task[None] | None = None
 
-    async def start(self, stopping: asyncio.Event | None = None) -> None:
-        """Connects, retrying with backoff until the broker answers (or `stopping` is set)."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Connects, retrying with backoff until the broker answers; with `wait=False` in the
+        background (sends fail with Unavailable until then)."""
+        if wait:
+            await self._connect()
+        else:
+            self._connecting = asyncio.create_task(self._connect(), name="kafka-connect")
+
+    async def _connect(self) -> None:
         delay = 0.5
         while True:
             producer = AIOKafkaProducer(
@@ -64,12 +75,11 @@ class Producer:
                 log.warning(
                     "Kafka producer cannot connect; retrying", extra={"error": type(exc).__name__}
                 )
-                if stopping is not None and stopping.is_set():
-                    raise Unavailable("Kafka is unreachable") from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             self._producer = producer
+            log.info("connected to Kafka", extra={"bootstrap": self._bootstrap})
             return
 
     @property
@@ -95,6 +105,12 @@ class Producer:
         The records go out as one batch per partition (more when one fills): aiokafka's
         per-record send() cost ~10-14 us of Python each, a batch append ~2 us (make bench)."""
         producer = self._producer
+        connecting = self._connecting
+        if producer is None and connecting is not None and not connecting.done():
+            # Just started: a first send waits a moment for the connection.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connecting), FIRST_SEND_WAIT_SECONDS)
+            producer = self._producer
         if producer is None:
             raise Unavailable("Kafka is not connected yet")
         try:
@@ -133,7 +149,13 @@ class Producer:
         acked = dict(zip(sent, await asyncio.gather(*sent.values()), strict=True))
         return [(acked[batch].partition, acked[batch].offset + place) for batch, place in placed]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stops connecting, sends what is buffered and disconnects."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+            self._connecting = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

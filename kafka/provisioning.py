@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from kafka import topics
+from service.errors import StartupError
 
 VISIBLE_WAIT_SECONDS = 30.0
 
@@ -38,6 +39,19 @@ async def missing_topics(bootstrap: str, names: Sequence[str]) -> list[str]:
     async with _admin(bootstrap) as admin:
         existing = set(await admin.list_topics())
     return [name for name in names if name not in existing]
+
+
+async def require_topics(bootstrap: str, names: Sequence[str]) -> None:
+    """The service never relies on broker auto-creation: its topics must be there."""
+    try:
+        missing = await missing_topics(bootstrap, names)
+    except TopicsUnavailable as exc:
+        raise StartupError(f"cannot list the Kafka topics: {exc}") from None
+    if missing:
+        raise StartupError(
+            f"Kafka topics missing: {', '.join(missing)}; create them with"
+            " `webhook-service kafka-init`"
+        )
 
 
 async def create_topics(

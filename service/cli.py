@@ -14,6 +14,7 @@ from service import config, logs
 from service.config import Settings, SettingsError
 from service.crypto import new_encryption_key
 from service.domain.access import ADMIN, CATALOG, hash_key, new_api_key
+from service.errors import StartupError
 
 if TYPE_CHECKING:
     from kafka.embedded import EmbeddedBroker
@@ -93,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
 def _run(command: str) -> int:
     import uvloop
 
-    from service.app import StartupError, serve  # deferred: key commands need no server imports
+    from service.app import serve  # deferred: key commands need no server imports
 
     try:
         settings = Settings.from_env()

@@ -1,4 +1,14 @@
-"""The domain error tree; the gRPC edge maps each class to a status code in one table."""
+"""The service's errors, in one tree; the gRPC edge maps each class to a status code in one
+table (service/api/status.py).
+
+* WebhookError: what callers are told, with a stable `reason`
+  * InvalidArgument: bad fields, each named (`violations`)
+  * Unauthenticated, PermissionDenied
+  * NotFound, AlreadyExists, FailedPrecondition, QuotaExceeded
+  * Unavailable: the database or the broker cannot be reached; retry later
+  * NotImplementedYet
+* StartupError: the service cannot start; the message says what to fix
+"""
 
 from dataclasses import dataclass
 
@@ -86,6 +96,10 @@ class NotImplementedYet(WebhookError):
     """A declared capability that this build does not provide yet."""
 
     default_reason = "NOT_IMPLEMENTED"
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says what to fix, in one line."""
 
 
 def invalid(field: str, description: str) -> InvalidArgument:

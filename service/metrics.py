@@ -1,9 +1,12 @@
 """Prometheus metrics: one registry per service instance, served over HTTP."""
 
+from collections.abc import Awaitable, Callable
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from service.errors import StartupError
 
 # Loopback deliveries take about a millisecond, real endpoints up to the 15 s timeout.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
@@ -142,3 +145,44 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class MetricsEndpoint:
+    """`/metrics` on WEBHOOKS_METRICS_ADDRESS, served from its own thread."""
+
+    def __init__(self, metrics: Metrics, address: str) -> None:
+        self._metrics = metrics
+        self._address = address
+        self._server: MetricsServer | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        try:
+            self._server = self._metrics.serve(self._address)
+        except OSError as exc:
+            raise StartupError(
+                f"WEBHOOKS_METRICS_ADDRESS {self._address}: {exc.strerror}"
+            ) from None
+        self.port = self._server.port
+
+    async def stop(self, grace: float = 0.0) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+
+class BacklogGauges:
+    """Samples the pending deliveries and the outbox backlog into their gauges."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        pending: Callable[[], Awaitable[int]],
+        outbox: Callable[[], Awaitable[int]],
+    ) -> None:
+        self._metrics = metrics
+        self._pending = pending
+        self._outbox = outbox
+
+    async def sample(self) -> None:
+        self._metrics.pending_deliveries.set(await self._pending())
+        self._metrics.outbox_backlog.set(await self._outbox())

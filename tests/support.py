@@ -238,22 +238,17 @@ def process_env(tmp_path: Path, database_url: str, **overrides: str) -> dict[str
 
 
 def api_store(api: Api) -> Any:
-    """The running server's subscription store, to check what is really stored."""
-    from service.crypto import SecretBox
-    from service.store.subscriptions import SubscriptionStore
-    from service.store.tables import database_proxy
+    """The running server's subscription store, to check what is really stored: each method
+    runs on this thread with a connection of its own."""
+    assert api.app is not None
+    app = api.app
 
     class Direct:
-        def __init__(self) -> None:
-            self.inner = SubscriptionStore(
-                database_proxy.obj, SecretBox(api.settings.secret_encryption_keys)
-            )
-
         def __getattr__(self, name: str) -> Any:
-            method = getattr(self.inner, name)
+            method = getattr(app.stores.subscriptions, name)
 
             def call(*args: Any) -> Any:
-                with database_proxy.obj.connection_context():
+                with app.database.connection_context():
                     return method(*args)
 
             return call

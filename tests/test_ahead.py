@@ -11,13 +11,13 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from service.app import App
-from service.delivery import ahead as ahead_module
-from service.delivery import dispatcher as dispatcher_module
-from service.delivery.ahead import AheadPlanner
-from service.domain.deliveries import Job
 from service.domain.fan_out import pair
 from service.domain.models import Event
-from service.store.deliveries import DeliveryStore, Ingested
+from service.domain.pipeline import Ingested, Job
+from service.engine import ahead as ahead_module
+from service.engine import targets as targets_module
+from service.engine.ahead import AheadPlanner
+from service.store.ingest import IngestStore
 from service.store.runner import StoreRunner
 from service.store.tables import SubscriptionRow
 from tests.conftest import Pipeline
@@ -39,9 +39,9 @@ def _event(event_id: str | None = None, event_type: str = "person.created") -> E
     )
 
 
-def _parts(api: Api) -> tuple[App, DeliveryStore]:
+def _parts(api: Api) -> tuple[App, IngestStore]:
     assert api.app is not None
-    return api.app, api.app._store
+    return api.app, api.app.stores.ingest
 
 
 def _ingest(api: Api, events: list[Event], ahead: list[Job]) -> Ingested:
@@ -161,7 +161,7 @@ def test_an_attempt_sent_ahead_for_a_subscription_gone_meanwhile_is_never_record
 ) -> None:
     # The cached views outlive the test: what another instance changes stays unseen here.
     monkeypatch.setattr(ahead_module, "MATCHERS_TTL_SECONDS", 600.0)
-    monkeypatch.setattr(dispatcher_module, "TARGET_TTL_SECONDS", 600.0)
+    monkeypatch.setattr(targets_module, "TARGET_TTL_SECONDS", 600.0)
     app = pipeline.api.app
     assert app is not None
     gone = pipeline.api.create(url=receiver.url("/gone"), event_types=["person.created"])

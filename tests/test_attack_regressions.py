@@ -18,12 +18,11 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from kafka import topics
 from kafka.codec import encode_attempt, header
-from service.delivery.attempts import AttemptMaker, AttemptSettings
-from service.delivery.http import RESPONSE_BODY_LIMIT, HttpSender
-from service.domain.deliveries import Job, Target
 from service.domain.outcomes import AttemptResult, ErrorKind, Outcome, Trigger
+from service.domain.pipeline import Job, RecordedAttempt, Target
 from service.domain.signing_secrets import MAX_LIVE_SECRETS
-from service.store.deliveries import RecordedAttempt
+from service.engine.attempts import AttemptMaker, AttemptSettings
+from service.engine.http import RESPONSE_BODY_LIMIT, HttpSender
 from tests.conftest import Pipeline
 from tests.pipeline_support import Receiver, cloud_event, read_topic, structured
 from tests.support import KEYS, Api, api_store, expect_error

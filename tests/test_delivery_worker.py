@@ -29,7 +29,7 @@ def test_attempts_are_made_by_a_child_process(make_pipeline: Any, receiver: Rece
     pid = _worker_pid(pipeline)
     assert pid != os.getpid()
     command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert b"service.delivery.worker" in command
+    assert b"service.engine.worker" in command
 
 
 def test_with_no_worker_the_service_process_makes_the_attempts(

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from service.app import StartupError
+from service.errors import StartupError
 from tests.support import Api, expect_error
 from webhooks.v1 import webhook_service_pb2 as pb
 

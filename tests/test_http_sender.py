@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.delivery.http import HttpSender
+from service.engine.http import HttpSender
 from tests.pipeline_support import Receiver, Reply
 
 

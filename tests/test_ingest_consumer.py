@@ -2,9 +2,10 @@
 
 import asyncio
 
-from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer, StoredBatch
+from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer
 from kafka.producer import Producer
 from service.domain.models import Event
+from service.domain.pipeline import StoredBatch
 from tests.pipeline_support import Broker, cloud_event, new_topic, produce, structured
 
 IDLE_WAIT_MS = 40

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import topics
 from kafka.embedded import free_port
 from kafka.provisioning import TopicLayout, create_topics, service_topics
-from service.app import KAFKA_HEALTH
+from service.api.server import KAFKA_HEALTH
 from tests.apache_kafka import FAILURE_REPORT, KafkaCluster, cluster_for
 from tests.pipeline_support import (
     Receiver,

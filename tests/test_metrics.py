@@ -13,8 +13,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import App, StartupError
+from service.app import App
 from service.config import Settings
+from service.errors import StartupError
 from service.logs import JsonFormatter
 from tests.conftest import Pipeline
 from tests.pipeline_support import Broker, Receiver, Reply, audit_records, cloud_event, structured

@@ -61,8 +61,8 @@ def test_an_unexpected_error_writing_attempts_is_retried(
     pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A fault injected into the real store: the first write of attempts raises a bug's error.
-    assert pipeline.api.app is not None and pipeline.api.app._dispatcher is not None
-    store = pipeline.api.app._dispatcher._store
+    assert pipeline.api.app is not None
+    store = pipeline.api.app.stores.attempts
     record = store.record_attempts
     failures: list[int] = []
 

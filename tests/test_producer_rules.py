@@ -7,8 +7,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from kafka.codec import encode_attempt
 from kafka.producer import KeyedPartitioner
-from service.domain.deliveries import AttemptRecord
 from service.domain.outcomes import ErrorKind, Outcome, Trigger
+from service.domain.pipeline import AttemptRecord
 from webhooks.v1 import events_pb2
 
 

@@ -179,7 +179,8 @@ def test_generated_records_never_block_the_partition(
         assert time.monotonic() < deadline, "the sentinel behind the generated records never came"
         time.sleep(0.05)
     assert pipeline.api.app is not None
-    check = pipeline.api.app.check  # the catalog check ingest applies after decoding
+    assert pipeline.api.app.catalog is not None
+    check = pipeline.api.app.catalog.check  # the catalog check ingest applies after decoding
 
     def refused(value: bytes, headers: list[tuple[str, bytes]]) -> bool:
         outcome = _decode(value, headers)

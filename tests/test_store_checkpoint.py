@@ -1,6 +1,7 @@
 """WAL checkpoints on their own thread: the store's commits leave the WAL to it, and it moves
 the WAL's pages into the database file without a commit waiting for it."""
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ def test_the_thread_moves_committed_pages_into_the_database_file(tmp_path: Path)
     writer = _write_rows(path, 2000)  # ~2 MB, under the backstop: nothing checkpointed yet
     assert path.stat().st_size < 100_000
     checkpointer = Checkpointer(str(path), interval=0.05)
-    checkpointer.start()
+    asyncio.run(checkpointer.start())
     try:
         assert _wait_for(lambda: path.stat().st_size > 2_000_000)
         # The writer goes on meanwhile, never waiting for the checkpoint.
@@ -46,19 +47,19 @@ def test_the_thread_moves_committed_pages_into_the_database_file(tmp_path: Path)
         writer.commit()
         assert writer.execute("SELECT count(*) FROM t").fetchone() == (2100,)
     finally:
-        checkpointer.stop()
+        asyncio.run(checkpointer.stop())
         writer.close()
 
 
 def test_stop_ends_the_thread_and_a_missing_directory_only_logs(tmp_path: Path) -> None:
     checkpointer = Checkpointer(str(tmp_path / "absent" / "c.db"), interval=0.01)
-    checkpointer.start()
-    checkpointer.stop()  # the thread found no file to open and ended; stop returns
+    asyncio.run(checkpointer.start())
+    asyncio.run(checkpointer.stop())  # the thread found no file to open and ended; stop returns
     live = Checkpointer(str(tmp_path / "c.db"), interval=0.01)
-    live.start()
+    asyncio.run(live.start())
     time.sleep(0.05)
-    live.stop()
-    live.stop()  # twice is harmless
+    asyncio.run(live.stop())
+    asyncio.run(live.stop())  # twice is harmless
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,9 @@ from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["WebhookService"].full_name
+# The health service name that says whether Kafka answers; "" (the whole service) stays
+# SERVING meanwhile, since the API and deliveries already queued go on without it.
+KAFKA_HEALTH = "webhooks.kafka"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -34,9 +37,11 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
+        self.port = 0  # the bound port once started (useful with port 0)
+        self._not_serving = False
 
-    async def start(self) -> int:
-        """Binds and starts serving; returns the bound port (useful with port 0)."""
+    async def start(self) -> None:
+        """Binds and starts serving."""
         address = self._settings.grpc_address
         credentials = _credentials(self._settings)
         if credentials is None:
@@ -46,11 +51,22 @@ class GrpcServer:
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return port
+        self.port = port
+
+    async def set_kafka_health(self, up: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        await self.health.set(KAFKA_HEALTH, status.SERVING if up else status.NOT_SERVING)
+
+    async def not_serving(self) -> None:
+        """Every health service name says NOT_SERVING from now on (set once)."""
+        if not self._not_serving:
+            self._not_serving = True
+            await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float) -> None:
-        """Reports NOT_SERVING, then lets in-flight calls finish for up to `grace` seconds."""
-        await self.health.enter_graceful_shutdown()
+        """NOT_SERVING, then new calls are refused (UNAVAILABLE) and the calls in flight get
+        up to `grace` seconds to finish."""
+        await self.not_serving()
         await self.server.stop(grace)
 
 

@@ -12,11 +12,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from kafka.codec import event_from_proto
-from service import catalog, subscriptions
 from service.api import convert
 from service.api.status import INTERNAL, to_status
-from service.catalog import CatalogService
-from service.deliveries import DeliveryService, invalid_event
 from service.domain import pagination
 from service.domain.access import (
     CATALOG,
@@ -38,7 +35,10 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.store.runner import StoreRunner
-from service.subscriptions import SubscriptionService
+from service.usecases import catalog, subscriptions
+from service.usecases.catalog import CatalogService
+from service.usecases.deliveries import DeliveryService, invalid_event
+from service.usecases.subscriptions import SubscriptionService
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 

@@ -4,11 +4,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from service.domain import event_patterns
-from service.domain.deliveries import Job
 from service.domain.envelope import webhook_body
 from service.domain.ids import derived_id, new_id
 from service.domain.models import Event
 from service.domain.outcomes import Trigger
+from service.domain.pipeline import Job
 
 # (tenant, event id, subscription id): one delivery at most.
 Pair = tuple[str, str, str]

@@ -4,6 +4,7 @@ its fdatasyncs (5-50 ms each on a virtual disk, about two checkpoints a second a
 events/s) stalled the store thread, and every event and attempt result behind it waited
 (make bench, latency)."""
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -24,13 +25,13 @@ class Checkpointer:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join()
+            await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
         try:

@@ -106,6 +106,10 @@ class StoreRunner:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable("the database is unavailable; retry later") from None
 
+    async def stop(self, grace: float = 0.0) -> None:
+        """`close` off the event loop: the work queued so far is finished first."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
     def close(self) -> None:
         """Waits for the work queued so far, then closes every pooled connection."""
         with self._ready:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import uvloop
 
-from service.delivery.http import HttpSender
+from service.engine.http import HttpSender
 
 BODY = b'{"pad":"' + b"x" * 1010 + b'"}'
 

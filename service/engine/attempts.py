@@ -1,5 +1,5 @@
 """Makes one delivery attempt: signs the job, sends it and decides what follows, ready to store
-and to audit. Runs in the service process or in a delivery worker (service.delivery.worker)."""
+and to audit. Runs in the service process or in a delivery worker (service.engine.worker)."""
 
 import asyncio
 import logging
@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from service.delivery.http import HttpSender
 from service.domain.clock import utcnow
-from service.domain.deliveries import AttemptRecord, Job, Target
 from service.domain.ids import new_id
 from service.domain.outcomes import AttemptResult, ErrorKind, decide
+from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
 from service.domain.signing import signature_header
 from service.domain.ssrf import IpNetwork
-from service.store.deliveries import RecordedAttempt
+from service.engine.http import HttpSender
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,11 @@ import asyncio
 import contextlib
 import logging
 
-from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
+from service.engine.dispatcher import DeliveryPolicy, Dispatcher
 from service.errors import Unavailable
-from service.store.deliveries import DeliveryStore
+from service.store.attempts import AttemptStore
 from service.store.runner import StoreRunner
+from service.tasks import finish, log_failure
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 500
@@ -20,7 +21,7 @@ class RetryScheduler:
         self,
         *,
         runner: StoreRunner,
-        store: DeliveryStore,
+        store: AttemptStore,
         dispatcher: Dispatcher,
         policy: DeliveryPolicy,
         interval: float,
@@ -31,6 +32,11 @@ class RetryScheduler:
         self._policy = policy
         self._interval = interval
         self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="scheduler")
+        self._task.add_done_callback(log_failure)
 
     async def run(self) -> None:
         while not self._stopped.is_set():
@@ -48,5 +54,8 @@ class RetryScheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), self._interval)
 
-    def stop(self) -> None:
+    async def stop(self, grace: float) -> None:
+        """Claims nothing more; a hand-off in progress gets `grace` seconds."""
         self._stopped.set()
+        if self._task is not None:
+            await finish(self._task, grace)

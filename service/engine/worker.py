@@ -20,10 +20,9 @@ from typing import Any
 import uvloop
 
 from service import logs, runtime
-from service.delivery.attempts import AttemptMaker, AttemptSettings
-from service.domain.deliveries import Job, Target
+from service.domain.pipeline import Job, RecordedAttempt, Target
+from service.engine.attempts import AttemptMaker, AttemptSettings
 from service.errors import Unavailable
-from service.store.deliveries import RecordedAttempt
 
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("!I")
@@ -72,6 +71,7 @@ class DeliveryWorker:
         self._pending: dict[int, asyncio.Future[RecordedAttempt]] = {}
         self._next_id = 0
         self._starting: asyncio.Lock | None = None
+        self._closed = False  # once closed, no attempt may start a worker again
 
     @property
     def pid(self) -> int | None:
@@ -102,7 +102,9 @@ class DeliveryWorker:
         return future
 
     async def close(self) -> None:
-        """Closes the socket (the worker exits once its attempts in flight are answered)."""
+        """Closes the socket (the worker exits once its attempts in flight are answered);
+        later attempts fail with Unavailable instead of starting another worker."""
+        self._closed = True
         frames, self._frames = self._frames, None
         if frames is not None:
             frames.close()
@@ -122,9 +124,13 @@ class DeliveryWorker:
     async def _started(self) -> _Frames:
         if self._frames is not None:
             return self._frames
+        if self._closed:
+            raise Unavailable("the delivery worker is closed: the service is stopping")
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
+            if self._closed:
+                raise Unavailable("the delivery worker is closed: the service is stopping")
             if self._frames is None:
                 await self._start()
         assert self._frames is not None
@@ -138,7 +144,7 @@ class DeliveryWorker:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "service.delivery.worker",
+                "service.engine.worker",
                 str(theirs.fileno()),
                 pass_fds=[theirs.fileno()],
                 # Not in the service's process group: a Ctrl-C or group signal must not end

@@ -1,9 +1,13 @@
-"""Records of the delivery pipeline: what to send, where, and what happened."""
+"""Records of the delivery pipeline, shared by the engine and the store: what to send, where,
+what happened, and what ingest stored."""
 
 import math
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from service.domain.event_rules import EventRejected
+from service.domain.models import DisabledReason
 from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 
 
@@ -90,3 +94,49 @@ class DeliveryFilter:
     event_type: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """An audit record waiting in the outbox for the broker's ack."""
+
+    id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class RecordedAttempt:
+    """What `record_attempts` writes for one attempt."""
+
+    attempt: AttemptRecord
+    disable: DisabledReason | None
+    audit_topic: str
+    audit_value: bytes
+
+    @property
+    def audit_key(self) -> bytes:
+        """The audit record's Kafka key, whether it goes out directly or from the outbox: its
+        subscription, so one endpoint's attempts stay in order."""
+        return self.attempt.subscription_id.encode()
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What an ingest transaction stored: jobs for the deliveries it created that were not
+    sent ahead, the ids of the jobs sent ahead whose deliveries it did not store, and the
+    positions in the batch of the events refused because their id names another event."""
+
+    jobs: list[Job]
+    not_stored: frozenset[str]
+    reused_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """A batch's events and deliveries are stored: `hand_off` gives its jobs to the dispatcher;
+    `refused` are the positions of the events the store would not take, and why."""
+
+    hand_off: Callable[[], Awaitable[None]]
+    refused: Sequence[tuple[int, EventRejected]] = ()

@@ -15,9 +15,9 @@ from typing import Any
 
 from service.domain import fan_out
 from service.domain.clock import unix_time, utcnow
-from service.domain.deliveries import Job
 from service.domain.models import Event
-from service.store.deliveries import DeliveryStore
+from service.domain.pipeline import Job
+from service.store.ingest import IngestStore
 from service.store.runner import StoreRunner
 
 # How long the view of a tenant's subscriptions is trusted; this instance's own changes
@@ -39,7 +39,7 @@ class AheadPlanner:
     def __init__(
         self,
         runner: StoreRunner,
-        store: DeliveryStore,
+        store: IngestStore,
         required_scopes: Callable[[], Mapping[str, str]],
         lease: timedelta,
     ) -> None:

@@ -1,5 +1,7 @@
 """Event type catalog use cases, including the catalog file loaded at start."""
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -11,8 +13,9 @@ from service.domain.access import Principal
 from service.domain.event_rules import EventRejected, parse_data
 from service.domain.models import Event, EventType
 from service.domain.validation import compile_schema, schema_violation, validate_event_type
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, Unavailable
 from service.store.event_types import EventTypeStore
+from service.store.runner import StoreRunner
 
 UPDATABLE = ("description", "required_scope", "json_schema", "example_json")
 OUTPUT_ONLY = ("create_time", "update_time")
@@ -130,3 +133,33 @@ class EventTypeCheck:
                 raise EventRejected(
                     "SCHEMA_VIOLATION", f"the data does not match the schema: {problem}"
                 )
+
+
+class CatalogCache:
+    """The catalog as ingest and the planner check events against it: refreshed every few
+    seconds, and at once after this instance changed it."""
+
+    def __init__(self, runner: StoreRunner, store: EventTypeStore) -> None:
+        self._runner = runner
+        self._store = store
+        self.check = EventTypeCheck({})
+        self._refreshing: set[asyncio.Task[None]] = set()
+
+    async def refresh(self) -> None:
+        self.check = EventTypeCheck(await self._runner.call(self._store.catalog))
+
+    def changed(self) -> None:
+        """This instance changed the catalog: refresh now rather than at the next round."""
+        task = asyncio.create_task(self._refresh_now(), name="catalog-refresh-now")
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh_now(self) -> None:
+        with contextlib.suppress(Unavailable):  # the next round refreshes it
+            await self.refresh()
+
+    def __call__(self, event: Event) -> None:
+        self.check(event)
+
+    def required_scopes(self) -> Mapping[str, str]:
+        return self.check.required_scopes

@@ -5,14 +5,13 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from service.catalog import EventTypeCheck
-from service.delivery.dispatcher import DeliveryPolicy, Dispatcher
 from service.domain.access import Principal, require_owner_or_admin, require_scope
 from service.domain.clock import utcnow
-from service.domain.deliveries import DeliveryFilter, DeliveryView
 from service.domain.event_rules import EVENT_ID_REUSED, EventRejected, check_event
 from service.domain.ids import new_id
 from service.domain.models import Event, Subscription
+from service.domain.pipeline import DeliveryFilter, DeliveryView
+from service.engine.dispatcher import DeliveryPolicy, Dispatcher
 from service.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -21,10 +20,12 @@ from service.errors import (
     Unavailable,
     invalid,
 )
-from service.store.deliveries import DeliveryStore
+from service.store.delivery_queries import DeliveryQueries
 from service.store.event_types import EventTypeStore
+from service.store.ingest import IngestStore
 from service.store.runner import StoreRunner
 from service.store.subscriptions import SubscriptionStore
+from service.usecases.catalog import EventTypeCheck
 
 # Writes an event to the ingest topic; returns (topic, partition, offset).
 Publish = Callable[[Event], Awaitable[tuple[str, int, int]]]
@@ -52,7 +53,8 @@ class DeliveryService:
         self,
         *,
         runner: StoreRunner,
-        store: DeliveryStore,
+        queries: DeliveryQueries,
+        ingest: IngestStore,
         event_types: EventTypeStore,
         subscriptions: SubscriptionStore,
         dispatcher: Dispatcher,
@@ -60,7 +62,8 @@ class DeliveryService:
         publish: Publish | None,
     ) -> None:
         self._run = runner.call
-        self._store = store
+        self._store = queries
+        self._ingest = ingest
         self._event_types = event_types
         self._subscriptions = subscriptions
         self._dispatcher = dispatcher
@@ -141,7 +144,7 @@ class DeliveryService:
         # A key publishes only into the domains it may read: the type's subscribe scope.
         if scope := check.required_scopes[event.type]:
             require_scope(principal, scope)
-        if await self._run(self._store.reuses_id, event):
+        if await self._run(self._ingest.reuses_id, event):
             raise AlreadyExists(
                 EVENT_ID_REUSED.message,
                 reason=EVENT_ID_REUSED.reason,

@@ -1,0 +1,46 @@
+"""What the service writes to Kafka beside dead letters: events published over gRPC into
+the ingest topic, and attempts' audit records."""
+
+from collections.abc import Sequence
+
+from kafka.codec import event_to_proto
+from kafka.producer import Producer
+from service.domain.models import Event
+from service.domain.pipeline import RecordedAttempt
+from service.errors import invalid
+
+AUDIT_HEADERS = [("content-type", b"application/x-protobuf")]
+EVENT_HEADERS = [("content-type", b"application/x-protobuf")]
+
+
+class EventPublisher:
+    """PublishEvent's end: a `webhooks.v1.DomainEvent` on the first ingest topic."""
+
+    def __init__(self, producer: Producer, topic: str, max_event_bytes: int) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._limit = max_event_bytes
+
+    async def publish(self, event: Event) -> tuple[str, int, int]:
+        """Returns (topic, partition, offset) once the broker acked; raises Unavailable."""
+        value = event_to_proto(event).SerializeToString()
+        if len(value) > self._limit:  # ingest would dead-letter it: refuse it now instead
+            raise invalid(
+                "event.data", f"the event is {len(value)} bytes; the limit is {self._limit}"
+            )
+        [(partition, offset)] = await self._producer.send_all(
+            [(self._topic, event.id.encode(), value, EVENT_HEADERS)]
+        )
+        return self._topic, partition, offset
+
+
+class AuditSender:
+    """Audit records straight to their topic, returning once the broker acked every one."""
+
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
+
+    async def publish(self, items: Sequence[RecordedAttempt]) -> None:
+        await self._producer.send_all(
+            [(i.audit_topic, i.audit_key, i.audit_value, AUDIT_HEADERS) for i in items]
+        )

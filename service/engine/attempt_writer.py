@@ -1,0 +1,136 @@
+"""Writes finished attempts, their outcomes and (unless the broker acked them) their audit
+records' outbox rows, in batches of one transaction each."""
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection
+
+from service.domain.pipeline import RecordedAttempt
+from service.engine.ahead_ledger import AheadLedger
+from service.engine.counters import DeliveryCounters
+from service.errors import Unavailable
+from service.store.attempts import AttemptStore
+from service.store.runner import StoreRunner
+
+log = logging.getLogger(__name__)
+# At most this many results per transaction: a larger batch holds the GIL on the store
+# thread long enough to delay every HTTP answer.
+WRITE_BATCH = 100
+
+
+class AttemptWriter:
+    """`add` queues results; a loop writes them. `finished` is called once per result, when
+    it was written or dropped (its job was sent ahead and not stored)."""
+
+    def __init__(
+        self,
+        *,
+        runner: StoreRunner,
+        store: AttemptStore,
+        ledger: AheadLedger,
+        counters: DeliveryCounters,
+        finished: Callable[[RecordedAttempt], None],
+        after_outbox_write: Callable[[], None],
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._ledger = ledger
+        self._counters = counters
+        self._finished = finished
+        self._after_outbox_write = after_outbox_write
+        self._results: list[RecordedAttempt] = []
+        self._audited: set[str] = set()  # attempt ids whose audit record the broker acked
+        self._ready = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._results)
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._write_loop(), name="attempt-writer")
+
+    def add(self, results: Collection[RecordedAttempt], *, audited: bool = False) -> None:
+        """Queues results; `audited`: the broker acked their audit records already."""
+        self._results.extend(results)
+        if audited:
+            self._audited.update(r.attempt.attempt_id for r in results)
+        self._ready.set()
+
+    async def stop(self, grace: float) -> None:
+        """Finishes the write in progress (never cancelled: its store call would still commit,
+        and the last flush would write the same attempts again), then writes the rest."""
+        self._stopping = True
+        if self._loop is not None:
+            self._ready.set()
+            await asyncio.wait({self._loop}, timeout=max(grace, 5.0))
+            if not self._loop.done():
+                self._loop.cancel()
+                log.warning(
+                    "attempt results not written; those attempts are made again after restart",
+                    extra={"pending": len(self._results)},
+                )
+                return
+        await self._flush(tries=5)
+
+    async def _write_loop(self) -> None:
+        while not self._stopping:
+            await self._ready.wait()
+            if self._stopping:
+                return
+            await asyncio.sleep(0.002)  # let a burst of results gather into one transaction
+            await self._flush()
+
+    async def _flush(self, tries: int | None = None) -> None:
+        """Writes every pending result; while the database is down it keeps retrying
+        (`tries` bounds that at shutdown: unwritten attempts are then made again)."""
+        while self._results:
+            batch = await self._recordable(self._results[:WRITE_BATCH])
+            if not batch:
+                continue
+            audited = {r.attempt.attempt_id for r in batch} & self._audited
+            try:
+                await self._runner.call(self._store.record_attempts, batch, audited=audited)
+            except Exception as exc:
+                # A bug is retried (and logged each time) like an outage: a writer that
+                # ended would leave every later attempt unrecorded.
+                if isinstance(exc, Unavailable):
+                    log.warning(
+                        "attempts not recorded yet; retrying",
+                        extra={"pending": len(self._results)},
+                    )
+                else:
+                    log.exception(
+                        "attempts not recorded; retrying", extra={"pending": len(self._results)}
+                    )
+                if tries is not None:
+                    tries -= 1
+                    if tries <= 0:
+                        return
+                elif self._stopping:
+                    return  # stop() makes the last tries
+                await asyncio.sleep(1.0)
+                continue
+            del self._results[: len(batch)]
+            self._audited -= audited
+            for done in batch:
+                self._finished(done)
+            self._counters.audited("direct", len(audited))
+            if len(audited) < len(batch):
+                self._counters.audited("outbox", len(batch) - len(audited))
+                self._after_outbox_write()
+        self._ready.clear()
+
+    async def _recordable(self, batch: list[RecordedAttempt]) -> list[RecordedAttempt]:
+        """The batch without the attempts of jobs sent ahead and not stored: made (and
+        audited, if that went out directly) but never recorded, having no delivery."""
+        missing = await self._ledger.unstored(r.attempt.delivery_id for r in batch)
+        if not missing:
+            return batch
+        for lost in [r for r in batch if r.attempt.delivery_id in missing]:
+            self._results.remove(lost)
+            self._audited.discard(lost.attempt.attempt_id)
+            self._finished(lost)
+        self._counters.unrecorded(len(missing))
+        return [r for r in batch if r.attempt.delivery_id not in missing]

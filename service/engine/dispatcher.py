@@ -1,0 +1,294 @@
+"""The dispatcher: jobs in, through their endpoint's lane, to an attempt, then to the audit
+publisher and the attempt writer. Each stage is a part of its own:
+
+- `Lanes` (lanes.py): capacity, per-endpoint queues, concurrency, circuit breaker, rate;
+- `TargetCache` (targets.py): where and how each subscription is sent to;
+- the attempt maker (attempts.py, or a DeliveryWorker beside the service);
+- `AuditPublisher` (audit.py): audit records to the broker, or through the outbox;
+- `AttemptWriter` (attempt_writer.py): attempts and outcomes stored in batches;
+- `AheadLedger` (ahead_ledger.py): jobs sent ahead of their ingest transaction."""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from service.domain.clock import utcnow
+from service.domain.outcomes import Outcome
+from service.domain.pipeline import Ingested, Job, RecordedAttempt, Target
+from service.engine.ahead_ledger import AheadLedger
+from service.engine.attempt_writer import AttemptWriter
+from service.engine.audit import AuditPublisher, PublishAudit
+from service.engine.counters import DeliveryCounters
+from service.engine.lanes import Lane, Lanes
+from service.engine.targets import TargetCache
+from service.errors import Unavailable
+from service.metrics import Metrics
+from service.store.attempts import AttemptStore
+from service.store.runner import StoreRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """The delivery settings the dispatcher and scheduler apply."""
+
+    endpoint_concurrency: int
+    default_rate_limit: int
+    circuit_failures: int
+    circuit_cooldown: float
+    max_in_flight: int
+    attempt_timeout: float
+    # How long a claimed delivery stays with this process before others may take it.
+    lease: timedelta
+
+
+class Attempts(Protocol):
+    """Makes attempts: an AttemptMaker in this process, or a DeliveryWorker beside it."""
+
+    async def make(self, job: Job, target: Target) -> RecordedAttempt: ...
+
+    def attempt(self, job: Job, target: Target) -> "asyncio.Future[RecordedAttempt]": ...
+
+    async def close(self) -> None: ...
+
+
+class Dispatcher:
+    """`submit` waits while max_in_flight jobs are held (backpressure to the consumer)."""
+
+    def __init__(
+        self,
+        *,
+        runner: StoreRunner,
+        store: AttemptStore,
+        attempts: Attempts,
+        policy: DeliveryPolicy,
+        after_write: Callable[[], None] = lambda: None,
+        publish_audit: PublishAudit | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._attempts = attempts
+        self._policy = policy
+        self._counters = DeliveryCounters(metrics or Metrics())
+        self._lanes = Lanes(
+            max_in_flight=policy.max_in_flight,
+            endpoint_concurrency=policy.endpoint_concurrency,
+            circuit_failures=policy.circuit_failures,
+            circuit_cooldown=policy.circuit_cooldown,
+        )
+        self._targets = TargetCache(runner, store)
+        self._ledger = AheadLedger()
+        self._writer = AttemptWriter(
+            runner=runner,
+            store=store,
+            ledger=self._ledger,
+            counters=self._counters,
+            finished=self._written,
+            after_outbox_write=after_write,
+        )
+        self._audit = AuditPublisher(publish_audit, self._writer)
+        self._sending: set[asyncio.Future[RecordedAttempt]] = set()
+        self._retrying: set[asyncio.Future[None]] = set()
+        # Deliveries whose recorded attempt someone awaits (deliver_soon).
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._stopping = False
+
+    @property
+    def free(self) -> int:
+        """How many more jobs `submit` takes without waiting."""
+        return self._lanes.free
+
+    async def start(self) -> None:
+        self._writer.start()
+
+    def invalidate(self, subscription_id: str) -> None:
+        """Forgets a cached target after the subscription changed or was deleted."""
+        self._targets.invalidate(subscription_id)
+
+    async def submit(
+        self, jobs: Sequence[Job], stored: "asyncio.Future[Ingested] | None" = None
+    ) -> None:
+        """Queues jobs in their endpoint's lane; jobs beyond a lane's limit are deferred.
+        With `stored`, the jobs were planned ahead of the ingest transaction it ends with
+        (AheadPlanner): they are sent at once, but nothing of them is written before it
+        ended, and nothing of those it did not store."""
+        if self._stopping:
+            return  # leased in the store: sent after the restart
+        if stored is not None:
+            self._ledger.track(stored, jobs)
+        await self._targets.load({job.subscription_id for job in jobs})
+        lanes = self._lanes
+        deferred: list[Job] = []
+        for job in jobs:
+            await lanes.hold()
+            lane = lanes.lane(job.subscription_id)
+            if len(lane.queue) >= lanes.limit(lane):
+                deferred.append(job)
+                lanes.release()
+                continue
+            lane.queue.append(job)
+            if lane.task is None:
+                lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
+        if deferred:
+            self._counters.deferred("endpoint_backlog", len(deferred))
+            await self._defer(deferred, seconds=1.0)
+
+    async def deliver_soon(self, job: Job, wait: float) -> None:
+        """Queues one job under its endpoint's limits like any other and waits up to `wait`
+        seconds for its attempt to be recorded (SendTestEvent)."""
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[job.delivery_id] = recorded
+        try:
+            await self.submit([job])
+            await asyncio.wait_for(recorded, wait)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting.pop(job.delivery_id, None)
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking jobs, hands queued ones back to the store (due now), lets in-flight
+        attempts finish for up to `grace` seconds, writes every result and closes the
+        attempt maker."""
+        self._stopping = True
+        self._audit.close()  # attempts finishing now are stored with their outbox rows
+        queued = self._lanes.take_all_queued()
+        if queued:
+            await self._defer(queued, seconds=0.0)
+        if self._sending or self._retrying:
+            await asyncio.wait(self._sending | self._retrying, timeout=grace)
+        for task in self._sending:
+            task.cancel()
+        await self._audit.stop()
+        await self._writer.stop(grace)
+        await self._attempts.close()
+
+    async def _drain(self, subscription_id: str, lane: Lane) -> None:
+        """Sends the lane's jobs in order, within its limits, until it is empty."""
+        loop = asyncio.get_running_loop()
+        lanes = self._lanes
+        try:
+            while lane.queue and not self._stopping:
+                excess = len(lane.queue) - lanes.limit(lane)
+                if excess > 0:
+                    # Its endpoint slowed down: what it cannot send soon waits in the store.
+                    shed = [lane.queue.pop() for _ in range(excess)]
+                    self._counters.deferred("endpoint_backlog", excess)
+                    await self._handed_back(shed, seconds=1.0)
+                    continue
+                job = lane.queue[0]
+                target = (await self._targets.load({subscription_id}))[subscription_id]
+                if target is None or not target.enabled:
+                    lane.queue.popleft()
+                    if target is not None and not await self._ledger.unstored([job.delivery_id]):
+                        # Disabled: FAILED until RecoverDeliveries.
+                        await self._runner.call(self._store.fail_disabled, [job.delivery_id])
+                    lanes.release()
+                    continue
+                await lane.slots.acquire()
+                if lane.breaker.failures and lane.sending:
+                    # After a failure, one request at a time until one succeeds: a dead
+                    # endpoint costs one attempt per wave, not a full concurrent batch.
+                    lane.slots.release()
+                    lane.finished.clear()
+                    await lane.finished.wait()
+                    continue
+                now = loop.time()
+                if not lane.breaker.allow(now):
+                    lane.slots.release()
+                    jobs = list(lane.queue)
+                    lane.queue.clear()
+                    self._counters.deferred("circuit_open", len(jobs))
+                    await self._handed_back(jobs, seconds=max(1.0, lane.breaker.retry_at() - now))
+                    continue
+                rate = target.rate_limit_per_second or self._policy.default_rate_limit
+                wait = lane.rate_wait(rate, now)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if job.lease_until - time.time() < self._policy.attempt_timeout:
+                    # The claim could run out mid-attempt and another instance send it too:
+                    # leave it to whichever scheduler claims it next.
+                    lane.queue.popleft()
+                    lane.slots.release()
+                    lanes.release()
+                    log.info("claim expired before sending", extra={"delivery_id": job.delivery_id})
+                    continue
+                lane.sending += 1
+                lane.queue.popleft()
+                # A callback, not a task per send: thousands a second.
+                made = self._attempts.attempt(job, target)
+                self._sending.add(made)
+                made.add_done_callback(functools.partial(self._sent, job, lane))
+        except Exception:
+            log.exception("lane failed", extra={"subscription_id": subscription_id})
+        finally:
+            lane.task = None
+            lanes.forget_if_idle(subscription_id, loop.time())
+
+    def _sent(self, job: Job, lane: Lane, made: "asyncio.Future[RecordedAttempt]") -> None:
+        self._sending.discard(made)
+        now = asyncio.get_running_loop().time()
+        if made.cancelled():
+            lane.sent(None, None, now)
+            return  # stopping: the delivery stays leased and is sent after the restart
+        error = made.exception()
+        if error is not None:
+            lane.sent(None, None, now)
+            # No outcome (say the delivery worker died): due again in a second, sent by
+            # whoever claims it then; the lease covers it if this write fails too.
+            log.error(
+                "attempt failed unexpectedly",
+                extra={"delivery_id": job.delivery_id},
+                exc_info=error,
+            )
+            retry = asyncio.ensure_future(self._retry_soon(job))
+            self._retrying.add(retry)
+            retry.add_done_callback(self._retrying.discard)
+            return
+        recorded = made.result()
+        attempt = recorded.attempt
+        lane.sent(attempt.latency_ms / 1000, attempt.outcome == Outcome.SUCCEEDED, now)
+        self._counters.attempt(job, attempt, utcnow())
+        if recorded.disable is not None:
+            self.invalidate(job.subscription_id)
+            log.warning(
+                "subscription disabled",
+                extra={"subscription_id": job.subscription_id, "reason": recorded.disable.name},
+            )
+        self._audit.add(recorded)
+
+    def _written(self, recorded: RecordedAttempt) -> None:
+        """The attempt was stored (or dropped: its job was sent ahead and not stored)."""
+        self._lanes.release()
+        waiter = self._waiting.get(recorded.attempt.delivery_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _retry_soon(self, job: Job) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._defer([job], seconds=1.0)
+        self._lanes.release()
+
+    async def _handed_back(self, jobs: Sequence[Job], seconds: float) -> None:
+        """Defers held jobs and frees their capacity, even when the store is away (they stay
+        leased there, and the scheduler sends them once the lease ends)."""
+        try:
+            await self._defer(jobs, seconds)
+        finally:
+            self._lanes.release(len(jobs))
+
+    async def _defer(self, jobs: Sequence[Job], seconds: float) -> None:
+        until = utcnow() + timedelta(seconds=seconds)
+        ids = [job.delivery_id for job in jobs]
+        missing = await self._ledger.unstored(ids)
+        ids = [i for i in ids if i not in missing]
+        if ids:
+            await self._runner.call(self._store.defer, ids, until)

@@ -1,0 +1,64 @@
+"""Stores an ingest batch: plans what can be sent ahead of its transaction, runs the
+transaction, and hands the rest of its jobs to the dispatcher."""
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+
+from service.domain.event_rules import EVENT_ID_REUSED
+from service.domain.models import Event
+from service.domain.pipeline import StoredBatch
+from service.engine.ahead import AheadPlanner
+from service.engine.dispatcher import Dispatcher
+from service.metrics import Metrics
+from service.store.ingest import IngestStore
+from service.store.runner import StoreRunner
+
+
+class BatchStorer:
+    """The ingest consumer's `store_batch`."""
+
+    def __init__(
+        self,
+        *,
+        runner: StoreRunner,
+        store: IngestStore,
+        planner: AheadPlanner,
+        dispatcher: Dispatcher,
+        required_scopes: Callable[[], Mapping[str, str]],
+        lease: timedelta,
+        metrics: Metrics,
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._planner = planner
+        self._dispatcher = dispatcher
+        self._required_scopes = required_scopes
+        self._lease = lease
+        self._metrics = metrics
+
+    async def __call__(self, events: list[Event]) -> StoredBatch:
+        planner, dispatcher = self._planner, self._dispatcher
+        if earlier := planner.earlier(events):
+            await asyncio.wait(earlier)  # then this batch finds those copies stored
+        ahead = await planner.plan(events)
+        # First in the store's queue: an event waits for nothing already accepted.
+        stored = asyncio.ensure_future(
+            self._runner.call_first(
+                self._store.ingest, events, self._required_scopes(), self._lease, ahead
+            )
+        )
+        if ahead:
+            planner.storing(ahead, stored)
+            stored.add_done_callback(lambda _: planner.ended(ahead))
+            await dispatcher.submit(ahead, stored)
+        # Shielded: the transaction runs on whatever happens here, and the dispatcher must
+        # learn how it ended.
+        ingested = await asyncio.shield(stored)
+        self._metrics.deliveries_created.inc(
+            len(ahead) - len(ingested.not_stored) + len(ingested.jobs)
+        )
+        return StoredBatch(
+            lambda: dispatcher.submit(ingested.jobs),
+            [(index, EVENT_ID_REUSED) for index in ingested.reused_ids],
+        )

@@ -1,0 +1,222 @@
+"""What the delivery engine writes: claims of due deliveries, attempts and their outcomes
+(with their audit records' outbox rows), deferrals; and the targets it sends to."""
+
+import json
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime, timedelta
+
+import peewee as pw
+
+from service.crypto import SecretBox
+from service.domain.clock import unix_time, utcnow
+from service.domain.outcomes import DeliveryStatus, Outcome
+from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
+from service.domain.signing import secret_key
+from service.store import bulk
+from service.store.delivery_rows import jobs_for, stored_delivery_ids
+from service.store.outbox import INSERT_OUTBOX
+from service.store.subscriptions import live_secrets
+from service.store.tables import DeliveryRow, SubscriptionRow
+
+_INSERT_ATTEMPT = bulk.Insert(
+    "attempts",
+    (
+        ("id", "text"),
+        ("delivery_id", "text"),
+        ("attempt_number", "integer"),
+        ("trigger", "smallint"),
+        ("started_at", "timestamp"),
+        ("latency_ms", "integer"),
+        ("url", "text"),
+        ("http_status", "integer"),
+        ("response_body", "text"),
+        ("error_kind", "smallint"),
+        ("error_message", "text"),
+        ("outcome", "smallint"),
+        ("next_attempt_at", "timestamp"),
+    ),
+)
+# What an attempt changes of its delivery (bulk.update_rows), with PostgreSQL's types.
+_DELIVERY_ATTEMPTED = (
+    ("status", "smallint"),
+    ("attempt_count", "integer"),
+    ("last_http_status", "integer"),
+    ("last_attempt_at", "timestamp"),
+    ("next_attempt_at", "timestamp"),
+)
+# The batch's last attempt decides: cleared (succeeded), or failing since the given time, or
+# since whenever it started failing (now if it was not).
+_UPDATE_SUBSCRIPTION = (
+    "UPDATE subscriptions SET last_delivery_at = ?, last_delivery_status = ?,"
+    " failing_since = CASE WHEN ? THEN NULL ELSE COALESCE(?, failing_since, ?) END WHERE id = ?"
+)
+_DISABLE_SUBSCRIPTION = "UPDATE subscriptions SET enabled = FALSE, disabled_reason = ? WHERE id = ?"
+_STATUS = {
+    Outcome.SUCCEEDED: DeliveryStatus.SUCCEEDED,
+    Outcome.RETRY_SCHEDULED: DeliveryStatus.PENDING,
+    Outcome.FAILED: DeliveryStatus.FAILED,
+}
+
+
+def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
+    return (
+        a.attempt_id,
+        a.delivery_id,
+        a.attempt_number,
+        int(a.trigger),
+        a.attempt_time,
+        a.latency_ms,
+        a.url,
+        a.http_status,
+        a.response_body,
+        int(a.error_kind),
+        a.error_message,
+        int(a.outcome),
+        a.next_attempt_time,
+    )
+
+
+class AttemptStore:
+    """Every method is synchronous and runs on a store thread."""
+
+    def __init__(self, db: pw.Database, box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+
+    def claim_due(self, limit: int, lease: timedelta) -> list[Job]:
+        """Takes up to `limit` due deliveries, leasing them so no other claimer takes them too."""
+        now = utcnow()
+        with self._db.atomic():
+            query = (
+                DeliveryRow.select(DeliveryRow.id)
+                .where(
+                    (DeliveryRow.status == int(DeliveryStatus.PENDING))
+                    & (DeliveryRow.next_attempt_at <= now)
+                )
+                .order_by(DeliveryRow.next_attempt_at)
+                .limit(limit)
+            )
+            if self._db.for_update:
+                query = query.for_update(skip_locked=True)  # several instances claim disjoint rows
+            ids = [row.id for row in query]
+            if not ids:
+                return []
+            DeliveryRow.update(next_attempt_at=now + lease).where(DeliveryRow.id.in_(ids)).execute()
+            return jobs_for(ids, lease_until=unix_time(now + lease))
+
+    def targets(self, subscription_ids: Iterable[str]) -> dict[str, Target]:
+        """Where and how to send, with the live secrets decrypted; absent ids were deleted."""
+        ids = list(set(subscription_ids))
+        if not ids:
+            return {}
+        secrets = live_secrets(self._db, ids)
+        out = {}
+        for row in SubscriptionRow.select().where(SubscriptionRow.id.in_(ids)):
+            headers = (
+                json.loads(self._box.decrypt(row.headers_encrypted))
+                if row.headers_encrypted
+                else {}
+            )
+            out[row.id] = Target(
+                subscription_id=row.id,
+                tenant=row.tenant,
+                url=row.url,
+                headers=headers,
+                secret_keys=tuple(
+                    secret_key(self._box.decrypt(s.secret_encrypted))
+                    for s in secrets.get(row.id, ())
+                ),
+                rate_limit_per_second=row.rate_limit_per_second,
+                enabled=row.enabled,
+                failing_since=row.failing_since,
+            )
+        return out
+
+    def record_attempts(
+        self, items: Sequence[RecordedAttempt], *, audited: Collection[str] = ()
+    ) -> None:
+        """Stores attempts, moves their deliveries on, updates the subscriptions and queues the
+        audit records in the outbox (but those of the attempt ids in `audited`, which the
+        broker acked already), all in one transaction (deliveries deleted meanwhile are
+        skipped)."""
+        if not items:
+            return
+        db = self._db
+        with db.atomic():
+            now = utcnow()
+            stamp = bulk.moment(db, now)
+            # First, so a delivery deleted meanwhile shows (its update finds no row) and the
+            # rest stay (PostgreSQL locks them) while their attempts are inserted.
+            found = bulk.update_rows(
+                db,
+                "deliveries",
+                _DELIVERY_ATTEMPTED,
+                [
+                    (
+                        int(_STATUS[i.attempt.outcome]),
+                        i.attempt.attempt_number,
+                        i.attempt.http_status,
+                        stamp,
+                        i.attempt.next_attempt_time,
+                        i.attempt.delivery_id,
+                    )
+                    for i in items
+                ],
+                also="manual = FALSE",
+            )
+            # SQLite: the writer holds the whole database, so a lookup answers the same.
+            alive = (
+                found
+                if found is not None
+                else stored_delivery_ids(self._db, list({i.attempt.delivery_id for i in items}))
+            )
+            live = [i for i in items if i.attempt.delivery_id in alive]
+            bulk.insert(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
+            self._update_subscriptions([i for i in live if not i.attempt.test], now)
+            bulk.insert(
+                db,
+                INSERT_OUTBOX,
+                [
+                    (i.audit_topic, i.audit_key, i.audit_value, stamp)
+                    for i in live
+                    if i.attempt.attempt_id not in audited
+                ],
+            )
+
+    def _update_subscriptions(self, items: Sequence[RecordedAttempt], now: datetime) -> None:
+        """One update per subscription for the whole batch: its last attempt decides the last
+        delivery status and whether it is failing; any disabling decision in the batch holds."""
+        by_subscription: dict[str, list[RecordedAttempt]] = {}
+        for item in items:
+            by_subscription.setdefault(item.attempt.subscription_id, []).append(item)
+        updates, disables = [], []
+        for subscription_id, attempts in by_subscription.items():
+            last = attempts[-1].attempt
+            if last.outcome == Outcome.SUCCEEDED:
+                cleared, failing = True, None
+            elif any(a.attempt.outcome == Outcome.SUCCEEDED for a in attempts):
+                cleared, failing = False, now  # failing again since this batch
+            else:
+                cleared, failing = False, None  # failing since whenever it started
+            updates.append((now, last.http_status, cleared, failing, now, subscription_id))
+            disable = next((a.disable for a in attempts if a.disable is not None), None)
+            if disable is not None:
+                disables.append((int(disable), subscription_id))
+        bulk.execute_many(self._db, _UPDATE_SUBSCRIPTION, updates)
+        bulk.execute_many(self._db, _DISABLE_SUBSCRIPTION, disables)
+
+    def defer(self, delivery_ids: Sequence[str], until: datetime) -> None:
+        """Moves leased deliveries to a later time without counting an attempt."""
+        if delivery_ids:
+            DeliveryRow.update(next_attempt_at=until).where(
+                DeliveryRow.id.in_(list(delivery_ids))
+                & (DeliveryRow.status == int(DeliveryStatus.PENDING))
+            ).execute()
+
+    def fail_disabled(self, delivery_ids: Sequence[str]) -> None:
+        """Marks deliveries to a disabled subscription FAILED (RecoverDeliveries re-queues them)."""
+        if delivery_ids:
+            DeliveryRow.update(status=int(DeliveryStatus.FAILED), next_attempt_at=None).where(
+                DeliveryRow.id.in_(list(delivery_ids))
+                & (DeliveryRow.status == int(DeliveryStatus.PENDING))
+            ).execute()

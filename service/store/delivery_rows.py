@@ -1,0 +1,62 @@
+"""Delivery rows shared by the store's modules: their ids, and the jobs they make."""
+
+import math
+from collections.abc import Sequence
+
+import peewee as pw
+
+from service.domain.envelope import webhook_body
+from service.domain.outcomes import Trigger
+from service.domain.pipeline import Job
+from service.store import bulk
+from service.store.tables import DeliveryRow, EventRow
+
+_STORED_DELIVERIES = "SELECT id FROM deliveries WHERE id IN ({})"
+
+
+def stored_delivery_ids(db: pw.Database, delivery_ids: Sequence[str]) -> set[str]:
+    """Those of the ids that name a stored delivery."""
+    return {row[0] for row in bulk.rows_in(db, _STORED_DELIVERIES, delivery_ids)}
+
+
+def jobs_for(
+    delivery_ids: Sequence[str], trigger: Trigger | None = None, lease_until: float = math.inf
+) -> list[Job]:
+    """The jobs that send the deliveries, their bodies built from their events."""
+    rows = (
+        DeliveryRow.select(DeliveryRow, EventRow)
+        .join(EventRow)
+        .where(DeliveryRow.id.in_(list(delivery_ids)))
+    )
+    jobs = []
+    for row in rows:
+        event = row.event
+        jobs.append(
+            Job(
+                delivery_id=row.id,
+                subscription_id=row.subscription_id,
+                tenant=row.tenant,
+                event_id=event.event_id,
+                event_type=event.type,
+                body=webhook_body(
+                    event.event_id,
+                    event.type,
+                    event.occurred_at,
+                    event.tenant,
+                    bytes(event.data),
+                    test=row.test,
+                ),
+                attempts_made=row.attempt_count,
+                trigger=trigger or _trigger(row),
+                test=row.test,
+                event_time=event.occurred_at,
+                lease_until=lease_until,
+            )
+        )
+    return jobs
+
+
+def _trigger(row: DeliveryRow) -> Trigger:
+    if row.test:
+        return Trigger.TEST
+    return Trigger.MANUAL if row.manual else Trigger.SCHEDULED
