@@ -270,6 +270,11 @@ class Settings:
     store_threads: int = _setting(
         4, _in_range(int, 1, 64), "threads running database work (PostgreSQL; SQLite uses 1)"
     )
+    shutdown_drain_seconds: float = _setting(
+        1.0,
+        _in_range(float, 0.0, 60.0),
+        "after SIGTERM, how long new calls get UNAVAILABLE before gRPC stops listening",
+    )
     shutdown_grace_seconds: float = _setting(
         10.0, _in_range(float, 0.0, 300.0), "time in-flight calls get at shutdown"
     )

@@ -75,6 +75,7 @@ def base_env(tmp_path: Path, database_url: str) -> dict[str, str]:
         "WEBHOOKS_TENANT_QUOTAS": "globex=2",
         "WEBHOOKS_SSRF_ALLOW_CIDRS": "127.0.0.0/8",
         "WEBHOOKS_SHUTDOWN_GRACE_SECONDS": "1",
+        "WEBHOOKS_SHUTDOWN_DRAIN_SECONDS": "0",
         # API tests need no broker; the pipeline tests turn Kafka on with a real one.
         "WEBHOOKS_KAFKA_ENABLED": "false",
     }

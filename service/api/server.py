@@ -1,5 +1,6 @@
 """Builds the grpc.aio server: WebhookService, health, reflection, optional TLS/mTLS."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -7,7 +8,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.api.servicer import lenient_parser
+from service.api.servicer import WebhookServicer, lenient_parser
 from service.config import Settings
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
@@ -22,8 +23,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class GrpcServer:
     """Owns the server and its health state."""
 
-    def __init__(self, settings: Settings, servicer: pb_grpc.WebhookServiceServicer) -> None:
+    def __init__(self, settings: Settings, servicer: WebhookServicer) -> None:
         self._settings = settings
+        self._servicer = servicer
         # SO_REUSEPORT off: a second instance on the same port must fail, not share it.
         self.server = grpc.aio.server(
             options=[
@@ -64,9 +66,13 @@ class GrpcServer:
             await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING, then new calls are refused (UNAVAILABLE) and the calls in flight get
-        up to `grace` seconds to finish."""
+        """NOT_SERVING; for WEBHOOKS_SHUTDOWN_DRAIN_SECONDS new calls are answered UNAVAILABLE
+        (SHUTTING_DOWN) while callers move away; then the server stops listening and the
+        calls in flight get up to `grace` seconds to finish. The drain is there because
+        grpc core answers CANCELLED to a call that arrives as it shuts down (grpc#41785)."""
         await self.not_serving()
+        self._servicer.draining = True
+        await asyncio.sleep(self._settings.shutdown_drain_seconds)
         await self.server.stop(grace)
 
 

@@ -30,6 +30,7 @@ from service.errors import (
     FieldViolation,
     InvalidArgument,
     NotImplementedYet,
+    Unavailable,
     WebhookError,
     invalid,
 )
@@ -80,6 +81,11 @@ def rpc(scope: str) -> Callable[[Handler[Request, Response]], Callable[..., Awai
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if self.draining:
+                    raise Unavailable(
+                        "the service is shutting down; retry on another instance",
+                        reason="SHUTTING_DOWN",
+                    )
                 principal = authenticate(self.keys(), _authorization(context))
                 require_scope(principal, scope)
                 if isinstance(request, Undecodable):
@@ -164,6 +170,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self._catalog_changed = on_catalog_change
         self.keys = keys
         self.metrics = metrics or Metrics()
+        self.draining = False  # shutting down: every call is answered UNAVAILABLE
 
     # -- subscriptions ---------------------------------------------------------
 
