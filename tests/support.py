@@ -100,8 +100,8 @@ def postgres_schema(server_url: str, prefix: str = "t") -> Iterator[str]:
 class ServerThread:
     """Runs one App on its own event loop in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.app = App(settings)
+    def __init__(self, settings: Settings, **parts: Any) -> None:
+        self.app = App(settings, **parts)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
