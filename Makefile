@@ -37,7 +37,7 @@ test-deps: $(STAMP)
 	fi
 	$(PY) -m tests.apache_kafka fetch
 
-# Regenerates the committed stubs from protos/ (tests/test_generated.py runs
+# Regenerates the committed stubs from protos/ (tests/unit/test_contracts.py runs
 # this into a scratch PROTO_OUT and fails on any difference).
 PROTO_OUT ?= generated
 proto: $(STAMP)
@@ -55,11 +55,15 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, each with its own PostgreSQL and
+# brokers; most tests wait on sockets, so more workers than cores pay off. The Apache Kafka
+# failure tests share one worker and its cluster of three (xdist_group).
+TEST_WORKERS ?= 4
 test: $(STAMP) test-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP) test-deps
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 # The benchmark (README "Benchmark"): under 10 minutes, prints a table and writes
 # bench-results.json. BENCH_ARGS=--smoke for a quick run.

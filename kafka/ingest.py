@@ -29,15 +29,13 @@ StoreBatch = Callable[[list[Event]], Awaitable[StoredBatch]]
 DeadLetter = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 # Batches stored at once: one is written while the next is fetched and decoded.
 MAX_IN_FLIGHT = 2
-# At most one offset commit per this long: a commit per batch was a broker request per
-# ~10 ms at 1,000 events/s, each a wake-up of the broker and of us (make bench, latency).
-# Committing later only means more records read again after a crash, which the store
-# turns into no second delivery.
+# At most one offset commit per this long: a commit per batch wakes the broker and us every
+# few ms. Committing later only means more records read again after a crash, which the
+# store turns into no second delivery.
 COMMIT_INTERVAL_SECONDS = 0.2
 # While records flow, fetches wait at most this long (tansu answers a fetch late, up to its
-# wait, even when records are there): p50 3 ms lower at 1,000 events/s than with 10 ms
-# (make bench). Once a poll finds nothing, they wait the configured time again, so an idle
-# consumer does not poll the broker every few milliseconds.
+# wait, even when records are there). Once a poll finds nothing, they wait the configured
+# time again, so an idle consumer does not poll the broker every few milliseconds.
 FLOWING_FETCH_WAIT_MS = 3
 
 
@@ -60,7 +58,7 @@ class IngestConsumer:
         max_event_bytes: int,
         session_timeout_ms: int = 10_000,
         fetch_max_wait_ms: int = 10,
-        batch_size: int = 200,  # records per poll; larger ones stall dispatch (make bench)
+        batch_size: int = 200,  # records per poll; larger ones stall dispatch
         metrics: Metrics | None = None,
     ) -> None:
         self._bootstrap = bootstrap
@@ -144,7 +142,7 @@ class IngestConsumer:
         """One batch: returns how many records it handled. Its events are stored while the
         next batch is fetched and decoded (at most MAX_IN_FLIGHT batches at once), and its
         offsets are committed in the background once it and every batch before it are
-        stored: a commit never holds up the next batch (make bench)."""
+        stored: a commit never holds up the next batch."""
         assert self._consumer is not None
         batches = await self._consumer.getmany(
             timeout_ms=20 if self._in_flight else 200, max_records=self._batch_size

@@ -103,7 +103,7 @@ class Producer:
         returns their (partition, offset). Raises Unavailable if any was not acked.
 
         The records go out as one batch per partition (more when one fills): aiokafka's
-        per-record send() cost ~10-14 us of Python each, a batch append ~2 us (make bench)."""
+        per-record send() costs several times a batch append in Python."""
         producer = self._producer
         connecting = self._connecting
         if producer is None and connecting is not None and not connecting.done():

@@ -2,9 +2,8 @@
 
 import gc
 
-# A collection every 700 allocations (Python's default) ran ~700 times in a 20 s make bench
-# run and its full collections paused the loop for up to 40 ms; the pipeline makes many
-# short-lived objects and few cycles.
+# Python's default (a collection every 700 allocations) pauses the loop often and long: the
+# pipeline makes many short-lived objects and few cycles.
 GC_THRESHOLDS = (20_000, 10, 10)
 
 

@@ -1,10 +1,9 @@
 """Shared fixtures: real servers on real ports, over SQLite files and the suite's PostgreSQL."""
 
 import asyncio
-import time
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,8 @@ from kafka.embedded import EmbeddedBroker, free_port
 from kafka.provisioning import create_topics, service_topics
 from service.config import Settings
 from tests import apache_kafka, postgres_server
-from tests.pipeline_support import Broker, Receiver, Record, new_topic, pipeline_env, produce
+from tests.pipeline_support import Broker, Pipeline, Receiver, new_topic, pipeline_env
 from tests.support import Api, ServerThread, base_env, postgres_schema
-from webhooks.v1 import webhook_service_pb2 as pb
 
 POSTGRES_REPORT = pytest.StashKey[str]()
 
@@ -39,13 +37,47 @@ def postgres_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield database.url
 
 
+def _report(config: pytest.Config) -> dict[str, Any]:
+    return {
+        "postgres": config.stash.get(POSTGRES_REPORT, None),
+        "failures": config.stash.get(apache_kafka.FAILURE_REPORT, []),
+        "missing": config.stash.get(apache_kafka.KAFKA_MISSING, None),
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands what the summary prints to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["report"] = json.dumps(_report(session.config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """The controller gathers its workers' reports (pytest-xdist)."""
+    report = json.loads(getattr(node, "workeroutput", {}).get("report", "{}"))
+    stash = node.config.stash
+    if report.get("postgres"):
+        stash[POSTGRES_REPORT] = report["postgres"]
+    if report.get("failures"):
+        stash[apache_kafka.FAILURE_REPORT] = [
+            *stash.get(apache_kafka.FAILURE_REPORT, []),
+            *report["failures"],
+        ]
+    if report.get("missing"):
+        stash[apache_kafka.KAFKA_MISSING] = report["missing"]
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if report := config.stash.get(POSTGRES_REPORT, None):
-        terminalreporter.write_line(report)
-    for line in config.stash.get(apache_kafka.FAILURE_REPORT, []):
+    report = _report(config)
+    if report["postgres"]:
+        terminalreporter.write_line(report["postgres"])
+    for line in report["failures"]:
         terminalreporter.write_line(f"Kafka failure test, {line}")
-    if missing := config.stash.get(apache_kafka.KAFKA_MISSING, None):
-        terminalreporter.write_sep("!", f"APACHE KAFKA TESTS SKIPPED: {missing}", red=True)
+    if report["missing"]:
+        terminalreporter.write_sep(
+            "!", f"APACHE KAFKA TESTS SKIPPED: {report['missing']}", red=True
+        )
 
 
 @pytest.fixture
@@ -114,39 +146,6 @@ def receiver() -> Iterator[Receiver]:
     instance = Receiver().start()
     yield instance
     instance.stop()
-
-
-@dataclass
-class Pipeline:
-    """A running service with Kafka on, its ingest topic and its client."""
-
-    api: Api
-    bootstrap: str
-    topic: str
-
-    def send(self, *records: Record) -> None:
-        produce(self.bootstrap, self.topic, records)
-
-    def delivery(self, delivery_id: str) -> Any:
-        """The delivery, waiting a moment for it to be stored: its first attempt goes out
-        while its ingest transaction runs (AheadPlanner), so a receiver may see it first."""
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                return self.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.02)
-
-    def wait_status(self, delivery_id: str, status: int, timeout: float = 15) -> Any:
-        """The delivery once it has `status`: an endpoint's answer is recorded just after it."""
-        deadline = time.monotonic() + timeout
-        while (delivery := self.delivery(delivery_id)).status != status:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"delivery stayed {delivery.status}, wanted {status}")
-            time.sleep(0.05)
-        return delivery
 
 
 @pytest.fixture

@@ -12,13 +12,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import grpc
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from kafka import topics
 from kafka.provisioning import create_topics
+from tests.support import Api
 from webhooks.v1 import events_pb2
+from webhooks.v1 import webhook_service_pb2 as pb
 
 
 @dataclass
@@ -369,3 +372,36 @@ def wait_all_delivered(
         time.sleep(0.1)
     missing = set(ids) - set(webhook_ids_by_event(receiver, path, delivered_only=True))
     raise AssertionError(f"{len(missing)} events never delivered, e.g. {sorted(missing)[:5]}")
+
+
+@dataclass
+class Pipeline:
+    """A running service with Kafka on, its ingest topic and its client."""
+
+    api: Api
+    bootstrap: str
+    topic: str
+
+    def send(self, *records: Record) -> None:
+        produce(self.bootstrap, self.topic, records)
+
+    def delivery(self, delivery_id: str) -> Any:
+        """The delivery, waiting a moment for it to be stored: its first attempt goes out
+        while its ingest transaction runs (AheadPlanner), so a receiver may see it first."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return self.api.call("GetDelivery", pb.GetDeliveryRequest(id=delivery_id)).delivery
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
+
+    def wait_status(self, delivery_id: str, status: int, timeout: float = 15) -> Any:
+        """The delivery once it has `status`: an endpoint's answer is recorded just after it."""
+        deadline = time.monotonic() + timeout
+        while (delivery := self.delivery(delivery_id)).status != status:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"delivery stayed {delivery.status}, wanted {status}")
+            time.sleep(0.05)
+        return delivery

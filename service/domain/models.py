@@ -15,8 +15,8 @@ class DisabledReason(IntEnum):
 
 
 # Subscriptions with slots and not frozen: List builds fifty of each, and a frozen
-# dataclass sets every field through object.__setattr__ (~1 us each for these two against
-# ~0.2 us; make bench, gRPC List). Nothing assigns to them: changes go through replace().
+# dataclass sets every field through object.__setattr__, several times slower. Nothing
+# assigns to them: changes go through replace().
 # Not slots on records that cross to the delivery worker: pickle takes a slots dataclass
 # apart field by field in Python, ~3x slower.
 @dataclass(slots=True)

@@ -102,8 +102,7 @@ class HttpSender:
         self._idle: list[pycurl.Curl] = []
         self._watching: dict[int, int] = {}  # fd -> the POLL_* libcurl asked for
         # libcurl's sockets wait in this selector, and the loop watches only the selector:
-        # a loop reader added and removed around every request (uvloop makes and closes a
-        # poll handle each time) cost ~10% more of the sender's CPU (README "Benchmark").
+        # a loop reader per request would make and close a uvloop poll handle each time.
         self._selector: selectors.DefaultSelector | None = None
 
     async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> AttemptResult:

@@ -39,17 +39,23 @@ class BatchStorer:
 
     async def __call__(self, events: list[Event]) -> StoredBatch:
         planner, dispatcher = self._planner, self._dispatcher
-        if earlier := planner.earlier(events):
-            await asyncio.wait(earlier)  # then this batch finds those copies stored
+        await self._settled(events)
         ahead = await planner.plan(events)
-        # First in the store's queue: an event waits for nothing already accepted.
+        mine = {(job.tenant, job.event_id) for job in ahead}
+        if planner.earlier([e for e in events if (e.tenant, e.id) not in mine]):
+            # Another batch planned copies of these events meanwhile: this one sends nothing
+            # ahead (holding nothing, it cannot deadlock with that one) and waits for it.
+            planner.ended(ahead)
+            ahead = []
+            await self._settled(events)
+        # No await since the last check: no copy can be planned before this transaction
+        # starts. First in the store's queue: an event waits for nothing already accepted.
         stored = asyncio.ensure_future(
             self._runner.call_first(
                 self._store.ingest, events, self._required_scopes(), self._lease, ahead
             )
         )
         if ahead:
-            planner.storing(ahead, stored)
             stored.add_done_callback(lambda _: planner.ended(ahead))
             await dispatcher.submit(ahead, stored)
         # Shielded: the transaction runs on whatever happens here, and the dispatcher must
@@ -62,3 +68,9 @@ class BatchStorer:
             lambda: dispatcher.submit(ingested.jobs),
             [(index, EVENT_ID_REUSED) for index in ingested.reused_ids],
         )
+
+    async def _settled(self, events: list[Event]) -> None:
+        """Waits until no transaction that copies of these events were sent ahead of is in
+        flight: this batch's transaction then finds those copies stored."""
+        while earlier := self._planner.earlier(events):
+            await asyncio.wait(earlier)

@@ -1,5 +1,5 @@
 """The delivery worker: a child process that makes attempts (sign, HTTP, outcome) for the
-service process, so sending runs on a second core beside Kafka, the store and gRPC (make bench).
+service process, so sending runs on a second core beside Kafka, the store and gRPC.
 
 The two ends talk over a private socket pair in length-prefixed pickle frames, each holding
 every request (or result) ready at that moment. Pickle is safe here: only this service's two

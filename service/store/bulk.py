@@ -1,5 +1,5 @@
 """Hot-path writes as plain SQL: building each statement through the ORM cost more CPU than
-the HTTP request it records (see README "Benchmark")."""
+the HTTP request it records."""
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
@@ -87,8 +87,8 @@ def insert(db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]]) -> i
     if spec.skip_conflicts or spec.constants:
         cursor.execute(spec.postgres, _arrays(rows))
         return int(cursor.rowcount)
-    # COPY, binary: each row formatted in psycopg's C code; the server spent ~3 us less per
-    # attempt row than on the same rows through unnest (README "Benchmark").
+    # COPY, binary: each row formatted in psycopg's C code, and cheaper for the server than
+    # the same rows through unnest.
     with cursor.copy(spec.copy) as copy:
         copy.set_types([kind for _, kind in spec.columns])
         for row in rows:
@@ -101,9 +101,8 @@ def insert_returning(
     db: pw.Database, spec: Insert, rows: Sequence[Sequence[object]], returning: str
 ) -> list[tuple[Any, ...]] | None:
     """On PostgreSQL, inserts the rows as `insert` does and returns `returning` of each row
-    it inserted; None on SQLite, where the caller looks the rows up instead. Looking the new
-    rows' keys up with a second statement cost PostgreSQL ~40 us of CPU per delivery
-    (README "Benchmark")."""
+    it inserted; None on SQLite, where the caller looks the rows up instead. One statement:
+    a second to look the new rows' keys up costs the server more than the insert."""
     if not is_postgres(db):
         return None
     if not rows:
@@ -144,9 +143,8 @@ def update_rows(
 ) -> set[Any] | None:
     """Sets `columns` (name, PostgreSQL type) of the rows whose `id` (text) is each row's
     last value; `also` is a constant assignment added to every row. When an id repeats, its
-    last row wins. PostgreSQL gets one UPDATE ... FROM unnest(...) for the batch: sent as
-    one statement per row, the server parsed and planned each, ~50 us more of its CPU per
-    row (README "Benchmark"). Returns the ids it found on PostgreSQL (their rows now locked
+    last row wins. PostgreSQL gets one UPDATE ... FROM unnest(...) for the batch, parsed and
+    planned once rather than per row. Returns the ids it found on PostgreSQL (their rows now locked
     until the transaction ends), None on SQLite."""
     if not rows:
         return set() if is_postgres(db) else None

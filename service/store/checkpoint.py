@@ -1,8 +1,6 @@
 """SQLite's WAL checkpoints on a thread of their own. A checkpoint syncs the WAL and the
 database file to disk; inside a commit, where SQLite runs it by default (every 1,000 pages),
-its fdatasyncs (5-50 ms each on a virtual disk, about two checkpoints a second at 1,000
-events/s) stalled the store thread, and every event and attempt result behind it waited
-(make bench, latency)."""
+its fdatasyncs stall the store thread, and every event and attempt result behind it."""
 
 import asyncio
 import logging

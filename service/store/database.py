@@ -55,7 +55,7 @@ def open_database(url: str) -> pw.Database:
         params = parse(url)  # type: ignore[no-untyped-call]
         # psycopg 3: binary parameters and COPY for the hot path's batches (bulk.py). No
         # prepared statements: a generic plan made while a table was nearly empty stayed,
-        # a sequential scan per attempt batch (README "Benchmark").
+        # a sequential scan per attempt batch.
         db = PooledPostgresqlDatabase(  # type: ignore[no-untyped-call]
             params.pop("database"), **params, **POOL, prefer_psycopg3=True, prepare_threshold=None
         )

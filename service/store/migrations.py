@@ -40,7 +40,7 @@ def _outbox_claims(db: pw.Database) -> None:
 
 def _drop_delivery_subscription_index(db: pw.Database) -> None:
     # Every delivery insert paid for a B-tree that the unique (subscription, event) index
-    # already provides, its leading column being the same (make bench).
+    # already provides, its leading column being the same.
     db.execute_sql("DROP INDEX IF EXISTS deliveries_subscription_id")  # type: ignore[no-untyped-call]
 
 

@@ -26,8 +26,7 @@ class StoreRunner:
 
     `call_first` queues the call ahead of every queued `call`, taking turns with them when
     both wait (so neither starves): SQLite has one store thread, and an ingest batch queued
-    behind attempt records and outbox reads waited 11 ms (median) of its ~45 ms
-    produce-to-delivery at 300 events/s (make bench, latency)."""
+    behind attempt records and outbox reads added that wait to every event's latency."""
 
     def __init__(self, db: pw.Database, threads: int, *, inline_reads: bool = False) -> None:
         self._db = db
@@ -46,8 +45,8 @@ class StoreRunner:
 
     async def read(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Like `call`, for short reads. With `inline_reads` (SQLite: a read never waits for
-        a lock in WAL mode) they run right here: handing a ~30 us read to the store thread
-        and back cost several times the read (make bench, gRPC Get)."""
+        a lock in WAL mode) they run right here: the hand-off to the store thread and back
+        costs more than such a read."""
         if self._inline_reads:
             return self._guarded(fn, *args, **kwargs)
         return await self.call(fn, *args, **kwargs)

@@ -38,17 +38,16 @@ class Change:
     granted_scopes: Sequence[str] | None = None
 
 
-# Reads on the API's hot paths are plain SQL read as tuples: peewee spent ~300 us building
-# each SELECT of this wide table and ~10 us turning each row into a model, more than the
-# database took to answer (make bench, gRPC rows).
+# Reads on the API's hot paths are plain SQL read as tuples: peewee's query building and
+# row models for this wide table cost more than the database took to answer.
 _SUBSCRIPTION_COLUMNS = (
     "id, tenant, name, url, description, event_types, enabled, headers_encrypted,"
     " rate_limit_per_second, disabled_reason, created_by, created_at, updated_at,"
     " last_delivery_at, last_delivery_status, visible_headers"
 )
 # What the API shows of the secrets, in the same statement as the row: the newest live
-# secret's prefix and when the older live ones expire. Each `?` is the current time. A
-# second query for the secrets themselves cost more than the page's own (make bench, List).
+# secret's prefix and when the older live ones expire. Each `?` is the current time. One
+# statement: a second query for the secrets cost more than the page's own.
 _SHOWN_KEY_COLUMNS = (
     " (SELECT k.prefix FROM signing_secrets k WHERE k.subscription_id = subscriptions.id"
     "  AND (k.expires_at IS NULL OR k.expires_at > ?) ORDER BY k.id DESC LIMIT 1),"

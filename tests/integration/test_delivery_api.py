@@ -11,10 +11,9 @@ import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Reply, audit_records, cloud_event, structured
+from tests.pipeline_support import Pipeline, Receiver, Reply, audit_records, cloud_event, structured
+from tests.pki import cert, key_pem, pem
 from tests.support import expect_error
-from tests.test_tls_and_races import _cert, _key_pem, _pem
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
@@ -231,11 +230,11 @@ def test_publish_event_goes_through_kafka(pipeline: Pipeline, receiver: Receiver
 def test_https_delivery_verifies_the_endpoint_certificate(
     make_pipeline: Any, tmp_path: Path
 ) -> None:
-    ca = _cert("test-ca", None, ca=True)
-    server = _cert("localhost", ca)
-    (tmp_path / "ca.pem").write_bytes(_pem(ca[0]))
-    (tmp_path / "srv.pem").write_bytes(_pem(server[0]))
-    (tmp_path / "srv.key").write_bytes(_key_pem(server[1]))
+    ca = cert("test-ca", None, ca=True)
+    server = cert("localhost", ca)
+    (tmp_path / "ca.pem").write_bytes(pem(ca[0]))
+    (tmp_path / "srv.pem").write_bytes(pem(server[0]))
+    (tmp_path / "srv.key").write_bytes(key_pem(server[1]))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
     receiver = Receiver(ssl_context=context).start()
@@ -258,10 +257,10 @@ def test_https_delivery_verifies_the_endpoint_certificate(
 
 
 def test_untrusted_certificate_is_a_tls_error(make_pipeline: Any, tmp_path: Path) -> None:
-    ca = _cert("test-ca", None, ca=True)
-    server = _cert("localhost", ca)
-    (tmp_path / "srv.pem").write_bytes(_pem(server[0]))
-    (tmp_path / "srv.key").write_bytes(_key_pem(server[1]))
+    ca = cert("test-ca", None, ca=True)
+    server = cert("localhost", ca)
+    (tmp_path / "srv.pem").write_bytes(pem(server[0]))
+    (tmp_path / "srv.key").write_bytes(key_pem(server[1]))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
     receiver = Receiver(ssl_context=context).start()

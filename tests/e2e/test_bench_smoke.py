@@ -12,7 +12,7 @@ import pytest
 from tests.bench.__main__ import later_events
 from tests.postgres_server import URL_VARIABLE
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.mark.slow

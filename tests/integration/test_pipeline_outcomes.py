@@ -1,7 +1,6 @@
 """Each delivery outcome with real receivers: retries, exhaustion, 410, 429, timeouts, redirects,
 SSRF refusal, rate limits, the circuit breaker and duplicate events."""
 
-import itertools
 import socket
 import time
 from datetime import timedelta
@@ -10,8 +9,7 @@ from typing import Any
 import pytest
 
 from service.domain.clock import utcnow
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Reply, audit_records, cloud_event, structured
+from tests.pipeline_support import Pipeline, Receiver, Reply, audit_records, cloud_event, structured
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
@@ -210,12 +208,13 @@ def test_rate_limit_spaces_deliveries(pipeline: Pipeline, receiver: Receiver) ->
     pipeline.api.create(url=receiver.url("/limited"), rate_limit_per_second=10)
     pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(12)])
     requests = receiver.wait_for("/limited", 12)
-    span = requests[-1].at - requests[0].at
-    gaps = sorted(b.at - a.at for a, b in itertools.pairwise(requests))
-    # 12 at 10/s with a burst of 1 are sent 1.1 s apart; unlimited, they arrive within ~50 ms.
-    # Arrival jitter on a loaded machine (a first connect, a stall) compresses a gap or two.
-    assert span >= 0.8, gaps
-    assert gaps[len(gaps) // 2] >= 0.08, gaps
+    times = [r.at for r in requests]
+    # 12 at 10/s with a burst of 1 go out over 1.1 s, at most 6 in any half second;
+    # unlimited, they arrive within ~50 ms. A stall on a loaded machine (the suite runs in
+    # parallel) can bunch a few arrivals, never all of them.
+    busiest = max(sum(1 for t in times if start <= t < start + 0.5) for start in times)
+    assert times[-1] - times[0] >= 0.8, times
+    assert busiest <= 8, times
 
 
 def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: Receiver) -> None:

@@ -19,7 +19,7 @@ from service.domain.access import hash_key, new_api_key
 from tests.support import KEYS, Api, base_env, expect_error
 from webhooks.v1 import webhook_service_pb2 as pb
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
 
 

@@ -1,78 +1,33 @@
 """TLS and mTLS on the gRPC port; quota and request_id hold under concurrent creates."""
 
-import datetime
-import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from service.config import Settings
+from tests.pki import cert, key_pem, pem
 from tests.support import KEYS, Api, ServerThread, base_env
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
 
-def _cert(
-    name: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[0].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    signer = issuer[1] if issuer else key
-    return builder.sign(signer, hashes.SHA256()), key
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Any]:
-    ca = _cert("test-ca", None, ca=True)
-    server = _cert("localhost", ca)
-    client = _cert("client", ca)
+    ca = cert("test-ca", None, ca=True)
+    server = cert("localhost", ca)
+    client = cert("client", ca)
     files = {
         "ca": tmp_path / "ca.pem",
         "cert": tmp_path / "server.pem",
         "key": tmp_path / "server.key",
     }
-    files["ca"].write_bytes(_pem(ca[0]))
-    files["cert"].write_bytes(_pem(server[0]))
-    files["key"].write_bytes(_key_pem(server[1]))
-    return {"files": files, "ca": _pem(ca[0]), "client": (_pem(client[0]), _key_pem(client[1]))}
+    files["ca"].write_bytes(pem(ca[0]))
+    files["cert"].write_bytes(pem(server[0]))
+    files["key"].write_bytes(key_pem(server[1]))
+    return {"files": files, "ca": pem(ca[0]), "client": (pem(client[0]), key_pem(client[1]))}
 
 
 def _start(tmp_path: Path, **extra: str) -> tuple[ServerThread, int]:

@@ -12,8 +12,7 @@ from service.store import tables
 from service.store.database import open_database
 from service.store.migrations import migrate
 from service.store.retention import prune_batch
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Reply, cloud_event, structured
+from tests.pipeline_support import Pipeline, Receiver, Reply, cloud_event, structured
 from webhooks.v1 import webhook_service_pb2 as pb
 
 PENDING, SUCCEEDED, FAILED = 1, 2, 3

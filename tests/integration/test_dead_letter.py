@@ -9,8 +9,7 @@ import pytest
 from kafka import topics
 from kafka.codec import decode_event, header
 from service.domain.event_rules import EventRejected
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Record, cloud_event, read_topic, structured
+from tests.pipeline_support import Pipeline, Receiver, Record, cloud_event, read_topic, structured
 from webhooks.v1 import events_pb2
 
 CE = [("content-type", b"application/cloudevents+json")]

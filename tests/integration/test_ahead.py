@@ -20,8 +20,7 @@ from service.engine.ahead import AheadPlanner
 from service.store.ingest import IngestStore
 from service.store.runner import StoreRunner
 from service.store.tables import SubscriptionRow
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, cloud_event, structured
+from tests.pipeline_support import Pipeline, Receiver, cloud_event, structured
 from tests.support import Api
 from webhooks.v1 import events_pb2 as E
 from webhooks.v1 import webhook_service_pb2 as pb

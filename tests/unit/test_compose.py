@@ -14,7 +14,7 @@ from service.cli import parser, write_dev_files
 from service.config import Settings
 from service.crypto import new_encryption_key
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 OURS = sorted(name for name, spec in SERVICES.items() if spec.get("build") == ".")

@@ -6,8 +6,8 @@ from typing import Any
 from google.protobuf import duration_pb2
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import Pipeline
 from tests.pipeline_support import (
+    Pipeline,
     Receiver,
     audit_records,
     binary,

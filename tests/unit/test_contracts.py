@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
 
 

@@ -17,8 +17,15 @@ from service.app import App
 from service.config import Settings
 from service.errors import StartupError
 from service.logs import JsonFormatter
-from tests.conftest import Pipeline
-from tests.pipeline_support import Broker, Receiver, Reply, audit_records, cloud_event, structured
+from tests.pipeline_support import (
+    Broker,
+    Pipeline,
+    Receiver,
+    Reply,
+    audit_records,
+    cloud_event,
+    structured,
+)
 from tests.support import KEYS, Api, base_env, expect_error
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb

@@ -20,8 +20,7 @@ from kafka import topics
 from kafka.codec import decode_event, header
 from service.domain.event_rules import EventRejected
 from service.domain.models import Event
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Record, cloud_event, read_topic, structured
+from tests.pipeline_support import Pipeline, Receiver, Record, cloud_event, read_topic, structured
 from tests.support import Api, error_details
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb

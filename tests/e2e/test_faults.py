@@ -12,9 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import Pipeline
 from tests.pipeline_support import (
     Broker,
+    Pipeline,
     Receiver,
     Reply,
     audit_records,

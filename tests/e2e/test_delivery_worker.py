@@ -6,8 +6,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, Reply, cloud_event, structured, wait_all_delivered
+from tests.pipeline_support import (
+    Pipeline,
+    Receiver,
+    Reply,
+    cloud_event,
+    structured,
+    wait_all_delivered,
+)
 from webhooks.v1 import events_pb2
 
 

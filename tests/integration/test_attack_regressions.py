@@ -23,8 +23,7 @@ from service.domain.pipeline import Job, RecordedAttempt, Target
 from service.domain.signing_secrets import MAX_LIVE_SECRETS
 from service.engine.attempts import AttemptMaker, AttemptSettings
 from service.engine.http import RESPONSE_BODY_LIMIT, HttpSender
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver, cloud_event, read_topic, structured
+from tests.pipeline_support import Pipeline, Receiver, cloud_event, read_topic, structured
 from tests.support import KEYS, Api, api_store, expect_error
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb

@@ -33,7 +33,8 @@ from tests.pipeline_support import (
 )
 from tests.support import ServiceProcess, process_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.apache_kafka]
+# One worker runs them all: they share its cluster of three.
+pytestmark = [pytest.mark.slow, pytest.mark.apache_kafka, pytest.mark.xdist_group("kafka-cluster")]
 
 
 class Stream:

@@ -10,8 +10,7 @@ import pytest
 
 from service.ctl.main import main
 from service.domain import signing
-from tests.conftest import Pipeline
-from tests.pipeline_support import Receiver
+from tests.pipeline_support import Pipeline, Receiver
 from tests.support import KEYS, Api
 
 
