@@ -1,10 +1,13 @@
 """Prometheus metrics: one registry per service instance, served over HTTP."""
 
+import socket
 from collections.abc import Awaitable, Callable
 from threading import Thread
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from service.errors import StartupError
 
@@ -125,9 +128,25 @@ class Metrics:
         )
 
     def serve(self, address: str) -> "MetricsServer":
+        """prometheus_client's start_http_server, but its loop polls for shutdown every
+        50 ms rather than 500: stopping a service would otherwise wait for it."""
         host, _, port = address.rpartition(":")
-        server, thread = start_http_server(int(port), host, registry=self.registry)
+        host = host.strip("[]")
+        family = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)[0][0]
+        server_class = type("Server", (ThreadingWSGIServer,), {"address_family": family})
+        server: WSGIServer = make_server(
+            host, int(port), make_wsgi_app(self.registry), server_class, handler_class=_Quiet
+        )
+        thread = Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="metrics", daemon=True
+        )
+        thread.start()
         return MetricsServer(server, thread)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
 
 
 class MetricsServer:

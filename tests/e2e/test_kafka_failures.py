@@ -82,8 +82,10 @@ class Stream:
             await producer.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster_of_three(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
+    """Session-wide on the one worker that runs these tests: under xdist other modules' tests
+    run between them, and a module-scoped cluster would be started anew for each."""
     with cluster_for(request, size=3) as cluster:
         asyncio.run(create_topics(cluster.bootstrap, service_topics([])))
         yield cluster
