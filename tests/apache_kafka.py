@@ -68,6 +68,8 @@ def jars(cache: Path = CACHE) -> Path:
 
 
 def _cluster_id() -> str:
+    """Kafka's form (a UUID in URL-safe base64), passed as `--cluster-id=...`: one in 32
+    starts with "-", which the tool's parser took for an option."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -103,7 +105,12 @@ class KafkaNode:
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
 
     def format(self, cluster_id: str) -> None:
-        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", self.properties)
+        self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            f"--config={self.properties}",
+        )
 
     def _java(self, main: str, *args: object) -> None:
         command = ["java", "-cp", f"{self._libs}/*", main, *map(str, args)]
