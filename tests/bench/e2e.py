@@ -354,7 +354,7 @@ def latency(
 
 def start_broker(kind: str, workdir: Path) -> "EmbeddedBroker | KafkaCluster":
     if kind == "apache":
-        cluster = KafkaCluster(workdir / "kafka", size=1)
+        cluster = KafkaCluster(workdir / "kafka", size=1, quick_jit=False)
         cluster.start()
         return cluster
     broker = EmbeddedBroker(free_port())
