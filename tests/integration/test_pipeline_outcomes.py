@@ -210,10 +210,10 @@ def test_rate_limit_spaces_deliveries(pipeline: Pipeline, receiver: Receiver) ->
     requests = receiver.wait_for("/limited", 12)
     times = [r.at for r in requests]
     # 12 at 10/s with a burst of 1 go out over 1.1 s, at most 6 in any half second;
-    # unlimited, they arrive within ~50 ms. A stall on a loaded machine (the suite runs in
-    # parallel) can bunch a few arrivals, never all of them.
+    # unlimited, they arrive within ~50 ms. A stall of a few hundred ms on a loaded machine
+    # (the suite runs in parallel) bunches a few arrivals and shortens the span by as much.
     busiest = max(sum(1 for t in times if start <= t < start + 0.5) for start in times)
-    assert times[-1] - times[0] >= 0.8, times
+    assert times[-1] - times[0] >= 0.6, times
     assert busiest <= 8, times
 
 
