@@ -58,7 +58,7 @@ lint: $(STAMP)
 # The suite runs on TEST_WORKERS pytest-xdist workers, each with its own PostgreSQL and
 # brokers; most tests wait on sockets, so more workers than cores pay off. The Apache Kafka
 # failure tests share one worker and its cluster of three (xdist_group).
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 5
 test: $(STAMP) test-deps
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 

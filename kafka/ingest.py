@@ -92,7 +92,7 @@ class IngestConsumer:
         delay = 0.5
         while not self._stopped.is_set():
             try:
-                await self._connect()
+                await self.connect()
                 delay = 0.5
                 while not self._stopped.is_set():
                     await self.poll_once()
@@ -105,12 +105,13 @@ class IngestConsumer:
                     # A bug, not an outage: keep consuming (uncommitted records come again)
                     # rather than leave a live service that ingests nothing.
                     log.exception("ingest failed unexpectedly; reconnecting")
-                await self._close()
+                await self.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        await self._close()
+        await self.close()
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
+        """Joins the group (run() does; tests poll by hand after it)."""
         if self._consumer is not None:
             return
         consumer = AIOKafkaConsumer(
@@ -316,7 +317,7 @@ class IngestConsumer:
         if self._task is not None:
             await finish(self._task, grace)
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
         """Finishes the batches in flight and commits what they stored, then leaves."""
         # A failed batch has abandoned the ones after it already; its records are read again.
         with contextlib.suppress(Exception):

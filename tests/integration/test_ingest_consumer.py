@@ -47,7 +47,7 @@ def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_id
         )
         seen: list[tuple[int, int]] = []  # (records polled, fetch wait after the poll)
         try:
-            await consumer._connect()
+            await consumer.connect()
             for _ in range(3):
                 seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
             event = cloud_event("person.created", {}, event_id="e1")
@@ -58,7 +58,7 @@ def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_id
                     break
             seen.append((await consumer.poll_once(), _fetch_wait(consumer)))
         finally:
-            await consumer._close()
+            await consumer.close()
         return seen
 
     seen = asyncio.run(run())
