@@ -101,6 +101,9 @@ class DeliveryWorker:
         frames.put((self._next_id, job, target))
         return future
 
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.close()
+
     async def close(self) -> None:
         """Closes the socket (the worker exits once its attempts in flight are answered);
         later attempts fail with Unavailable instead of starting another worker."""
