@@ -209,12 +209,11 @@ def test_rate_limit_spaces_deliveries(pipeline: Pipeline, receiver: Receiver) ->
     pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(12)])
     requests = receiver.wait_for("/limited", 12)
     times = [r.at for r in requests]
-    # 12 at 10/s with a burst of 1 go out over 1.1 s, at most 6 in any half second;
-    # unlimited, they arrive within ~50 ms. A stall of a few hundred ms on a loaded machine
-    # (the suite runs in parallel) bunches a few arrivals and shortens the span by as much.
-    busiest = max(sum(1 for t in times if start <= t < start + 0.5) for start in times)
-    assert times[-1] - times[0] >= 0.6, times
-    assert busiest <= 8, times
+    # 12 at 10/s with a burst of 1 go out over 1.1 s; unlimited, they arrive within ~50 ms.
+    # Arrival times only bound the spacing: the receiver shares this process and the machine
+    # with a parallel suite, and a stall at the start bunches the first arrivals (seen: five
+    # within 1 ms). The exact spacing is checked at the dispatcher (tests/unit).
+    assert times[-1] - times[0] >= 0.5, times
 
 
 def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: Receiver) -> None:

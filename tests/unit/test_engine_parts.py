@@ -2,6 +2,7 @@
 the audit publisher, the facade that joins them, and the root taking a fake of a test's own."""
 
 import asyncio
+import itertools
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -401,3 +402,34 @@ def test_the_root_takes_an_attempt_maker_of_a_tests_own(tmp_path: Path) -> None:
         server.stop()
     assert attempts.made == [reply.delivery.id] and attempts.closed
     assert reply.delivery.status == E.DELIVERY_STATUS_SUCCEEDED
+
+
+def test_a_rate_limited_endpoint_gets_its_attempts_spaced() -> None:
+    class TimedAttempts(FakeAttempts):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+            self.all_made = asyncio.Event()
+
+        def attempt(self, job: Job, target: Target) -> "asyncio.Future[RecordedAttempt]":
+            self.times.append(asyncio.get_running_loop().time())
+            if len(self.times) == 6:
+                self.all_made.set()
+            return super().attempt(job, target)
+
+    async def run() -> list[float]:
+        limited = _target()
+        store = FakeStore({"sub_1": Target(**(limited.__dict__ | {"rate_limit_per_second": 20}))})
+        attempts = TimedAttempts()
+        dispatcher = _dispatcher(store, attempts, endpoint_concurrency=4)
+        await dispatcher.start()
+        await dispatcher.submit([_job(n) for n in range(6)])
+        await asyncio.wait_for(attempts.all_made.wait(), 5)
+        await dispatcher.stop(grace=1)
+        return attempts.times
+
+    times = asyncio.run(run())
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # 20/s with a burst of 2: two at once, then one every 50 ms.
+    assert all(gap >= 0.045 for gap in gaps[1:]), gaps
+    assert times[-1] - times[0] < 0.5, gaps  # and no slower than the rate
