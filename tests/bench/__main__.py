@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events, args.runs, args.rate, args.latency_seconds = 300, 1, 100.0, 2.0
         args.backlog_old, args.backlog_pending, args.grpc_seconds = 2000, 200, 0.5
         args.ceiling_requests = args.paired_requests = 500
+        e2e.APACHE_QUICK_JIT = True
 
     started = time.monotonic()
     report: dict[str, Any] = {

@@ -430,6 +430,7 @@ def test_a_rate_limited_endpoint_gets_its_attempts_spaced() -> None:
 
     times = asyncio.run(run())
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # 20/s with a burst of 2: two at once, then one every 50 ms.
-    assert all(gap >= 0.045 for gap in gaps[1:]), gaps
+    # 20/s with a burst of 2: two at once, then a token every 50 ms. A late send leaves its
+    # token to the next one, so single gaps vary; the n-th send is never early.
+    assert all(t - times[0] >= (n - 1) * 0.05 - 0.005 for n, t in enumerate(times[2:], 2)), gaps
     assert times[-1] - times[0] < 0.5, gaps  # and no slower than the rate
