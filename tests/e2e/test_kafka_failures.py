@@ -39,10 +39,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.apache_kafka, pytest.mark.xdist_grou
 
 class Stream:
     """Produces `person.created` events in groups of 10 in the background, each group sent
-    again until the cluster acknowledged it (a copy is the same event, delivered once)."""
+    again until the cluster acknowledged it (a copy is the same event, delivered once);
+    `count` of them, or with None until `finish()`. `ids` are those acknowledged."""
 
-    def __init__(self, bootstrap: str, topic: str, count: int, pause: float) -> None:
-        self.ids = [f"evt-{n:04d}" for n in range(count)]
+    def __init__(self, bootstrap: str, topic: str, count: int | None, pause: float) -> None:
+        self.ids: list[str] = []
+        self._count = count
+        self._finished = threading.Event()
         self._bootstrap = bootstrap
         self._topic = topic
         self._pause = pause
@@ -52,9 +55,17 @@ class Stream:
         self._thread.start()
         return self
 
+    def finish(self) -> None:
+        self._finished.set()
+
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the producer never got every event acknowledged"
+
+    def _more(self) -> bool:
+        if self._count is None:
+            return not self._finished.is_set()
+        return len(self.ids) < self._count
 
     async def _run(self) -> None:
         producer = AIOKafkaProducer(
@@ -62,10 +73,10 @@ class Stream:
         )
         await producer.start()
         try:
-            for start in range(0, len(self.ids), 10):
+            while self._more():
+                ids = [f"evt-{n:05d}" for n in range(len(self.ids), len(self.ids) + 10)]
                 group = [
-                    structured(cloud_event("person.created", {"n": i}, event_id=i))
-                    for i in self.ids[start : start + 10]
+                    structured(cloud_event("person.created", {"n": i}, event_id=i)) for i in ids
                 ]
                 while True:
                     try:
@@ -77,6 +88,7 @@ class Stream:
                         break
                     except KafkaError:
                         await asyncio.sleep(0.5)
+                self.ids.extend(ids)
                 await asyncio.sleep(self._pause)
         finally:
             await producer.stop()
@@ -286,14 +298,15 @@ def test_an_instance_joining_and_leaving_hands_its_batches_over(
     second = ServiceProcess(second_env, tmp_path / "second.log")
     try:
         first.subscribe(receiver.url("/failures"))
-        stream = Stream(cluster.bootstrap, topic, 600, pause=0.05).start()
-        receiver.wait_for("/failures", 30)
-        # Joins early: on a loaded machine its start and the rebalance take a while, and
-        # events must still be flowing when its partitions arrive.
+        # Events flow until both moves are done, however long a loaded machine takes.
+        stream = Stream(cluster.bootstrap, topic, None, pause=0.2).start()  # 50 events/s
+        receiver.wait_for("/failures", 100, timeout=60)
         second.start()  # joins: the group rebalances
-        _wait(lambda: _consumed(metrics_port) > 0, 60, "the second instance never consumed")
-        receiver.wait_for("/failures", 300)
+        _wait(lambda: _consumed(metrics_port) > 0, 90, "the second instance never consumed")
+        receiver.wait_for("/failures", len(stream.ids) + 50, timeout=60)
         assert second.terminate() == 0  # leaves: the group rebalances again
+        receiver.wait_for("/failures", len(stream.ids) + 50, timeout=60)
+        stream.finish()
         stream.join(120)
         _check_nothing_lost(request, "an instance joins and leaves", cluster, receiver, stream)
     finally:
