@@ -277,7 +277,9 @@ async def _partitions(bootstrap: str, topic: str) -> list[int]:
 def audit_records(
     bootstrap: str, delivery_ids: set[str], count: int, timeout: float = 20.0
 ) -> list[events_pb2.DeliveryAttempt]:
-    """The DeliveryAttempt records of the given deliveries, once `count` of them are there."""
+    """The DeliveryAttempt records of the given deliveries, once `count` of them are there
+    and every delivery has one: a record may reach the topic twice, and copies read from one
+    partition must not stand in for records of another not read yet."""
 
     def mine(records: list[Any]) -> list[events_pb2.DeliveryAttempt]:
         out = []
@@ -287,9 +289,11 @@ def audit_records(
                 out.append(message)
         return out
 
-    records = read_topic(
-        bootstrap, topics.DELIVERY_ATTEMPTS_TOPIC, lambda r: len(mine(r)) >= count, timeout
-    )
+    def complete(records: list[Any]) -> bool:
+        found = mine(records)
+        return len(found) >= count and {m.delivery_id for m in found} == delivery_ids
+
+    records = read_topic(bootstrap, topics.DELIVERY_ATTEMPTS_TOPIC, complete, timeout)
     return mine(records)
 
 

@@ -48,10 +48,17 @@ def test_an_event_id_reused_for_other_content_is_refused_and_never_delivered(
     lead = cloud_event("lead.created", {"lead_id": "lead-only-for-leads-scope"})
     pipeline.send(structured(lead))
     receiver.wait_for("/leads", 1)
-    # Bob (webhooks:write, no leads:subscribe) finds the event's id through ListDeliveries...
-    [seen] = api.call(
-        "ListDeliveries", pb.ListDeliveriesRequest(event_type="lead.created"), as_="bob"
-    ).deliveries
+    # Bob (webhooks:write, no leads:subscribe) finds the event's id through ListDeliveries
+    # (once stored: a delivery is sent while its ingest transaction runs)...
+    deadline = time.monotonic() + 10
+    while not (
+        listed := api.call(
+            "ListDeliveries", pb.ListDeliveriesRequest(event_type="lead.created"), as_="bob"
+        ).deliveries
+    ):
+        assert time.monotonic() < deadline, "the delivery was never stored"
+        time.sleep(0.05)
+    [seen] = listed
     assert seen.event_id == lead["id"]
     # ...and publishes his own type under it: refused at once over gRPC,
     published = events_pb2.DomainEvent(id=lead["id"], type="person.created", data=b"{}")
