@@ -166,6 +166,12 @@ def test_an_attempt_sent_ahead_for_a_subscription_gone_meanwhile_is_never_record
     gone = pipeline.api.create(url=receiver.url("/gone"), event_types=["person.created"])
     pipeline.send(structured(cloud_event("person.created", {"n": 1})))
     receiver.wait_for("/gone", 1)
+    # Its transaction may still run (the delivery is sent meanwhile): disabled before it
+    # commits, this first delivery would go unrecorded too.
+    deadline = time.monotonic() + 10
+    while not _delivery_ids(pipeline.api, gone.subscription.id):
+        assert time.monotonic() < deadline, "the first delivery was never stored"
+        time.sleep(0.05)
     with app.database.connection_context():
         SubscriptionRow.update(enabled=False).where(
             SubscriptionRow.id == gone.subscription.id
