@@ -381,7 +381,9 @@ def test_test_events_obey_the_endpoints_limits_and_the_creator_rule(
         replies = list(pool.map(lambda _: api.call("SendTestEvent", send), range(6)))
     assert all(r.delivery.test for r in replies)
     requests = receiver.wait_for("/limited", 6)
-    assert requests[-1].at - requests[0].at >= 2.0  # 6 at 2/s with a burst of 1: >= 2.5 s
+    # 6 at 2/s with a burst of 1 go out over 2.5 s; unlimited, within ms. Arrivals bunch after
+    # a stall on a loaded machine, which shortens the span by as much.
+    assert requests[-1].at - requests[0].at >= 1.5
 
     # Bob is a writer of the same tenant, but not the subscription's creator.
     failed = api.call("SendTestEvent", send).delivery
