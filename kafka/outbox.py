@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from kafka.producer import Producer
-from kafka.publishing import AUDIT_HEADERS
+from kafka.publishing import PROTOBUF_HEADERS
 from service.domain.pipeline import OutboxRecord
 from service.errors import Unavailable
 from service.tasks import finish
@@ -80,7 +80,7 @@ class OutboxPublisher:
         ids = [row.id for row in rows]
         try:
             await self._producer.send_all(
-                [(row.topic, row.key, row.value, AUDIT_HEADERS) for row in rows]
+                [(row.topic, row.key, row.value, PROTOBUF_HEADERS) for row in rows]
             )
         except Unavailable:
             with contextlib.suppress(Unavailable):

@@ -9,8 +9,8 @@ from service.domain.models import Event
 from service.domain.pipeline import RecordedAttempt
 from service.errors import invalid
 
-AUDIT_HEADERS = [("content-type", b"application/x-protobuf")]
-EVENT_HEADERS = [("content-type", b"application/x-protobuf")]
+# Both the events published over gRPC and the audit records are protobuf messages.
+PROTOBUF_HEADERS = [("content-type", b"application/x-protobuf")]
 
 
 class EventPublisher:
@@ -29,7 +29,7 @@ class EventPublisher:
                 "event.data", f"the event is {len(value)} bytes; the limit is {self._limit}"
             )
         [(partition, offset)] = await self._producer.send_all(
-            [(self._topic, event.id.encode(), value, EVENT_HEADERS)]
+            [(self._topic, event.id.encode(), value, PROTOBUF_HEADERS)]
         )
         return self._topic, partition, offset
 
@@ -42,5 +42,5 @@ class AuditSender:
 
     async def publish(self, items: Sequence[RecordedAttempt]) -> None:
         await self._producer.send_all(
-            [(i.audit_topic, i.audit_key, i.audit_value, AUDIT_HEADERS) for i in items]
+            [(i.audit_topic, i.audit_key, i.audit_value, PROTOBUF_HEADERS) for i in items]
         )

@@ -74,21 +74,27 @@ class FakeDispatcher:
             self.ahead.extend(job.event_id for job in jobs)
 
 
+def _storer() -> tuple[BatchStorer, FakeRunner, FakeDispatcher]:
+    """A BatchStorer with a real planner over the fakes."""
+    store = FakeStore()
+    runner = FakeRunner(store)
+    dispatcher = FakeDispatcher()
+    planner = AheadPlanner(cast(StoreRunner, runner), cast(IngestStore, store), dict, LEASE)
+    storer = BatchStorer(
+        runner=cast(StoreRunner, runner),
+        store=cast(IngestStore, store),
+        planner=planner,
+        dispatcher=cast(Dispatcher, dispatcher),
+        required_scopes=dict,
+        lease=LEASE,
+        metrics=Metrics(),
+    )
+    return storer, runner, dispatcher
+
+
 def test_a_copy_arriving_while_its_first_is_planned_waits_for_that_transaction() -> None:
     async def run() -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
-        store = FakeStore()
-        runner = FakeRunner(store)
-        dispatcher = FakeDispatcher()
-        planner = AheadPlanner(cast(StoreRunner, runner), cast(IngestStore, store), dict, LEASE)
-        storer = BatchStorer(
-            runner=cast(StoreRunner, runner),
-            store=cast(IngestStore, store),
-            planner=planner,
-            dispatcher=cast(Dispatcher, dispatcher),
-            required_scopes=dict,
-            lease=LEASE,
-            metrics=Metrics(),
-        )
+        storer, runner, dispatcher = _storer()
         first = asyncio.ensure_future(storer([_event("same"), _event("other")]))
         await asyncio.sleep(0.01)  # planned, waiting for the subscriptions
         second = asyncio.ensure_future(storer([_event("same")]))  # a producer's retry
@@ -111,19 +117,7 @@ def test_a_batch_that_finds_its_copies_planned_elsewhere_sends_nothing_ahead() -
     # Two batches, each with an event the other is planning: neither may wait holding
     # what the other waits for.
     async def run() -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
-        store = FakeStore()
-        runner = FakeRunner(store)
-        dispatcher = FakeDispatcher()
-        planner = AheadPlanner(cast(StoreRunner, runner), cast(IngestStore, store), dict, LEASE)
-        storer = BatchStorer(
-            runner=cast(StoreRunner, runner),
-            store=cast(IngestStore, store),
-            planner=planner,
-            dispatcher=cast(Dispatcher, dispatcher),
-            required_scopes=dict,
-            lease=LEASE,
-            metrics=Metrics(),
-        )
+        storer, runner, dispatcher = _storer()
         first = asyncio.ensure_future(storer([_event("a")]))
         second = asyncio.ensure_future(storer([_event("b")]))
         await asyncio.sleep(0.01)  # both planned, both waiting for the subscriptions
