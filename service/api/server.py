@@ -6,8 +6,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from service.api import reflection
 from service.api.servicer import WebhookServicer, lenient_parser
 from service.config import Settings
 from webhooks.v1 import webhook_service_pb2 as pb
@@ -36,9 +36,7 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server.add_generic_rpc_handlers((_service_handler(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection.enable((SERVICE_NAME, health.SERVICE_NAME), self.server)
         self.port = 0  # the bound port once started (useful with port 0)
         self._not_serving = False
 

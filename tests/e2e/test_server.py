@@ -44,10 +44,15 @@ def test_publish_answers_unavailable_when_kafka_is_disabled(api: Api) -> None:
 
 
 def _buf_curl(
-    address: str, method: str, body: dict[str, Any], key: str | None
+    address: str,
+    method: str,
+    body: dict[str, Any],
+    key: str | None,
+    reflection: str = "grpc-v1",
 ) -> subprocess.CompletedProcess[str]:
     assert BUF, "the buf CLI (buf-bin) is not installed"
     command = [BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d", json.dumps(body)]
+    command += ["--reflect-protocol", reflection]
     if key:
         command += ["-H", f"authorization: Bearer {key}"]
     command.append(f"http://{address}/webhooks.v1.WebhookService/{method}")
@@ -79,6 +84,20 @@ def test_reflection_only_client_drives_the_api(api: Api) -> None:
     assert "secret" not in got and got["subscription"]["secretPrefix"] == body["secret"][:12]
     refused = _buf_curl(api.address, "ListSubscriptions", {}, None)
     assert refused.returncode != 0
+    # Older clients speak only v1alpha, newer ones only v1: both are served.
+    old = _buf_curl(api.address, "GetSubscription", {"id": sub_id}, KEYS["reader"], "grpc-v1alpha")
+    assert json.loads(old.stdout)["subscription"]["id"] == sub_id
+    assert BUF
+    command = [BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-methods"]
+    listed = subprocess.run(
+        [*command, "--reflect-protocol", "grpc-v1", f"http://{api.address}/"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert "grpc.reflection.v1.ServerReflection/ServerReflectionInfo" in listed
+    assert "webhooks.v1.WebhookService/CreateSubscription" in listed
     assert "unauthenticated" in (refused.stdout + refused.stderr).lower()
 
 
