@@ -176,6 +176,8 @@ def delivery_to_pb(view: DeliveryView) -> pb.Delivery:
         test=view.test,
         attempts=[attempt_to_pb(a) for a in view.attempts],
     )
+    if view.last_latency_ms is not None:
+        out.last_attempt_latency.FromMilliseconds(view.last_latency_ms)
     _set_times(
         out,
         create_time=view.create_time,

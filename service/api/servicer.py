@@ -204,7 +204,8 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         size = pagination.page_size(request.page_size)
         query = pagination.query_fingerprint("subscriptions", principal.tenant)
         after = pagination.decode_token(request.page_token, query)
-        subs, more, total = await self._read(self._subs.list_page, principal, after, size)
+        skip = pagination.skip(request.skip)
+        subs, more, total = await self._read(self._subs.list_page, principal, after, size, skip)
         # One constructor call for the whole page, each item as a dict of its fields (which
         # protobuf takes, though its stubs say messages): cheaper than an add() per item.
         return pb.ListSubscriptionsResponse(
@@ -347,7 +348,8 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         where = convert.delivery_filter_from_pb(request)
         query = pagination.query_fingerprint("deliveries", principal.tenant, where)
         after = pagination.decode_token(request.page_token, query)
-        views, more = await self._deliveries.list_page(principal, where, after, size)
+        skip = pagination.skip(request.skip)
+        views, more = await self._deliveries.list_page(principal, where, after, size, skip)
         return pb.ListDeliveriesResponse(
             deliveries=[convert.delivery_to_pb(v) for v in views],
             next_page_token=pagination.encode_token(views[-1].id, query) if more else "",

@@ -8,6 +8,7 @@ from service.errors import invalid
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+MAX_SKIP = 100_000
 
 
 def page_size(requested: int) -> int:
@@ -18,6 +19,13 @@ def page_size(requested: int) -> int:
         raise invalid(
             "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})"
         )
+    return requested
+
+
+def skip(requested: int) -> int:
+    """Results passed over before the page (AIP-158); each costs the database a row read."""
+    if not 0 <= requested <= MAX_SKIP:
+        raise invalid("skip", f"must be between 0 and {MAX_SKIP}")
     return requested
 
 

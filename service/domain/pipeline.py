@@ -78,6 +78,7 @@ class DeliveryView:
     status: DeliveryStatus
     attempt_count: int
     last_http_status: int
+    last_latency_ms: int | None  # None before the first attempt
     create_time: datetime
     last_attempt_time: datetime | None
     next_attempt_time: datetime | None

@@ -41,6 +41,7 @@ _DELIVERY_ATTEMPTED = (
     ("status", "smallint"),
     ("attempt_count", "integer"),
     ("last_http_status", "integer"),
+    ("last_latency_ms", "integer"),
     ("last_attempt_at", "timestamp"),
     ("next_attempt_at", "timestamp"),
 )
@@ -156,6 +157,7 @@ class AttemptStore:
                         int(_STATUS[i.attempt.outcome]),
                         i.attempt.attempt_number,
                         i.attempt.http_status,
+                        i.attempt.latency_ms,
                         stamp,
                         i.attempt.next_attempt_time,
                         i.attempt.delivery_id,

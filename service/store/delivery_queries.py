@@ -27,9 +27,9 @@ class DeliveryQueries:
         return int(DeliveryRow.select().where(DeliveryRow.next_attempt_at.is_null(False)).count())
 
     def list_page(
-        self, tenant: str, where: DeliveryFilter, after: str | None, limit: int
+        self, tenant: str, where: DeliveryFilter, after: str | None, limit: int, skip: int = 0
     ) -> tuple[list[DeliveryView], bool]:
-        """Newest first."""
+        """Newest first: a page after the id `after` and `skip` more."""
         query = (
             DeliveryRow.select(DeliveryRow, EventRow.event_id)
             .join(EventRow)
@@ -47,7 +47,7 @@ class DeliveryQueries:
             query = query.where(DeliveryRow.created_at < where.end_time)
         if after is not None:
             query = query.where(DeliveryRow.id < after)
-        rows = list(query.order_by(DeliveryRow.id.desc()).limit(limit + 1))
+        rows = list(query.order_by(DeliveryRow.id.desc()).limit(limit + 1).offset(skip))
         return [_view(r) for r in rows[:limit]], len(rows) > limit
 
     def get(self, tenant: str, delivery_id: str) -> DeliveryView:
@@ -151,6 +151,7 @@ def _view(row: DeliveryRow, attempts: tuple[AttemptRecord, ...] = ()) -> Deliver
         status=DeliveryStatus(row.status),
         attempt_count=row.attempt_count,
         last_http_status=row.last_http_status,
+        last_latency_ms=row.last_latency_ms if row.attempt_count else None,
         create_time=row.created_at,
         last_attempt_time=row.last_attempt_at,
         next_attempt_time=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None,

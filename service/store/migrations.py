@@ -70,6 +70,13 @@ def _visible_headers(db: pw.Database) -> None:
         )
 
 
+def _delivery_latency(db: pw.Database) -> None:
+    if "last_latency_ms" not in {c.name for c in db.get_columns("deliveries")}:
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "ALTER TABLE deliveries ADD COLUMN last_latency_ms INTEGER NOT NULL DEFAULT 0"
+        )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -78,6 +85,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (5, "no separate delivery subscription index", _drop_delivery_subscription_index),
     (6, "subscription count per tenant", _tenant_subscription_count),
     (7, "header values write-only unless visible", _visible_headers),
+    (8, "last attempt latency per delivery", _delivery_latency),
 )
 
 

@@ -196,18 +196,19 @@ class SubscriptionStore:
         return self._load(tenant, subscription_id)
 
     def list_page(
-        self, tenant: str, after: str | None, limit: int
+        self, tenant: str, after: str | None, limit: int, skip: int = 0
     ) -> tuple[list[Subscription], bool, int]:
-        """A page after the id `after`, oldest first; also whether more follow and the total."""
+        """A page after the id `after` and `skip` more, oldest first; also whether more
+        follow and the total."""
         db = self._db
         total = self._count(tenant)
         query = (
             f"SELECT {_SHOWN_COLUMNS} FROM subscriptions"  # noqa: S608 (a constant)
-            " WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?"
+            " WHERE tenant = ? AND id > ? ORDER BY id LIMIT ? OFFSET ?"
         )
         now = utcnow()
         cursor = db.execute_sql(  # type: ignore[no-untyped-call]
-            bulk.sql(db, query), (now, now, now, tenant, after or "", limit + 1)
+            bulk.sql(db, query), (now, now, now, tenant, after or "", limit + 1, skip)
         )
         rows = cursor.fetchall()
         page = [self._to_domain(_SubscriptionRead(*row)) for row in rows[:limit]]

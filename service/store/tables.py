@@ -127,6 +127,7 @@ class DeliveryRow(BaseModel):
     status = pw.SmallIntegerField()
     attempt_count = pw.IntegerField(default=0)
     last_http_status = pw.IntegerField(default=0)
+    last_latency_ms = pw.IntegerField(default=0)  # of the last attempt
     test = pw.BooleanField(default=False)
     # Set by RetryDelivery/RecoverDeliveries: the next attempt is recorded as MANUAL.
     manual = pw.BooleanField(default=False)

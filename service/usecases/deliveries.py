@@ -71,9 +71,14 @@ class DeliveryService:
         self._publish = publish
 
     async def list_page(
-        self, principal: Principal, where: DeliveryFilter, after: str | None, limit: int
+        self,
+        principal: Principal,
+        where: DeliveryFilter,
+        after: str | None,
+        limit: int,
+        skip: int = 0,
     ) -> tuple[list[DeliveryView], bool]:
-        return await self._run(self._store.list_page, principal.tenant, where, after, limit)
+        return await self._run(self._store.list_page, principal.tenant, where, after, limit, skip)
 
     async def get(self, principal: Principal, delivery_id: str) -> DeliveryView:
         return await self._run(self._store.get, principal.tenant, delivery_id)

@@ -82,9 +82,9 @@ class SubscriptionService:
         return self._store.get(principal.tenant, subscription_id)
 
     def list_page(
-        self, principal: Principal, after: str | None, limit: int
+        self, principal: Principal, after: str | None, limit: int, skip: int = 0
     ) -> tuple[list[Subscription], bool, int]:
-        return self._store.list_page(principal.tenant, after, limit)
+        return self._store.list_page(principal.tenant, after, limit, skip)
 
     def update(
         self,

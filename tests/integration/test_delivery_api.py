@@ -69,6 +69,16 @@ def test_list_deliveries_filters_and_pages(pipeline: Pipeline, receiver: Receive
             break
     assert [len(p) for p in pages] == [4, 4, 1]
     assert [i for p in pages for i in p] == [d.id for d in everything]
+    page_two = _list(pipeline, page_size=4, skip=4)
+    assert [d.id for d in page_two] == pages[1]
+    # Each row shows its last attempt: status, count and latency.
+    for row in everything:
+        assert row.attempt_count >= 1 and row.HasField("last_attempt_latency")
+        assert row.last_attempt_latency.ToMilliseconds() >= 0
+        full = api.call("GetDelivery", pb.GetDeliveryRequest(id=row.id)).delivery
+        last = max(full.attempts, key=lambda a: a.attempt_number)
+        assert row.last_attempt_latency == last.latency
+        assert row.last_http_status == last.http_status
 
     future = timestamp_pb2.Timestamp()
     future.FromSeconds(int(time.time()) + 3600)

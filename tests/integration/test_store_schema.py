@@ -92,14 +92,16 @@ def test_index_migrations_add_their_index_to_a_version_1_database(database_url: 
             assert index in {i.name for i in db.get_indexes(table)}
             # Back to what version 1 of the schema was: without the index.
             db.execute_sql(f"DROP INDEX {index}")  # type: ignore[no-untyped-call]
-        # And without the column of migration 7, which subscriptions made before it lack.
+        # And without the columns of migrations 7 and 8, which older rows lack.
         db.execute_sql("ALTER TABLE subscriptions DROP COLUMN visible_headers")  # type: ignore[no-untyped-call]
+        db.execute_sql("ALTER TABLE deliveries DROP COLUMN last_latency_ms")  # type: ignore[no-untyped-call]
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 1).execute()
         # Migrations 4 and 6 find their columns there already, 5 no index to drop.
-        assert migrate(db) == [*sorted(added), 4, 5, 6, 7]
+        assert migrate(db) == [*sorted(added), 4, 5, 6, 7, 8]
         for table, index in added.values():
             assert index in {i.name for i in db.get_indexes(table)}
         assert "visible_headers" in {c.name for c in db.get_columns("subscriptions")}
+        assert "last_latency_ms" in {c.name for c in db.get_columns("deliveries")}
     finally:
         db.close()
 
@@ -118,7 +120,7 @@ def test_outbox_claim_column_is_added_to_an_older_database(database_url: str) ->
             " key BYTEA, value BYTEA NOT NULL, created_at TIMESTAMP NOT NULL)"
         )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 3).execute()
-        assert migrate(db) == [4, 5, 6, 7]
+        assert migrate(db) == [4, 5, 6, 7, 8]
         assert "claimed_until" in {c.name for c in db.get_columns("outbox")}
     finally:
         db.close()
@@ -135,7 +137,7 @@ def test_the_redundant_delivery_subscription_index_is_dropped_from_an_older_data
             "CREATE INDEX deliveries_subscription_id ON deliveries (subscription_id)"
         )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 4).execute()
-        assert migrate(db) == [5, 6, 7]
+        assert migrate(db) == [5, 6, 7, 8]
         names = {i.name for i in db.get_indexes("deliveries")}
         assert "deliveries_subscription_id" not in names
         assert "deliveries_subscription_id_event_id" in names  # what subscription lookups use
@@ -170,7 +172,7 @@ def test_the_subscription_count_is_added_and_filled_in_an_older_database(
                 updated_at=now,
             )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 5).execute()
-        assert migrate(db) == [6, 7]
+        assert migrate(db) == [6, 7, 8]
         counts = {t.id: t.subscription_count for t in tables.Tenant.select()}
         assert counts == {"t1": 2, "t2": 1}
     finally:

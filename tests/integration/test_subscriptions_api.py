@@ -263,6 +263,20 @@ def test_pagination_across_pages(api: Api) -> None:
     assert seen == ids  # oldest first, nothing repeated or skipped
     default = api.call("ListSubscriptions", pb.ListSubscriptionsRequest())
     assert len(default.subscriptions) == 7 and default.next_page_token == ""
+    # Page N in one call (AIP-158 skip), as a page-numbered API asks; skip also counts
+    # from a token's position.
+    third = api.call("ListSubscriptions", pb.ListSubscriptionsRequest(page_size=3, skip=6))
+    assert [s.id for s in third.subscriptions] == ids[6:] and third.next_page_token == ""
+    assert third.total_size == 7
+    second = api.call("ListSubscriptions", pb.ListSubscriptionsRequest(page_size=3, skip=3))
+    assert [s.id for s in second.subscriptions] == ids[3:6] and second.next_page_token
+    after = api.call(
+        "ListSubscriptions",
+        pb.ListSubscriptionsRequest(page_size=2, page_token=second.next_page_token, skip=0),
+    )
+    assert [s.id for s in after.subscriptions] == ids[6:]
+    beyond = api.call("ListSubscriptions", pb.ListSubscriptionsRequest(skip=50))
+    assert list(beyond.subscriptions) == [] and beyond.total_size == 7
 
 
 def test_pagination_rejects_bad_sizes_and_tokens(api: Api) -> None:
@@ -271,6 +285,10 @@ def test_pagination_rejects_bad_sizes_and_tokens(api: Api) -> None:
             INVALID, api.call, "ListSubscriptions", pb.ListSubscriptionsRequest(page_size=size)
         )
         assert "page_size" in details["violations"]
+    details = expect_error(
+        INVALID, api.call, "ListSubscriptions", pb.ListSubscriptionsRequest(skip=-1)
+    )
+    assert "skip" in details["violations"]
     details = expect_error(
         INVALID, api.call, "ListSubscriptions", pb.ListSubscriptionsRequest(page_token="garbage!")
     )

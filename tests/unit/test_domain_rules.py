@@ -371,6 +371,17 @@ def test_page_size(requested: int, size: int) -> None:
     assert pagination.page_size(requested) == size
 
 
+@pytest.mark.parametrize(
+    ("requested", "ok"), [(0, True), (250, True), (100_000, True), (-1, False), (100_001, False)]
+)
+def test_skip(requested: int, ok: bool) -> None:
+    if ok:
+        assert pagination.skip(requested) == requested
+    else:
+        with pytest.raises(InvalidArgument):
+            pagination.skip(requested)
+
+
 def test_ids_sort_by_creation_time() -> None:
     ids = [new_id("sub", now_ms=ms) for ms in (1, 2, 1000, 10**12, 2**47)]
     assert ids == sorted(ids)

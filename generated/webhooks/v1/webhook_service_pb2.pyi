@@ -309,19 +309,25 @@ class ListSubscriptionsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SKIP_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Most results in the page, 1 to 100; 0 means 50."""
     page_token: _builtins.str
     """Token from a previous answer's next_page_token; empty for the first page."""
+    skip: _builtins.int
+    """Results to pass over first, after the page token's position (AIP-158), 0 to
+    100000: page N of size S is `skip` (N - 1) * S with no token.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        skip: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "skip", b"skip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1020,6 +1026,7 @@ class Delivery(_message.Message):
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     TEST_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_LATENCY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Delivery id; also the `webhook-id` header, stable across retries."""
     subscription_id: _builtins.str
@@ -1052,6 +1059,10 @@ class Delivery(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt, oldest first; filled by GetDelivery and SendTestEvent only."""
 
+    @_builtins.property
+    def last_attempt_latency(self) -> _duration_pb2.Duration:
+        """Latency of the last attempt (see Attempt.latency); unset before the first."""
+
     def __init__(
         self,
         *,
@@ -1067,10 +1078,11 @@ class Delivery(_message.Message):
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         test: _builtins.bool = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        last_attempt_latency: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_time", b"last_attempt_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_latency", b"last_attempt_latency", "last_attempt_time", b"last_attempt_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "create_time", b"create_time", "event_id", b"event_id", "event_type", b"event_type", "id", b"id", "last_attempt_time", b"last_attempt_time", "last_http_status", b"last_http_status", "next_attempt_time", b"next_attempt_time", "status", b"status", "subscription_id", b"subscription_id", "test", b"test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "create_time", b"create_time", "event_id", b"event_id", "event_type", b"event_type", "id", b"id", "last_attempt_latency", b"last_attempt_latency", "last_attempt_time", b"last_attempt_time", "last_http_status", b"last_http_status", "next_attempt_time", b"next_attempt_time", "status", b"status", "subscription_id", b"subscription_id", "test", b"test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1089,6 +1101,7 @@ class ListDeliveriesRequest(_message.Message):
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    SKIP_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Most results in the page, 1 to 100; 0 means 50."""
     page_token: _builtins.str
@@ -1097,6 +1110,10 @@ class ListDeliveriesRequest(_message.Message):
     """Only deliveries to this subscription; empty for all."""
     event_type: _builtins.str
     """Only deliveries of this event type; empty for all."""
+    skip: _builtins.int
+    """Results to pass over first, after the page token's position (AIP-158), 0 to
+    100000: page N of size S is `skip` (N - 1) * S with no token.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_events_pb2.DeliveryStatus.ValueType]:
         """Only deliveries in one of these statuses; empty for all."""
@@ -1119,10 +1136,11 @@ class ListDeliveriesRequest(_message.Message):
         event_type: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        skip: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "event_type", b"event_type", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "statuses", b"statuses", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "event_type", b"event_type", "page_size", b"page_size", "page_token", b"page_token", "skip", b"skip", "start_time", b"start_time", "statuses", b"statuses", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
