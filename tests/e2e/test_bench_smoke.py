@@ -16,6 +16,7 @@ ROOT = Path(__file__).parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # ~80 s alone; its subprocess has the same bound
 def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path, postgres_server_url: str) -> None:
     output = tmp_path / "bench.json"
     done = subprocess.run(
