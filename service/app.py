@@ -27,6 +27,7 @@ from service.engine.ahead import AheadPlanner
 from service.engine.attempts import AttemptMaker, AttemptSettings
 from service.engine.dispatcher import Attempts, DeliveryPolicy, Dispatcher
 from service.engine.ingest_batches import BatchStorer
+from service.engine.pinger import EndpointPinger
 from service.engine.scheduler import RetryScheduler
 from service.engine.worker import DeliveryWorker
 from service.errors import StartupError, Unavailable
@@ -41,6 +42,7 @@ from service.usecases.catalog import CatalogCache, CatalogError, CatalogService
 from service.usecases.deliveries import DeliveryService
 from service.usecases.retention import Retention
 from service.usecases.subscriptions import SubscriptionService
+from service.usecases.verification import EndpointVerifier, VerifiedWrites
 
 log = logging.getLogger(__name__)
 CATALOG_REFRESH_SECONDS = 5.0
@@ -119,6 +121,12 @@ class App:
         self._outbox: OutboxPublisher | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._periodic: list[Periodic] = []
+        self._pinger = EndpointPinger(
+            allow_http=settings.allow_http,
+            allow_cidrs=settings.ssrf_allow_cidrs,
+            ca_file=settings.delivery_ca_file,
+            timeout_seconds=settings.verify_timeout_seconds,
+        )
 
     @property
     def port(self) -> int:
@@ -257,9 +265,16 @@ class App:
             policy=policy,
             publish=publisher.publish if publisher is not None else None,
         )
+        subscriptions = SubscriptionService(stores.subscriptions, stores.event_types, settings)
+        verifier = EndpointVerifier(
+            self._pinger.ping,
+            mandatory=settings.verify_endpoints,
+            timeout_seconds=settings.verify_timeout_seconds,
+        )
         servicer = WebhookServicer(
             runner,
-            SubscriptionService(stores.subscriptions, stores.event_types, settings),
+            subscriptions,
+            VerifiedWrites(subscriptions, runner.call, verifier),
             catalog_service,
             deliveries,
             self.keys.current,
@@ -291,6 +306,7 @@ class App:
         if self.grpc is not None:
             await self.grpc.stop(grace)
         parts: list[Stoppable | None] = [
+            self._pinger,
             *self._periodic,
             self._consumer,
             self._scheduler,

@@ -214,6 +214,12 @@ class Settings:
     attempt_timeout_seconds: float = _setting(
         15.0, _in_range(float, 0.1, 120.0), "time limit of one HTTP attempt"
     )
+    verify_endpoints: bool = _setting(
+        False, _bool, "ping every new endpoint URL (create, URL change) before accepting it"
+    )
+    verify_timeout_seconds: float = _setting(
+        10.0, _in_range(float, 0.1, 60.0), "time limit of an endpoint verification ping"
+    )
     endpoint_concurrency: int = _setting(
         50, _in_range(int, 1, 1000), "most simultaneous requests to one endpoint"
     )

@@ -6,7 +6,6 @@ table (service/api/status.py).
   * Unauthenticated, PermissionDenied
   * NotFound, AlreadyExists, FailedPrecondition, QuotaExceeded
   * Unavailable: the database or the broker cannot be reached; retry later
-  * NotImplementedYet
 * StartupError: the service cannot start; the message says what to fix
 """
 
@@ -90,12 +89,6 @@ class Unavailable(WebhookError):
     """A dependency (database, broker) cannot be reached; the caller may retry."""
 
     default_reason = "UNAVAILABLE"
-
-
-class NotImplementedYet(WebhookError):
-    """A declared capability that this build does not provide yet."""
-
-    default_reason = "NOT_IMPLEMENTED"
 
 
 class StartupError(Exception):

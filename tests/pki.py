@@ -14,10 +14,14 @@ def cert(
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
     *,
     ca: bool = False,
+    hosts: tuple[str, ...] = ("localhost",),
+    expired: bool = False,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate for `hosts` (and 127.0.0.1), signed by `issuer` or by itself; an
+    expired one ended an hour ago."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=2 if expired else 0)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -31,7 +35,10 @@ def cert(
     if not ca:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    *(x509.DNSName(host) for host in hosts),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
             ),
             critical=False,
         )

@@ -29,7 +29,6 @@ from service.domain.updates import resolve_mask
 from service.errors import (
     FieldViolation,
     InvalidArgument,
-    NotImplementedYet,
     Unavailable,
     WebhookError,
     invalid,
@@ -40,6 +39,7 @@ from service.usecases import catalog, subscriptions
 from service.usecases.catalog import CatalogService
 from service.usecases.deliveries import DeliveryService, invalid_event
 from service.usecases.subscriptions import SubscriptionService
+from service.usecases.verification import VerifiedWrites
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
@@ -141,12 +141,6 @@ def _fingerprint(request: Any, principal: Principal) -> str:
     return digest.hexdigest()
 
 
-def _not_yet(rpc_name: str) -> NotImplementedYet:
-    return NotImplementedYet(
-        f"{rpc_name} arrives with the event pipeline; not available in this build"
-    )
-
-
 class WebhookServicer(pb_grpc.WebhookServiceServicer):
     """Thin: every rule lives in the use cases; this class translates and authenticates."""
 
@@ -154,6 +148,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self,
         runner: StoreRunner,
         subscriptions_: SubscriptionService,
+        writes: VerifiedWrites,
         catalog_: CatalogService,
         deliveries: DeliveryService,
         keys: Callable[[], Mapping[str, KeyEntry]],
@@ -164,6 +159,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self._run = runner.call
         self._read = runner.read
         self._subs = subscriptions_
+        self._writes = writes
         self._catalog = catalog_
         self._deliveries = deliveries
         self._subscription_changed = on_subscription_change
@@ -178,12 +174,10 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def CreateSubscription(
         self, request: pb.CreateSubscriptionRequest, principal: Principal
     ) -> pb.CreateSubscriptionResponse:
-        if request.verify_endpoint:
-            raise _not_yet("verify_endpoint")
         spec = convert.spec_from_pb(request.subscription)
         fingerprint = _fingerprint(request, principal) if request.request_id else ""
-        sub, secret = await self._run(
-            self._subs.create, principal, spec, request.request_id, fingerprint
+        sub, secret = await self._writes.create(
+            principal, spec, request.request_id, fingerprint, verify=request.verify_endpoint
         )
         self._subscription_changed(sub.id)
         return pb.CreateSubscriptionResponse(
@@ -218,8 +212,6 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def UpdateSubscription(
         self, request: pb.UpdateSubscriptionRequest, principal: Principal
     ) -> pb.UpdateSubscriptionResponse:
-        if request.verify_endpoint:
-            raise _not_yet("verify_endpoint")
         subscription_id = _required_id(request.subscription.id, "subscription.id")
         mask = resolve_mask(
             list(request.update_mask.paths),
@@ -232,7 +224,9 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
             ],
         )
         values = convert.spec_from_pb(request.subscription)
-        sub = await self._run(self._subs.update, principal, subscription_id, values, mask)
+        sub = await self._writes.update(
+            principal, subscription_id, values, mask, verify=request.verify_endpoint
+        )
         self._subscription_changed(subscription_id)
         return pb.UpdateSubscriptionResponse(subscription=convert.subscription_to_pb(sub))
 

@@ -27,7 +27,6 @@ STATUS_CODES: dict[type[errors.WebhookError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 

@@ -3,7 +3,7 @@
 import base64
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from service.domain.signing_secrets import SECRET_PREFIX
 
@@ -23,6 +23,19 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
 def signature_header(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:
     """The `webhook-signature` value: one entry per live secret, space-separated."""
     return " ".join(sign(key, message_id, timestamp, body) for key in keys)
+
+
+def webhook_headers(
+    custom: Mapping[str, str], keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """A delivery's request headers: the subscription's own, then the signed ones."""
+    return {
+        **custom,
+        "content-type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature_header(keys, message_id, timestamp, body),
+    }
 
 
 def verify(

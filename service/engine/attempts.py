@@ -14,7 +14,7 @@ from service.domain.clock import utcnow
 from service.domain.ids import new_id
 from service.domain.outcomes import AttemptResult, ErrorKind, decide
 from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
-from service.domain.signing import signature_header
+from service.domain.signing import webhook_headers
 from service.domain.ssrf import IpNetwork
 from service.engine.http import HttpSender
 
@@ -84,16 +84,9 @@ class AttemptMaker:
 
     def begin(self, job: Job, target: Target) -> "asyncio.Future[AttemptResult]":
         """Signs and starts the request; `finish` turns its result into the attempt."""
-        timestamp = int(time.time())
-        headers = {
-            **target.headers,
-            "content-type": "application/json",
-            "webhook-id": job.delivery_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(
-                target.secret_keys, job.delivery_id, timestamp, job.body
-            ),
-        }
+        headers = webhook_headers(
+            target.headers, target.secret_keys, job.delivery_id, int(time.time()), job.body
+        )
         return self._sender.start(target.url, headers, job.body)
 
     async def close(self) -> None:

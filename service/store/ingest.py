@@ -41,13 +41,7 @@ _INSERT_DELIVERY = bulk.Insert(
         ("created_at", "timestamp"),
         ("next_attempt_at", "timestamp"),
     ),
-    (
-        ("attempt_count", "0"),
-        ("last_http_status", "0"),
-        ("last_latency_ms", "0"),
-        ("test", "FALSE"),
-        ("manual", "FALSE"),
-    ),
+    (("attempt_count", "0"), ("last_http_status", "0"), ("test", "FALSE"), ("manual", "FALSE")),
     skip_conflicts=True,
 )
 _EVENT_PKS = "SELECT id, event_id FROM events WHERE tenant = ? AND event_id IN ({})"

@@ -127,7 +127,8 @@ class DeliveryRow(BaseModel):
     status = pw.SmallIntegerField()
     attempt_count = pw.IntegerField(default=0)
     last_http_status = pw.IntegerField(default=0)
-    last_latency_ms = pw.IntegerField(default=0)  # of the last attempt
+    # Of the last attempt. A database default too, as migration 8 gave older databases.
+    last_latency_ms = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
     test = pw.BooleanField(default=False)
     # Set by RetryDelivery/RecoverDeliveries: the next attempt is recorded as MANUAL.
     manual = pw.BooleanField(default=False)

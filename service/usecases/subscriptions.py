@@ -1,7 +1,7 @@
 """Subscription use cases: validation, authorization and the store, in one place."""
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from service.config import Settings
@@ -39,6 +39,15 @@ MAX_REQUEST_ID = 128
 MAX_OVERLAP = timedelta(days=7)
 
 
+@dataclass(frozen=True)
+class UpdatePreview:
+    """An update as it would be stored, and the secrets that sign for the subscription."""
+
+    spec: SubscriptionSpec
+    url_changed: bool
+    secrets: list[str]
+
+
 class SubscriptionService:
     """Every method is synchronous; the gRPC edge runs it on a store thread."""
 
@@ -49,14 +58,10 @@ class SubscriptionService:
         self._event_types = event_types
         self._settings = settings
 
-    def create(
-        self,
-        principal: Principal,
-        spec: SubscriptionSpec,
-        request_id: str = "",
-        request_hash: str = "",
-    ) -> tuple[Subscription, str]:
-        """Returns the new subscription and its secret (the only time the secret is shown)."""
+    def check_create(
+        self, principal: Principal, spec: SubscriptionSpec, request_id: str = ""
+    ) -> SubscriptionSpec:
+        """The spec as `create` would store it, or the error `create` would raise."""
         spec = replace(spec, url=to_uri(spec.url))
         catalog = self._event_types.catalog()
         violations = self._violations(spec, catalog)
@@ -67,12 +72,25 @@ class SubscriptionService:
         if violations:
             raise InvalidArgument(violations)
         _check_subscribe_scopes(principal, spec.event_types, catalog)
+        return spec
+
+    def create(
+        self,
+        principal: Principal,
+        spec: SubscriptionSpec,
+        request_id: str = "",
+        request_hash: str = "",
+        secret: str | None = None,
+    ) -> tuple[Subscription, str]:
+        """Returns the new subscription and its secret (the only time the secret is shown);
+        `secret` is one made beforehand (a verification ping was signed with it)."""
+        spec = self.check_create(principal, spec, request_id)
         return self._store.create(
             tenant=principal.tenant,
             created_by=principal.name,
             spec=spec,
             granted_scopes=_granted(principal),
-            secret=new_secret(),
+            secret=secret or new_secret(),
             quota=self._settings.quota_for(principal.tenant),
             request_id=request_id,
             request_hash=request_hash,
@@ -94,45 +112,68 @@ class SubscriptionService:
         mask: frozenset[str],
     ) -> Subscription:
         """Changes the masked fields to `values`; only the creator or an admin may."""
+        return self._store.update(
+            principal.tenant,
+            subscription_id,
+            lambda current: self._change(principal, current, values, mask),
+        )
 
-        def change(current: Subscription) -> Change:
-            require_owner_or_admin(principal, current.created_by)
-            updates: dict[str, object] = {path: getattr(values, path) for path in mask}
-            if "url" in mask:
-                updates["url"] = to_uri(values.url)
-            moved = "url" in mask and not same_host(str(updates["url"]), current.spec.url)
-            if "headers" in mask:
-                headers, again = merge_redacted(
-                    values.headers, current.spec.headers, same_host=not moved
-                )
-            else:
-                headers = current.spec.headers
-                shown = {name.lower() for name in current.spec.visible_headers}
-                again = [k for k in headers if k.lower() not in shown] if moved else []
-            if again:
-                raise invalid(
-                    "subscription.headers",
-                    f"the URL moves to another host: give the values of {', '.join(sorted(again))}"
-                    " again, or remove them",
-                )
-            updates["headers"] = headers
-            if "visible_headers" not in mask:  # a removed header is no longer visible either
-                names = {name.lower() for name in headers}
-                updates["visible_headers"] = tuple(
-                    v for v in current.spec.visible_headers if v.lower() in names
-                )
-            spec = replace(current.spec, **updates)  # type: ignore[arg-type]
-            catalog = self._event_types.catalog()
-            touched = tuple(f"subscription.{path}" for path in mask)
-            violations = [v for v in self._violations(spec, catalog) if v.field.startswith(touched)]
-            if violations:
-                raise InvalidArgument(violations)
-            if "event_types" not in mask:
-                return Change(spec)
-            _check_subscribe_scopes(principal, spec.event_types, catalog)
-            return Change(spec, granted_scopes=_granted(principal))
+    def preview_update(
+        self,
+        principal: Principal,
+        subscription_id: str,
+        values: SubscriptionSpec,
+        mask: frozenset[str],
+    ) -> UpdatePreview:
+        """What `update` would store now, or the error it would raise; nothing is written."""
+        current = self._store.get(principal.tenant, subscription_id)
+        spec = self._change(principal, current, values, mask).spec
+        secrets = self._store.live_secrets(subscription_id)
+        return UpdatePreview(spec, url_changed=spec.url != current.spec.url, secrets=secrets)
 
-        return self._store.update(principal.tenant, subscription_id, change)
+    def _change(
+        self,
+        principal: Principal,
+        current: Subscription,
+        values: SubscriptionSpec,
+        mask: frozenset[str],
+    ) -> Change:
+        """The change `values` make to `current`, validated and authorized."""
+        require_owner_or_admin(principal, current.created_by)
+        updates: dict[str, object] = {path: getattr(values, path) for path in mask}
+        if "url" in mask:
+            updates["url"] = to_uri(values.url)
+        moved = "url" in mask and not same_host(str(updates["url"]), current.spec.url)
+        if "headers" in mask:
+            headers, again = merge_redacted(
+                values.headers, current.spec.headers, same_host=not moved
+            )
+        else:
+            headers = current.spec.headers
+            shown = {name.lower() for name in current.spec.visible_headers}
+            again = [k for k in headers if k.lower() not in shown] if moved else []
+        if again:
+            raise invalid(
+                "subscription.headers",
+                f"the URL moves to another host: give the values of {', '.join(sorted(again))}"
+                " again, or remove them",
+            )
+        updates["headers"] = headers
+        if "visible_headers" not in mask:  # a removed header is no longer visible either
+            names = {name.lower() for name in headers}
+            updates["visible_headers"] = tuple(
+                v for v in current.spec.visible_headers if v.lower() in names
+            )
+        spec = replace(current.spec, **updates)  # type: ignore[arg-type]
+        catalog = self._event_types.catalog()
+        touched = tuple(f"subscription.{path}" for path in mask)
+        violations = [v for v in self._violations(spec, catalog) if v.field.startswith(touched)]
+        if violations:
+            raise InvalidArgument(violations)
+        if "event_types" not in mask:
+            return Change(spec)
+        _check_subscribe_scopes(principal, spec.event_types, catalog)
+        return Change(spec, granted_scopes=_granted(principal))
 
     def delete(self, principal: Principal, subscription_id: str) -> None:
         self._store.delete(

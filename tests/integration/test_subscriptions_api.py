@@ -513,13 +513,3 @@ def test_delete_removes_subscription_and_its_history(api: Api) -> None:
     )
     with database_proxy.obj.connection_context():
         assert SigningSecretRow.select().where(SigningSecretRow.subscription == sub.id).count() == 0
-
-
-def test_verify_endpoint_is_declared_but_not_yet_available(api: Api) -> None:
-    request = pb.CreateSubscriptionRequest(
-        subscription=pb.Subscription(name="v", url="https://hooks.example.com/v"),
-        verify_endpoint=True,
-    )
-    details = expect_error(grpc.StatusCode.UNIMPLEMENTED, api.call, "CreateSubscription", request)
-    assert details["reason"] == "NOT_IMPLEMENTED"
-    assert api.call("ListSubscriptions", pb.ListSubscriptionsRequest()).total_size == 0

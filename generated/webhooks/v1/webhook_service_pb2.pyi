@@ -203,8 +203,12 @@ class CreateSubscriptionRequest(_message.Message):
     key and the same request returns the first result, secret included.
     """
     verify_endpoint: _builtins.bool
-    """When true, the endpoint must answer a signed ping with 2xx over valid TLS
-    before the subscription is created.
+    """When true, the endpoint must answer a signed `webhook.ping` (signed with
+    the secret this call returns) with 2xx, over TLS the deliveries would
+    accept, before the subscription is created; else FAILED_PRECONDITION
+    ENDPOINT_VERIFICATION_FAILED with ErrorInfo metadata `cause` (TLS, DNS,
+    CONNECT, TIMEOUT, HTTP_STATUS, ADDRESS_NOT_ALLOWED). The operator's
+    WEBHOOKS_VERIFY_ENDPOINTS makes it so for every create.
     """
     @_builtins.property
     def subscription(self) -> Global___Subscription:
@@ -375,8 +379,9 @@ class UpdateSubscriptionRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     VERIFY_ENDPOINT_FIELD_NUMBER: _builtins.int
     verify_endpoint: _builtins.bool
-    """When true and the url changes, the new endpoint must answer a signed ping
-    with 2xx over valid TLS before the change is saved.
+    """When true, the endpoint (the new one if the url changes) must answer a
+    signed `webhook.ping` with 2xx, as on create, before anything is saved.
+    WEBHOOKS_VERIFY_ENDPOINTS makes it so for every url change.
     """
     @_builtins.property
     def subscription(self) -> Global___Subscription:
