@@ -49,6 +49,15 @@ def _in_range(cast: Callable[[str], N], low: N, high: N) -> Callable[[str], N]:
     return parse
 
 
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.strip().lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value.strip().lower()
+
+    return parse
+
+
 def _address(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -213,6 +222,12 @@ class Settings:
     )
     attempt_timeout_seconds: float = _setting(
         15.0, _in_range(float, 0.1, 120.0), "time limit of one HTTP attempt"
+    )
+    subscription_names_unique_per: str = _setting(
+        "tenant", _one_of("tenant", "principal"), "scope of a subscription name's uniqueness"
+    )
+    require_secret_proof: bool = _setting(
+        False, _bool, "Update, Delete and Rotate need the current secret from non-admin keys"
     )
     verify_endpoints: bool = _setting(
         False, _bool, "ping every new endpoint URL (create, URL change) before accepting it"

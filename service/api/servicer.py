@@ -225,7 +225,12 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         )
         values = convert.spec_from_pb(request.subscription)
         sub = await self._writes.update(
-            principal, subscription_id, values, mask, verify=request.verify_endpoint
+            principal,
+            subscription_id,
+            values,
+            mask,
+            verify=request.verify_endpoint,
+            proof=request.secret_proof,
         )
         self._subscription_changed(subscription_id)
         return pb.UpdateSubscriptionResponse(subscription=convert.subscription_to_pb(sub))
@@ -234,7 +239,9 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def DeleteSubscription(
         self, request: pb.DeleteSubscriptionRequest, principal: Principal
     ) -> pb.DeleteSubscriptionResponse:
-        await self._run(self._subs.delete, principal, _required_id(request.id))
+        await self._run(
+            self._subs.delete, principal, _required_id(request.id), request.secret_proof
+        )
         self._subscription_changed(request.id)
         return pb.DeleteSubscriptionResponse()
 
@@ -246,7 +253,11 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
             convert.duration(request.overlap, "overlap") if request.HasField("overlap") else None
         )
         sub, secret = await self._run(
-            self._subs.rotate_secret, principal, _required_id(request.id), overlap
+            self._subs.rotate_secret,
+            principal,
+            _required_id(request.id),
+            overlap,
+            request.secret_proof,
         )
         self._subscription_changed(sub.id)
         return pb.RotateSubscriptionSecretResponse(

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from service.errors import PermissionDenied, Unauthenticated
+from service.errors import FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 READ = "webhooks:read"
@@ -144,6 +144,25 @@ def require_owner_or_admin(principal: Principal, created_by: str) -> None:
     if principal.name != created_by and not principal.is_admin:
         raise PermissionDenied(
             "only the subscription's creator or an admin may change it", reason="NOT_CREATOR"
+        )
+
+
+def require_secret_proof(
+    principal: Principal, proof: str, current_secret: str, *, required: bool
+) -> None:
+    """A proof given must be the current signing secret (compared in constant time); the
+    operator may require one from every key but an admin's."""
+    if not proof:
+        if required and not principal.is_admin:
+            raise InvalidArgument(
+                [FieldViolation("secret_proof", "is required: the subscription's signing secret")],
+                reason="SECRET_PROOF_REQUIRED",
+            )
+        return
+    if not hmac.compare_digest(proof.encode(), current_secret.encode()):
+        raise InvalidArgument(
+            [FieldViolation("secret_proof", "is not the subscription's current signing secret")],
+            reason="INVALID_SECRET",
         )
 
 

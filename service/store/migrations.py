@@ -77,6 +77,18 @@ def _delivery_latency(db: pw.Database) -> None:
         )
 
 
+def _names_per_creator(db: pw.Database) -> None:
+    # Unique per (tenant, creator, name): WEBHOOKS_SUBSCRIPTION_NAMES_UNIQUE_PER=principal
+    # lets two creators use one name; the tenant-wide rule is checked under the tenant lock.
+    for statement in (
+        "DROP INDEX IF EXISTS subscriptions_tenant_name",
+        "CREATE UNIQUE INDEX IF NOT EXISTS subscriptions_tenant_created_by_name"
+        " ON subscriptions (tenant, created_by, name)",
+        "CREATE INDEX IF NOT EXISTS subscriptions_tenant_name ON subscriptions (tenant, name)",
+    ):
+        db.execute_sql(statement)  # type: ignore[no-untyped-call]
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -86,6 +98,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (6, "subscription count per tenant", _tenant_subscription_count),
     (7, "header values write-only unless visible", _visible_headers),
     (8, "last attempt latency per delivery", _delivery_latency),
+    (9, "subscription names unique per creator in the database", _names_per_creator),
 )
 
 

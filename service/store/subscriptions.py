@@ -139,8 +139,10 @@ class SubscriptionStore:
         quota: int,
         request_id: str = "",
         request_hash: str = "",
+        names_per_creator: bool = False,
     ) -> tuple[Subscription, str]:
-        """Creates it with its first secret, or replays the first result of a request_id."""
+        """Creates it with its first secret, or replays the first result of a request_id.
+        Names are unique in the tenant, or among the creator's own (`names_per_creator`)."""
         for attempt in range(2):
             try:
                 with self._db.atomic():
@@ -156,7 +158,8 @@ class SubscriptionStore:
                             f"tenant has reached its quota of {quota} subscriptions",
                             metadata={"quota": str(quota)},
                         )
-                    if self._name_taken(tenant, spec.name):
+                    owner = created_by if names_per_creator else None
+                    if self._name_taken(tenant, spec.name, owner):
                         raise AlreadyExists(
                             f"a subscription named {spec.name!r} already exists",
                             reason="NAME_TAKEN",
@@ -215,14 +218,22 @@ class SubscriptionStore:
         return page, len(rows) > limit, total
 
     def update(
-        self, tenant: str, subscription_id: str, change: Callable[[Subscription], Change]
+        self,
+        tenant: str,
+        subscription_id: str,
+        change: Callable[[Subscription], Change],
+        *,
+        names_per_creator: bool = False,
     ) -> Subscription:
         """Applies `change` (which sees the current state and may refuse) in one transaction."""
         with self._db.atomic():
             current = self._load(tenant, subscription_id, lock=True)
             result = change(current)
             spec = result.spec
-            if spec.name != current.spec.name and self._name_taken(tenant, spec.name):
+            owner = current.created_by if names_per_creator else None
+            if spec.name != current.spec.name and self._renamed_onto_another(
+                tenant, spec.name, owner
+            ):
                 raise AlreadyExists(
                     f"a subscription named {spec.name!r} already exists",
                     reason="NAME_TAKEN",
@@ -328,12 +339,19 @@ class SubscriptionStore:
         if self._db.for_update:  # PostgreSQL; SQLite's IMMEDIATE transaction already serializes
             Tenant.select().where(Tenant.id == tenant).for_update().get()
 
-    def _name_taken(self, tenant: str, name: str) -> bool:
-        return (
-            SubscriptionRow.select()
-            .where((SubscriptionRow.tenant == tenant) & (SubscriptionRow.name == name))
-            .exists()
+    def _name_taken(self, tenant: str, name: str, created_by: str | None) -> bool:
+        """Whether the name is in use in the tenant, or by `created_by` when given. Callers
+        hold the tenant's lock: only (tenant, creator, name) is unique in the database."""
+        query = SubscriptionRow.select().where(
+            (SubscriptionRow.tenant == tenant) & (SubscriptionRow.name == name)
         )
+        if created_by is not None:
+            query = query.where(SubscriptionRow.created_by == created_by)
+        return bool(query.exists())
+
+    def _renamed_onto_another(self, tenant: str, name: str, created_by: str | None) -> bool:
+        self._lock_tenant(tenant)
+        return self._name_taken(tenant, name, created_by)
 
     def _spec_columns(self, spec: SubscriptionSpec) -> dict[str, object]:
         return {

@@ -60,7 +60,10 @@ class SubscriptionRow(BaseModel):
     class Meta:
         table_name = "subscriptions"
         indexes = (
-            (("tenant", "name"), True),
+            # Names are unique per tenant or per creator (a setting), checked under the
+            # tenant's lock; the database holds the narrower rule.
+            (("tenant", "created_by", "name"), True),
+            (("tenant", "name"), False),
             (("tenant", "id"), False),  # List pages in id order without sorting the tenant
         )
 

@@ -6,7 +6,12 @@ from datetime import timedelta
 
 from service.config import Settings
 from service.domain import event_patterns
-from service.domain.access import Principal, missing_subscribe_scopes, require_owner_or_admin
+from service.domain.access import (
+    Principal,
+    missing_subscribe_scopes,
+    require_owner_or_admin,
+    require_secret_proof,
+)
 from service.domain.models import EventType, Subscription, SubscriptionSpec
 from service.domain.signing_secrets import new_secret
 from service.domain.validation import merge_redacted, same_host, to_uri, validate_subscription
@@ -57,6 +62,7 @@ class SubscriptionService:
         self._store = store
         self._event_types = event_types
         self._settings = settings
+        self._names_per_creator = settings.subscription_names_unique_per == "principal"
 
     def check_create(
         self, principal: Principal, spec: SubscriptionSpec, request_id: str = ""
@@ -91,6 +97,7 @@ class SubscriptionService:
             spec=spec,
             granted_scopes=_granted(principal),
             secret=secret or new_secret(),
+            names_per_creator=self._names_per_creator,
             quota=self._settings.quota_for(principal.tenant),
             request_id=request_id,
             request_hash=request_hash,
@@ -110,12 +117,15 @@ class SubscriptionService:
         subscription_id: str,
         values: SubscriptionSpec,
         mask: frozenset[str],
+        proof: str = "",
     ) -> Subscription:
-        """Changes the masked fields to `values`; only the creator or an admin may."""
+        """Changes the masked fields to `values`; only the creator or an admin may (with the
+        secret as proof, when given or required)."""
         return self._store.update(
             principal.tenant,
             subscription_id,
-            lambda current: self._change(principal, current, values, mask),
+            lambda current: self._change(principal, current, values, mask, proof),
+            names_per_creator=self._names_per_creator,
         )
 
     def preview_update(
@@ -124,10 +134,11 @@ class SubscriptionService:
         subscription_id: str,
         values: SubscriptionSpec,
         mask: frozenset[str],
+        proof: str = "",
     ) -> UpdatePreview:
         """What `update` would store now, or the error it would raise; nothing is written."""
         current = self._store.get(principal.tenant, subscription_id)
-        spec = self._change(principal, current, values, mask).spec
+        spec = self._change(principal, current, values, mask, proof).spec
         secrets = self._store.live_secrets(subscription_id)
         return UpdatePreview(spec, url_changed=spec.url != current.spec.url, secrets=secrets)
 
@@ -137,9 +148,10 @@ class SubscriptionService:
         current: Subscription,
         values: SubscriptionSpec,
         mask: frozenset[str],
+        proof: str,
     ) -> Change:
         """The change `values` make to `current`, validated and authorized."""
-        require_owner_or_admin(principal, current.created_by)
+        self._authorize(principal, current, proof)
         updates: dict[str, object] = {path: getattr(values, path) for path in mask}
         if "url" in mask:
             updates["url"] = to_uri(values.url)
@@ -175,15 +187,19 @@ class SubscriptionService:
         _check_subscribe_scopes(principal, spec.event_types, catalog)
         return Change(spec, granted_scopes=_granted(principal))
 
-    def delete(self, principal: Principal, subscription_id: str) -> None:
+    def delete(self, principal: Principal, subscription_id: str, proof: str = "") -> None:
         self._store.delete(
             principal.tenant,
             subscription_id,
-            lambda current: require_owner_or_admin(principal, current.created_by),
+            lambda current: self._authorize(principal, current, proof),
         )
 
     def rotate_secret(
-        self, principal: Principal, subscription_id: str, overlap: timedelta | None
+        self,
+        principal: Principal,
+        subscription_id: str,
+        overlap: timedelta | None,
+        proof: str = "",
     ) -> tuple[Subscription, str]:
         """A new current secret; the old ones keep signing for `overlap` (None = the default)."""
         if overlap is None:
@@ -194,11 +210,19 @@ class SubscriptionService:
         subscription = self._store.rotate_secret(
             principal.tenant,
             subscription_id,
-            lambda current: require_owner_or_admin(principal, current.created_by),
+            lambda current: self._authorize(principal, current, proof),
             secret,
             overlap,
         )
         return subscription, secret
+
+    def _authorize(self, principal: Principal, current: Subscription, proof: str) -> None:
+        """The creator or an admin, holding the current secret when it is given or required."""
+        require_owner_or_admin(principal, current.created_by)
+        required = self._settings.require_secret_proof
+        if proof or (required and not principal.is_admin):
+            secrets = self._store.live_secrets(current.id)
+            require_secret_proof(principal, proof, secrets[0] if secrets else "", required=required)
 
     def _violations(
         self, spec: SubscriptionSpec, catalog: Mapping[str, EventType]

@@ -99,10 +99,11 @@ class VerifiedWrites:
         mask: frozenset[str],
         *,
         verify: bool,
+        proof: str = "",
     ) -> Subscription:
         if verify or (self._verifier.mandatory and "url" in mask):
             preview = await self._run(
-                self._subs.preview_update, principal, subscription_id, values, mask
+                self._subs.preview_update, principal, subscription_id, values, mask, proof
             )
             if verification.needed(
                 requested=verify,
@@ -111,6 +112,6 @@ class VerifiedWrites:
             ):
                 await self._verifier.verify(principal.tenant, preview.spec, preview.secrets)
         updated: Subscription = await self._run(
-            self._subs.update, principal, subscription_id, values, mask
+            self._subs.update, principal, subscription_id, values, mask, proof
         )
         return updated

@@ -1,8 +1,10 @@
 """The benchmark in miniature (a few hundred events, one run of each part), so it never rots."""
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +21,23 @@ ROOT = Path(__file__).parents[2]
 @pytest.mark.timeout(300)  # ~80 s alone; its subprocess has the same bound
 def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path, postgres_server_url: str) -> None:
     output = tmp_path / "bench.json"
-    done = subprocess.run(
+    # Its own session: whatever stops it (a timeout, an interrupt), its brokers and services
+    # go too, even those it holds stopped (SIGSTOP) while it measures a reference.
+    bench = subprocess.Popen(
         [sys.executable, "-m", "tests.bench", "--smoke", "--output", str(output)],
         cwd=ROOT,
         env={**os.environ, URL_VARIABLE: postgres_server_url},  # the suite's server, not another
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = bench.communicate(timeout=280)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bench.pid, signal.SIGKILL)
+    done = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["ceiling_reference"] > 0 and report["ceiling_own_client"] > 0

@@ -378,10 +378,17 @@ class UpdateSubscriptionRequest(_message.Message):
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     VERIFY_ENDPOINT_FIELD_NUMBER: _builtins.int
+    SECRET_PROOF_FIELD_NUMBER: _builtins.int
     verify_endpoint: _builtins.bool
     """When true, the endpoint (the new one if the url changes) must answer a
     signed `webhook.ping` with 2xx, as on create, before anything is saved.
     WEBHOOKS_VERIFY_ENDPOINTS makes it so for every url change.
+    """
+    secret_proof: _builtins.str
+    """Optional proof of ownership: the subscription's current signing secret
+    (`whsec_...`). A wrong one is INVALID_ARGUMENT INVALID_SECRET; with
+    WEBHOOKS_REQUIRE_SECRET_PROOF, keys without webhooks:admin must give it
+    (SECRET_PROOF_REQUIRED).
     """
     @_builtins.property
     def subscription(self) -> Global___Subscription:
@@ -400,10 +407,11 @@ class UpdateSubscriptionRequest(_message.Message):
         subscription: Global___Subscription | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         verify_endpoint: _builtins.bool = ...,
+        secret_proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription", "update_mask", b"update_mask", "verify_endpoint", b"verify_endpoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret_proof", b"secret_proof", "subscription", b"subscription", "update_mask", b"update_mask", "verify_endpoint", b"verify_endpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,16 +448,24 @@ class DeleteSubscriptionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    SECRET_PROOF_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The subscription id."""
+    secret_proof: _builtins.str
+    """Optional proof of ownership: the subscription's current signing secret
+    (`whsec_...`). A wrong one is INVALID_ARGUMENT INVALID_SECRET; with
+    WEBHOOKS_REQUIRE_SECRET_PROOF, keys without webhooks:admin must give it
+    (SECRET_PROOF_REQUIRED).
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        secret_proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "secret_proof", b"secret_proof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -480,8 +496,15 @@ class RotateSubscriptionSecretRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     OVERLAP_FIELD_NUMBER: _builtins.int
+    SECRET_PROOF_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The subscription id."""
+    secret_proof: _builtins.str
+    """Optional proof of ownership: the subscription's current signing secret
+    (`whsec_...`). A wrong one is INVALID_ARGUMENT INVALID_SECRET; with
+    WEBHOOKS_REQUIRE_SECRET_PROOF, keys without webhooks:admin must give it
+    (SECRET_PROOF_REQUIRED).
+    """
     @_builtins.property
     def overlap(self) -> _duration_pb2.Duration:
         """How long the previous secret keeps signing next to the new one. Unset
@@ -493,10 +516,11 @@ class RotateSubscriptionSecretRequest(_message.Message):
         *,
         id: _builtins.str = ...,
         overlap: _duration_pb2.Duration | None = ...,
+        secret_proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overlap", b"overlap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "overlap", b"overlap"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "overlap", b"overlap", "secret_proof", b"secret_proof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
