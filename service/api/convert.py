@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 from service.domain.clock import epoch_parts
 from service.domain.models import EventType, Subscription, SubscriptionSpec
 from service.domain.outcomes import DeliveryStatus
+from service.domain.payloads import Payload, PayloadFormat
 from service.domain.pipeline import AttemptRecord, DeliveryFilter, DeliveryView
 from service.domain.validation import redact_headers
 from service.errors import invalid
@@ -74,6 +75,10 @@ def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
         headers=dict(message.headers),
         rate_limit_per_second=message.rate_limit_per_second,
         visible_headers=tuple(message.visible_headers),
+        payload=Payload(
+            PayloadFormat(message.payload_format or PayloadFormat.ENVELOPE),
+            message.payload_template,
+        ),
     )
 
 
@@ -111,6 +116,9 @@ def subscription_fields(sub: Subscription) -> dict[str, Any]:
         fields["headers"] = redact_headers(spec.headers, spec.visible_headers)
     if spec.visible_headers:
         fields["visible_headers"] = spec.visible_headers
+    if spec.payload.format != PayloadFormat.ENVELOPE:
+        fields["payload_format"] = int(spec.payload.format)
+        fields["payload_template"] = spec.payload.template
     if sub.last_delivery_time is not None:
         fields["last_delivery_time"] = timestamp(sub.last_delivery_time)
     if sub.previous_secret_expire_time is not None:

@@ -3,11 +3,11 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from service.domain import event_patterns
-from service.domain.envelope import webhook_body
+from service.domain import event_patterns, payloads
 from service.domain.ids import derived_id, new_id
 from service.domain.models import Event
 from service.domain.outcomes import Trigger
+from service.domain.payloads import Payload
 from service.domain.pipeline import Job
 
 # (tenant, event id, subscription id): one delivery at most.
@@ -21,6 +21,7 @@ class Matcher:
     id: str
     event_types: tuple[str, ...]
     granted_scopes: frozenset[str]
+    payload: Payload = payloads.DEFAULT
 
 
 def matches(sub: Matcher, event_type: str, scope: str) -> bool:
@@ -43,7 +44,7 @@ def plan_jobs(
     comes twice. A pair found in `planned` keeps that job (its id and body)."""
     planned = planned or {}
     # Which subscriptions of a tenant take a type: the same few pairs recur per batch.
-    targets: dict[tuple[str, str], list[str]] = {}
+    targets: dict[tuple[str, str], list[Matcher]] = {}
     seen: set[tuple[str, str]] = set()
     jobs: list[Job] = []
     for event in events:
@@ -54,16 +55,18 @@ def plan_jobs(
         if key not in targets:
             scope = required_scopes.get(event.type, "")
             targets[key] = [
-                sub.id
+                sub
                 for sub in subscriptions.get(event.tenant, ())
                 if matches(sub, event.type, scope)
             ]
-        body = b""
-        for subscription_id in targets[key]:
+        bodies: dict[Payload, bytes] = {}  # one body per event and format, shared
+        for sub in targets[key]:
+            subscription_id = sub.id
             job = planned.get((event.tenant, event.id, subscription_id))
             if job is None:
-                if not body:  # one body per event, shared by its deliveries
-                    body = webhook_body(event.id, event.type, event.time, event.tenant, event.data)
+                body = bodies.get(sub.payload)
+                if body is None:
+                    body = bodies[sub.payload] = payloads.render(sub.payload, _parts(event))
                 job = Job(
                     delivery_id=delivery_id(event, subscription_id),
                     subscription_id=subscription_id,
@@ -75,6 +78,7 @@ def plan_jobs(
                     trigger=Trigger.SCHEDULED,
                     event_time=event.time,
                     lease_until=lease_until,
+                    content_type=sub.payload.content_type,
                 )
             jobs.append(job)
     return jobs
@@ -92,3 +96,9 @@ def delivery_id(event: Event, subscription_id: str) -> str:
 
 def pair(job: Job) -> Pair:
     return (job.tenant, job.event_id, job.subscription_id)
+
+
+def _parts(event: Event) -> payloads.EventParts:
+    return payloads.EventParts(
+        event.id, event.type, event.tenant, event.time, event.data, event.source, event.subject
+    )

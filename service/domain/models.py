@@ -4,6 +4,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
 
+from service.domain.payloads import DEFAULT as DEFAULT_PAYLOAD
+from service.domain.payloads import Payload
+
 
 class DisabledReason(IntEnum):
     """Why a subscription is disabled; the values match webhooks.v1.DisabledReason."""
@@ -32,6 +35,7 @@ class SubscriptionSpec:
     rate_limit_per_second: int = 0
     # Headers whose values reads show; every other value is write-only.
     visible_headers: tuple[str, ...] = ()
+    payload: Payload = DEFAULT_PAYLOAD
 
 
 @dataclass(slots=True)

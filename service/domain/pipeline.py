@@ -41,6 +41,7 @@ class Job:
     event_time: datetime | None = None
     # Unix time at which this process's claim on the delivery ends (inf: no claim).
     lease_until: float = math.inf
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)

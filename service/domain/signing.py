@@ -26,12 +26,17 @@ def signature_header(keys: Sequence[bytes], message_id: str, timestamp: int, bod
 
 
 def webhook_headers(
-    custom: Mapping[str, str], keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes
+    custom: Mapping[str, str],
+    keys: Sequence[bytes],
+    message_id: str,
+    timestamp: int,
+    body: bytes,
+    content_type: str = "application/json",
 ) -> dict[str, str]:
     """A delivery's request headers: the subscription's own, then the signed ones."""
     return {
         **custom,
-        "content-type": "application/json",
+        "content-type": content_type,
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature_header(keys, message_id, timestamp, body),

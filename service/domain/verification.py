@@ -4,8 +4,8 @@ from datetime import datetime
 
 import orjson
 
-from service.domain.envelope import webhook_body
 from service.domain.outcomes import AttemptResult, ErrorKind
+from service.domain.payloads import EventParts
 
 PING_EVENT_TYPE = "webhook.ping"
 
@@ -27,10 +27,11 @@ def needed(*, requested: bool, mandatory: bool, url_changed: bool) -> bool:
     return requested or (mandatory and url_changed)
 
 
-def ping_body(message_id: str, tenant: str, subscription_name: str, now: datetime) -> bytes:
-    """The ping in the default envelope; its data names the subscription being set up."""
+def ping_event(message_id: str, tenant: str, subscription_name: str, now: datetime) -> EventParts:
+    """The ping, in the subscription's payload format like its deliveries; its data names the
+    subscription being set up."""
     data = orjson.dumps({"subscription_name": subscription_name})
-    return webhook_body(message_id, PING_EVENT_TYPE, now, tenant, data)
+    return EventParts(message_id, PING_EVENT_TYPE, tenant, now, data)
 
 
 def failure(result: AttemptResult, timeout_seconds: float) -> tuple[str, str] | None:

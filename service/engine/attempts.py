@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from service.domain import payloads
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
 from service.domain.outcomes import AttemptResult, ErrorKind, decide
@@ -84,10 +85,12 @@ class AttemptMaker:
 
     def begin(self, job: Job, target: Target) -> "asyncio.Future[AttemptResult]":
         """Signs and starts the request; `finish` turns its result into the attempt."""
+        now = time.time()
+        body = payloads.stamp(job.body, now)
         headers = webhook_headers(
-            target.headers, target.secret_keys, job.delivery_id, int(time.time()), job.body
+            target.headers, target.secret_keys, job.delivery_id, int(now), body, job.content_type
         )
-        return self._sender.start(target.url, headers, job.body)
+        return self._sender.start(target.url, headers, body)
 
     async def close(self) -> None:
         await self._sender.close()

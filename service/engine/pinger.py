@@ -34,8 +34,9 @@ class EndpointPinger:
         message_id: str,
         timestamp: int,
         body: bytes,
+        content_type: str,
     ) -> AttemptResult:
-        headers = webhook_headers(custom_headers, keys, message_id, timestamp, body)
+        headers = webhook_headers(custom_headers, keys, message_id, timestamp, body, content_type)
         return await self._sender.send(url, headers, body)
 
     async def stop(self, grace: float) -> None:

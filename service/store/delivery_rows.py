@@ -5,11 +5,11 @@ from collections.abc import Sequence
 
 import peewee as pw
 
-from service.domain.envelope import webhook_body
+from service.domain import payloads
 from service.domain.outcomes import Trigger
 from service.domain.pipeline import Job
 from service.store import bulk
-from service.store.tables import DeliveryRow, EventRow
+from service.store.tables import DeliveryRow, EventRow, SubscriptionRow
 
 _STORED_DELIVERIES = "SELECT id FROM deliveries WHERE id IN ({})"
 
@@ -24,13 +24,34 @@ def jobs_for(
 ) -> list[Job]:
     """The jobs that send the deliveries, their bodies built from their events."""
     rows = (
-        DeliveryRow.select(DeliveryRow, EventRow)
+        DeliveryRow.select(
+            DeliveryRow,
+            EventRow,
+            SubscriptionRow.id,  # else peewee's joined instance hides the row's subscription id
+            SubscriptionRow.payload_format,
+            SubscriptionRow.payload_template,
+        )
         .join(EventRow)
+        .switch(DeliveryRow)
+        .join(SubscriptionRow)
         .where(DeliveryRow.id.in_(list(delivery_ids)))
     )
     jobs = []
     for row in rows:
         event = row.event
+        payload = payloads.stored(
+            row.subscription.payload_format, row.subscription.payload_template
+        )
+        parts = payloads.EventParts(
+            event.event_id,
+            event.type,
+            event.tenant,
+            event.occurred_at,
+            bytes(event.data),
+            event.source,
+            event.subject,
+            test=row.test,
+        )
         jobs.append(
             Job(
                 delivery_id=row.id,
@@ -38,19 +59,13 @@ def jobs_for(
                 tenant=row.tenant,
                 event_id=event.event_id,
                 event_type=event.type,
-                body=webhook_body(
-                    event.event_id,
-                    event.type,
-                    event.occurred_at,
-                    event.tenant,
-                    bytes(event.data),
-                    test=row.test,
-                ),
+                body=payloads.render(payload, parts),
                 attempts_made=row.attempt_count,
                 trigger=trigger or _trigger(row),
                 test=row.test,
                 event_time=event.occurred_at,
                 lease_until=lease_until,
+                content_type=payload.content_type,
             )
         )
     return jobs

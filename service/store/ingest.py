@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import peewee as pw
 
-from service.domain import fan_out
+from service.domain import fan_out, payloads
 from service.domain.clock import unix_time, utcnow
 from service.domain.models import Event
 from service.domain.outcomes import DeliveryStatus
@@ -50,7 +50,8 @@ _DELIVERY_PAIRS = "SELECT subscription_id, event_id FROM deliveries WHERE event_
 # Plain SQL: run per ingest batch, where the ORM's query building is a visible share of
 # the service's CPU.
 _ENABLED_SUBSCRIPTIONS = (
-    "SELECT id, tenant, event_types, granted_scopes FROM subscriptions"
+    "SELECT id, tenant, event_types, granted_scopes, payload_format, payload_template"
+    " FROM subscriptions"
     " WHERE enabled = ? AND tenant IN ({})"
 )
 
@@ -191,11 +192,14 @@ class IngestStore:
     def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
         """The enabled subscriptions of the tenants, as matching needs them."""
         out: dict[str, list[fan_out.Matcher]] = {}
-        for subscription_id, tenant, types, scopes in bulk.rows_in(
+        for subscription_id, tenant, types, scopes, kind, template in bulk.rows_in(
             self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True
         ):
             matcher = fan_out.Matcher(
-                subscription_id, tuple(json.loads(types)), frozenset(json.loads(scopes))
+                subscription_id,
+                tuple(json.loads(types)),
+                frozenset(json.loads(scopes)),
+                payloads.stored(kind, template),
             )
             out.setdefault(tenant, []).append(matcher)
         return out

@@ -89,6 +89,16 @@ def _names_per_creator(db: pw.Database) -> None:
         db.execute_sql(statement)  # type: ignore[no-untyped-call]
 
 
+def _payload_formats(db: pw.Database) -> None:
+    columns = {c.name for c in db.get_columns("subscriptions")}
+    for name, kind in (
+        ("payload_format", "SMALLINT NOT NULL DEFAULT 1"),
+        ("payload_template", "TEXT NOT NULL DEFAULT ''"),
+    ):
+        if name not in columns:
+            db.execute_sql(f"ALTER TABLE subscriptions ADD COLUMN {name} {kind}")  # type: ignore[no-untyped-call]
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -99,6 +109,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (7, "header values write-only unless visible", _visible_headers),
     (8, "last attempt latency per delivery", _delivery_latency),
     (9, "subscription names unique per creator in the database", _names_per_creator),
+    (10, "payload format per subscription", _payload_formats),
 )
 
 

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import peewee as pw
 
 from service.crypto import SecretBox
+from service.domain import payloads
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
 from service.domain.models import DisabledReason, Subscription, SubscriptionSpec
@@ -43,7 +44,7 @@ class Change:
 _SUBSCRIPTION_COLUMNS = (
     "id, tenant, name, url, description, event_types, enabled, headers_encrypted,"
     " rate_limit_per_second, disabled_reason, created_by, created_at, updated_at,"
-    " last_delivery_at, last_delivery_status, visible_headers"
+    " last_delivery_at, last_delivery_status, visible_headers, payload_format, payload_template"
 )
 # What the API shows of the secrets, in the same statement as the row: the newest live
 # secret's prefix and when the older live ones expire. Each `?` is the current time. One
@@ -77,6 +78,8 @@ class _SubscriptionRead(NamedTuple):
     last_delivery_at: datetime | str | None
     last_delivery_status: int
     visible_headers: str
+    payload_format: int
+    payload_template: str
     secret_prefix: str | None
     previous_secret_expires_at: datetime | str | None
 
@@ -366,6 +369,8 @@ class SubscriptionStore:
             else None,
             "rate_limit_per_second": spec.rate_limit_per_second,
             "visible_headers": json.dumps(list(spec.visible_headers)),
+            "payload_format": int(spec.payload.format),
+            "payload_template": spec.payload.template,
         }
 
     def _add_secret(self, subscription_id: str, secret: str, now: datetime) -> None:
@@ -413,6 +418,7 @@ class SubscriptionStore:
                 headers=headers,
                 rate_limit_per_second=row.rate_limit_per_second,
                 visible_headers=_event_types(row.visible_headers),
+                payload=payloads.stored(row.payload_format, row.payload_template),
             ),
             disabled_reason=_DISABLED_REASONS[row.disabled_reason],
             secret_prefix=row.secret_prefix or "",

@@ -49,6 +49,9 @@ class SubscriptionRow(BaseModel):
     # A database default too, as migration 7 gave rows made before it.
     visible_headers = pw.TextField(default="[]", constraints=[pw.SQL("DEFAULT '[]'")])
     rate_limit_per_second = pw.IntegerField(default=0)
+    # PayloadFormat and, for TEMPLATE, the template. Database defaults as migration 10 gave.
+    payload_format = pw.SmallIntegerField(default=1, constraints=[pw.SQL("DEFAULT 1")])
+    payload_template = pw.TextField(default="", constraints=[pw.SQL("DEFAULT ''")])
     created_by = pw.CharField(max_length=255)
     created_at = pw.DateTimeField()
     updated_at = pw.DateTimeField()

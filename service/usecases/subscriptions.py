@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from service.config import Settings
-from service.domain import event_patterns
+from service.domain import event_patterns, payloads
 from service.domain.access import (
     Principal,
     missing_subscribe_scopes,
@@ -13,6 +13,7 @@ from service.domain.access import (
     require_secret_proof,
 )
 from service.domain.models import EventType, Subscription, SubscriptionSpec
+from service.domain.payloads import Payload, PayloadFormat
 from service.domain.signing_secrets import new_secret
 from service.domain.validation import merge_redacted, same_host, to_uri, validate_subscription
 from service.errors import FieldViolation, InvalidArgument, PermissionDenied, invalid
@@ -28,6 +29,8 @@ UPDATABLE = (
     "headers",
     "visible_headers",
     "rate_limit_per_second",
+    "payload_format",
+    "payload_template",
 )
 OUTPUT_ONLY = (
     "id",
@@ -40,6 +43,7 @@ OUTPUT_ONLY = (
     "last_delivery_status",
     "previous_secret_expire_time",
 )
+PAYLOAD_FIELDS = frozenset({"payload_format", "payload_template"})
 MAX_REQUEST_ID = 128
 MAX_OVERLAP = timedelta(days=7)
 
@@ -152,7 +156,11 @@ class SubscriptionService:
     ) -> Change:
         """The change `values` make to `current`, validated and authorized."""
         self._authorize(principal, current, proof)
-        updates: dict[str, object] = {path: getattr(values, path) for path in mask}
+        updates: dict[str, object] = {
+            path: getattr(values, path) for path in mask if path not in PAYLOAD_FIELDS
+        }
+        if mask & PAYLOAD_FIELDS:
+            updates["payload"] = _payload_change(current.spec.payload, values.payload, mask)
         if "url" in mask:
             updates["url"] = to_uri(values.url)
         moved = "url" in mask and not same_host(str(updates["url"]), current.spec.url)
@@ -178,7 +186,7 @@ class SubscriptionService:
             )
         spec = replace(current.spec, **updates)  # type: ignore[arg-type]
         catalog = self._event_types.catalog()
-        touched = tuple(f"subscription.{path}" for path in mask)
+        touched = tuple(f"subscription.{path}" for path in mask | _payload_paths(mask))
         violations = [v for v in self._violations(spec, catalog) if v.field.startswith(touched)]
         if violations:
             raise InvalidArgument(violations)
@@ -227,12 +235,31 @@ class SubscriptionService:
     def _violations(
         self, spec: SubscriptionSpec, catalog: Mapping[str, EventType]
     ) -> list[FieldViolation]:
-        return validate_subscription(
-            spec,
-            catalog=catalog,
-            allow_http=self._settings.allow_http,
-            allow_cidrs=self._settings.ssrf_allow_cidrs,
-        )
+        return [
+            *validate_subscription(
+                spec,
+                catalog=catalog,
+                allow_http=self._settings.allow_http,
+                allow_cidrs=self._settings.ssrf_allow_cidrs,
+            ),
+            *payloads.validate(spec.payload),
+        ]
+
+
+def _payload_change(current: Payload, values: Payload, mask: frozenset[str]) -> Payload:
+    """The payload after an update of either or both of its fields; leaving TEMPLATE without
+    naming the template drops it."""
+    kind = values.format if "payload_format" in mask else current.format
+    if "payload_template" in mask:
+        template = values.template
+    else:
+        template = current.template if kind == PayloadFormat.TEMPLATE else ""
+    return Payload(kind, template)
+
+
+def _payload_paths(mask: frozenset[str]) -> frozenset[str]:
+    """A change to either payload field is checked as a whole."""
+    return PAYLOAD_FIELDS if mask & PAYLOAD_FIELDS else frozenset()
 
 
 def _granted(principal: Principal) -> list[str]:

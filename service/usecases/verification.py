@@ -5,7 +5,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from service.domain import verification
+from service.domain import payloads, verification
 from service.domain.access import Principal
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
@@ -26,6 +26,7 @@ class Ping(Protocol):
         message_id: str,
         timestamp: int,
         body: bytes,
+        content_type: str,
     ) -> Awaitable[AttemptResult]: ...
 
 
@@ -39,10 +40,13 @@ class EndpointVerifier:
         self._timeout = timeout_seconds
 
     async def verify(self, tenant: str, spec: SubscriptionSpec, secrets: Sequence[str]) -> None:
-        message_id = new_id("msg")
-        body = verification.ping_body(message_id, tenant, spec.name, utcnow())
+        message_id, now = new_id("msg"), time.time()
+        ping = verification.ping_event(message_id, tenant, spec.name, utcnow())
+        body = payloads.stamp(payloads.render(spec.payload, ping), now)
         keys = [secret_key(secret) for secret in secrets]
-        result = await self._ping(spec.url, spec.headers, keys, message_id, int(time.time()), body)
+        result = await self._ping(
+            spec.url, spec.headers, keys, message_id, int(now), body, spec.payload.content_type
+        )
         problem = verification.failure(result, self._timeout)
         if problem is not None:
             cause, text = problem

@@ -55,11 +55,12 @@ def pipeline_runs(
     work: Path,
     reference: Callable[[], float],
     broker_kind: str = "tansu",
+    template: str = "",
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     stack = e2e.Stack.start(work / name, database_url, broker_kind)
     try:
-        stack.subscribe(receiver.url)
+        stack.subscribe(receiver.url, template)
         e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
         out["throughput"] = paired_runs(
             args.runs,
@@ -72,6 +73,13 @@ def pipeline_runs(
         stack.stop()
     return out
 
+
+# A vendor envelope (seed 003's plus the event's id and tenant): the fields a template
+# fills in at fan-out and the send time it fills in at each attempt.
+TEMPLATE = (
+    '{"type": "{{type}}", "id": "{{id}}", "tenant": "{{tenant}}", "body": "{{data}}",'
+    ' "sent_at": "{{sent_at}}"}'
+)
 
 # PostgreSQL runs take ~1.5x as long as SQLite's; the backlog's seeding, gRPC and the
 # stacks' starts take about this many seconds.
@@ -206,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        help="apache (its rows), latency, postgres, backlog, grpc",
+        help="template, apache (its rows), latency, postgres, backlog, grpc",
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--smoke", action="store_true", help="a few hundred events, one run")
@@ -241,6 +249,16 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp)
             sqlite_url = f"sqlite:///{work / 'bench.db'}"
             report["sqlite"] = pipeline_runs("sqlite", sqlite_url, args, receiver, work, reference)
+            if "template" not in args.skip:
+                report["sqlite_template"] = pipeline_runs(
+                    "sqlite-template",
+                    f"sqlite:///{work / 'bench-template.db'}",
+                    args,
+                    receiver,
+                    work,
+                    reference,
+                    template=TEMPLATE,
+                )
             if "apache" not in args.skip:
                 report["sqlite_apache"] = pipeline_runs(
                     "sqlite-apache",
@@ -306,6 +324,20 @@ def table(report: dict[str, Any]) -> str:
         add(f"  its (a) just before; ratio of each run {t['ratios']}", f"{t['reference']:,.0f}")
         add(f"  ratio to (b), {db}", "", t["deliveries_per_s"] / own)
         add(f"  service peak RSS, {db}", f"{report[db]['rss_mb']:.0f} MB", None, "< 300 MB")
+    if "sqlite_template" in report:
+        t, default = report["sqlite_template"]["throughput"], report["sqlite"]["throughput"]
+        add(
+            f"end to end sqlite, every subscription templated ({t['events']:,} events; runs"
+            f" {t['runs']})",
+            f"{t['deliveries_per_s']:,.0f}",
+            t["ratio"] / default["ratio"],
+            ">= 0.95 x default format",
+        )
+        add(
+            f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"
+            f" {default['ratio']:.3f}",
+            f"{t['reference']:,.0f}",
+        )
     lat = report.get("latency")
     if lat:
         add(

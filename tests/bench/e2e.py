@@ -139,7 +139,13 @@ class Stack:
         service = ServiceProcess(env, workdir / "service.log").start(timeout=60)
         return cls(workdir, database_url, broker, service, keys, topic)
 
-    def subscribe(self, receiver_url: str) -> None:
+    def subscribe(self, receiver_url: str, template: str = "") -> None:
+        """The LAYOUT's subscriptions; with `template`, each sends that payload template."""
+        payload: dict[str, Any] = (
+            {"payload_format": pb.PAYLOAD_FORMAT_TEMPLATE, "payload_template": template}
+            if template
+            else {}
+        )
         with grpc.insecure_channel(f"127.0.0.1:{self.service.port}") as channel:
             stub = pb_grpc.WebhookServiceStub(channel)
             for tenant, subscriptions in LAYOUT.items():
@@ -150,6 +156,7 @@ class Stack:
                                 name=f"{tenant}-{n}",
                                 url=f"{receiver_url}/hook",
                                 event_types=patterns,
+                                **payload,
                             )
                         ),
                         metadata=(("authorization", f"Bearer {self.keys[tenant]}"),),

@@ -95,6 +95,8 @@ def test_index_migrations_add_their_index_to_a_version_1_database(database_url: 
         # And without the columns of migrations 7 and 8, which older rows lack.
         db.execute_sql("ALTER TABLE subscriptions DROP COLUMN visible_headers")  # type: ignore[no-untyped-call]
         db.execute_sql("ALTER TABLE deliveries DROP COLUMN last_latency_ms")  # type: ignore[no-untyped-call]
+        for column in ("payload_format", "payload_template"):
+            db.execute_sql(f"ALTER TABLE subscriptions DROP COLUMN {column}")  # type: ignore[no-untyped-call]
         # And names unique per tenant in the database, as before migration 9.
         for statement in (
             "DROP INDEX subscriptions_tenant_created_by_name",
@@ -104,11 +106,14 @@ def test_index_migrations_add_their_index_to_a_version_1_database(database_url: 
             db.execute_sql(statement)  # type: ignore[no-untyped-call]
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 1).execute()
         # Migrations 4 and 6 find their columns there already, 5 no index to drop.
-        assert migrate(db) == [*sorted(added), 4, 5, 6, 7, 8, 9]
+        assert migrate(db) == [*sorted(added), 4, 5, 6, 7, 8, 9, 10]
         for table, index in added.values():
             assert index in {i.name for i in db.get_indexes(table)}
         assert "visible_headers" in {c.name for c in db.get_columns("subscriptions")}
         assert "last_latency_ms" in {c.name for c in db.get_columns("deliveries")}
+        assert {"payload_format", "payload_template"} <= {
+            c.name for c in db.get_columns("subscriptions")
+        }
         unique = {i.name: i.unique for i in db.get_indexes("subscriptions")}
         assert unique["subscriptions_tenant_created_by_name"] is True
         assert unique["subscriptions_tenant_name"] is False
@@ -130,7 +135,7 @@ def test_outbox_claim_column_is_added_to_an_older_database(database_url: str) ->
             " key BYTEA, value BYTEA NOT NULL, created_at TIMESTAMP NOT NULL)"
         )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 3).execute()
-        assert migrate(db) == [4, 5, 6, 7, 8, 9]
+        assert migrate(db) == [4, 5, 6, 7, 8, 9, 10]
         assert "claimed_until" in {c.name for c in db.get_columns("outbox")}
     finally:
         db.close()
@@ -147,7 +152,7 @@ def test_the_redundant_delivery_subscription_index_is_dropped_from_an_older_data
             "CREATE INDEX deliveries_subscription_id ON deliveries (subscription_id)"
         )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 4).execute()
-        assert migrate(db) == [5, 6, 7, 8, 9]
+        assert migrate(db) == [5, 6, 7, 8, 9, 10]
         names = {i.name for i in db.get_indexes("deliveries")}
         assert "deliveries_subscription_id" not in names
         assert "deliveries_subscription_id_event_id" in names  # what subscription lookups use
@@ -182,7 +187,7 @@ def test_the_subscription_count_is_added_and_filled_in_an_older_database(
                 updated_at=now,
             )
         tables.SchemaMigration.delete().where(tables.SchemaMigration.version > 5).execute()
-        assert migrate(db) == [6, 7, 8, 9]
+        assert migrate(db) == [6, 7, 8, 9, 10]
         counts = {t.id: t.subscription_count for t in tables.Tenant.select()}
         assert counts == {"t1": 2, "t2": 1}
     finally:

@@ -51,6 +51,42 @@ DISABLED_REASON_ENDPOINT_FAILING: DisabledReason.ValueType  # 3
 """The endpoint failed without a success for longer than the configured period."""
 Global___DisabledReason: _TypeAlias = DisabledReason  # noqa: Y015
 
+class _PayloadFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PayloadFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYLOAD_FORMAT_UNSPECIFIED: _PayloadFormat.ValueType  # 0
+    """Not set: ENVELOPE."""
+    PAYLOAD_FORMAT_ENVELOPE: _PayloadFormat.ValueType  # 1
+    """`{"id", "type", "timestamp", "tenant", "data"}` (+ `"test": true`)."""
+    PAYLOAD_FORMAT_CLOUDEVENTS: _PayloadFormat.ValueType  # 2
+    """CloudEvents 1.0 structured JSON, content type
+    `application/cloudevents+json`, with the `tenant` extension attribute.
+    """
+    PAYLOAD_FORMAT_DATA: _PayloadFormat.ValueType  # 3
+    """The event's data alone."""
+    PAYLOAD_FORMAT_TEMPLATE: _PayloadFormat.ValueType  # 4
+    """The subscription's payload_template filled in."""
+
+class PayloadFormat(_PayloadFormat, metaclass=_PayloadFormatEnumTypeWrapper):
+    """PayloadFormat is the shape of a subscription's delivery bodies."""
+
+PAYLOAD_FORMAT_UNSPECIFIED: PayloadFormat.ValueType  # 0
+"""Not set: ENVELOPE."""
+PAYLOAD_FORMAT_ENVELOPE: PayloadFormat.ValueType  # 1
+"""`{"id", "type", "timestamp", "tenant", "data"}` (+ `"test": true`)."""
+PAYLOAD_FORMAT_CLOUDEVENTS: PayloadFormat.ValueType  # 2
+"""CloudEvents 1.0 structured JSON, content type
+`application/cloudevents+json`, with the `tenant` extension attribute.
+"""
+PAYLOAD_FORMAT_DATA: PayloadFormat.ValueType  # 3
+"""The event's data alone."""
+PAYLOAD_FORMAT_TEMPLATE: PayloadFormat.ValueType  # 4
+"""The subscription's payload_template filled in."""
+Global___PayloadFormat: _TypeAlias = PayloadFormat  # noqa: Y015
+
 @_typing.final
 class Subscription(_message.Message):
     """Subscription is a tenant's endpoint and the events it receives."""
@@ -94,6 +130,8 @@ class Subscription(_message.Message):
     LAST_DELIVERY_STATUS_FIELD_NUMBER: _builtins.int
     PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     VISIBLE_HEADERS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FORMAT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_TEMPLATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. `sub_01J...`. Output only; required in updates."""
     name: _builtins.str
@@ -118,6 +156,18 @@ class Subscription(_message.Message):
     """Principal of the API key that created the subscription. Output only."""
     last_delivery_status: _builtins.int
     """HTTP status of the last delivery attempt; 0 if none or no answer. Output only."""
+    payload_format: Global___PayloadFormat.ValueType
+    """What the bodies sent to this endpoint look like; unspecified is ENVELOPE."""
+    payload_template: _builtins.str
+    """With payload_format TEMPLATE: a JSON object or array (at most 10000
+    characters). A string in it that is one placeholder becomes that part's
+    JSON value; placeholders inside longer text are written in as text.
+    Placeholders: {{id}}, {{type}}, {{tenant}}, {{timestamp}} (RFC 3339),
+    {{data}}, {{data.field.subfield}} (null when absent), {{sent_at}} (the
+    attempt's time in Unix seconds) and {{sent_at_rfc3339}}. Example:
+    `{"type": "{{type}}", "body": "{{data}}", "sent_at": "{{sent_at}}"}`.
+    The body signed is the body sent.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Event types to receive: exact names, `*` (all, current and future) or a
@@ -178,10 +228,12 @@ class Subscription(_message.Message):
         last_delivery_status: _builtins.int = ...,
         previous_secret_expire_time: _timestamp_pb2.Timestamp | None = ...,
         visible_headers: _abc.Iterable[_builtins.str] | None = ...,
+        payload_format: Global___PayloadFormat.ValueType = ...,
+        payload_template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "enabled", b"enabled", "last_delivery_time", b"last_delivery_time", "previous_secret_expire_time", b"previous_secret_expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url", "visible_headers", b"visible_headers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "payload_format", b"payload_format", "payload_template", b"payload_template", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url", "visible_headers", b"visible_headers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
