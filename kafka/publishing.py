@@ -26,7 +26,9 @@ class EventPublisher:
         value = event_to_proto(event).SerializeToString()
         if len(value) > self._limit:  # ingest would dead-letter it: refuse it now instead
             raise invalid(
-                "event.data", f"the event is {len(value)} bytes; the limit is {self._limit}"
+                "event.data",
+                f"the event is {len(value)} bytes; the limit is {self._limit}",
+                "EVENT_TOO_LARGE",
             )
         [(partition, offset)] = await self._producer.send_all(
             [(self._topic, event.id.encode(), value, PROTOBUF_HEADERS)]

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FieldViolation:
-    """One bad field of a request: its path (e.g. `subscription.url`) and what is wrong."""
+    """One bad field of a request: its path (e.g. `subscription.url`), what is wrong, and
+    the rule it breaks as a stable UPPER_SNAKE reason (README "Error reasons")."""
 
     field: str
     description: str
+    reason: str
 
 
 class WebhookError(Exception):
@@ -44,8 +46,10 @@ class InvalidArgument(WebhookError):
     default_reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: list[FieldViolation], *, reason: str | None = None) -> None:
+        """The error's reason is the first violation's, unless given."""
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        super().__init__(summary or "invalid argument", reason=reason)
+        first = violations[0].reason if violations else None
+        super().__init__(summary or "invalid argument", reason=reason or first)
         self.violations = violations
 
 
@@ -95,6 +99,6 @@ class StartupError(Exception):
     """The service cannot start; the message says what to fix, in one line."""
 
 
-def invalid(field: str, description: str) -> InvalidArgument:
+def invalid(field: str, description: str, reason: str) -> InvalidArgument:
     """Shorthand for an InvalidArgument with a single violation."""
-    return InvalidArgument([FieldViolation(field, description)])
+    return InvalidArgument([FieldViolation(field, description, reason)])

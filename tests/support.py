@@ -162,6 +162,7 @@ def error_details(error: grpc.RpcError) -> dict[str, Any]:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             out["violations"] = {v.field: v.description for v in bad.field_violations}
+            out["violation_reasons"] = {v.field: v.reason for v in bad.field_violations}
         elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
             out["quota"] = True
     return out

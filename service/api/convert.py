@@ -30,7 +30,7 @@ def duration(value: duration_pb2.Duration, field: str) -> timedelta:
     try:
         return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
     except OverflowError:
-        raise invalid(field, "is out of range") from None
+        raise invalid(field, "is out of range", "DURATION_OUT_OF_RANGE") from None
 
 
 def moment(value: timestamp_pb2.Timestamp, field: str) -> datetime:
@@ -38,7 +38,9 @@ def moment(value: timestamp_pb2.Timestamp, field: str) -> datetime:
     try:
         return value.ToDatetime()
     except (ValueError, OverflowError):
-        raise invalid(field, "is not a valid timestamp (years 1 to 9999)") from None
+        raise invalid(
+            field, "is not a valid timestamp (years 1 to 9999)", "INVALID_TIMESTAMP"
+        ) from None
 
 
 def strings_with_nul(message: Message, prefix: str = "") -> list[str]:
@@ -198,11 +200,11 @@ def delivery_to_pb(view: DeliveryView) -> pb.Delivery:
 def delivery_filter_from_pb(request: pb.ListDeliveriesRequest) -> DeliveryFilter:
     unknown = [s for s in request.statuses if s not in _KNOWN_STATUSES]
     if unknown:
-        raise invalid("statuses", f"unknown or unspecified statuses: {unknown}")
+        raise invalid("statuses", f"unknown or unspecified statuses: {unknown}", "UNKNOWN_STATUS")
     start = moment(request.start_time, "start_time") if request.HasField("start_time") else None
     end = moment(request.end_time, "end_time") if request.HasField("end_time") else None
     if start is not None and end is not None and start >= end:
-        raise invalid("end_time", "must be after start_time")
+        raise invalid("end_time", "must be after start_time", "EMPTY_TIME_RANGE")
     return DeliveryFilter(
         subscription_id=request.subscription_id,
         statuses=tuple(DeliveryStatus(s) for s in request.statuses),

@@ -90,13 +90,20 @@ def rpc(scope: str) -> Callable[[Handler[Request, Response]], Callable[..., Awai
                 require_scope(principal, scope)
                 if isinstance(request, Undecodable):
                     raise InvalidArgument(
-                        [FieldViolation("request", f"is not a valid message: {request.problem}")],
-                        reason="MALFORMED_REQUEST",
+                        [
+                            FieldViolation(
+                                "request",
+                                f"is not a valid message: {request.problem}",
+                                "MALFORMED_REQUEST",
+                            )
+                        ]
                     )
                 with_nul = convert.strings_with_nul(request)  # type: ignore[arg-type]
                 if with_nul:
                     problem = "must not contain NUL characters"
-                    raise InvalidArgument([FieldViolation(path, problem) for path in with_nul])
+                    raise InvalidArgument(
+                        [FieldViolation(path, problem, "CONTROL_CHARACTERS") for path in with_nul]
+                    )
                 return await handler(self, request, principal)
             except WebhookError as error:
                 status = to_status(error)
@@ -380,7 +387,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     ) -> pb.RecoverDeliveriesResponse:
         subscription_id = _required_id(request.subscription_id, "subscription_id")
         if not request.HasField("since"):
-            raise invalid("since", "is required")
+            raise invalid("since", "is required", "FIELD_REQUIRED")
         count = await self._deliveries.recover(
             principal, subscription_id, convert.moment(request.since, "since")
         )
@@ -389,7 +396,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
 
 def _required_id(value: str, field: str = "id") -> str:
     if not value:
-        raise invalid(field, "is required")
+        raise invalid(field, "is required", "FIELD_REQUIRED")
     if len(value) > 255:
-        raise invalid(field, "must be at most 255 characters")
+        raise invalid(field, "must be at most 255 characters", "FIELD_TOO_LONG")
     return value

@@ -53,7 +53,7 @@ def to_status(error: errors.WebhookError) -> grpc.Status:
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=_clip(v.field), description=_clip(v.description)
+                        field=_clip(v.field), description=_clip(v.description), reason=v.reason
                     )
                     for v in error.violations[:MAX_VIOLATIONS]
                 ]

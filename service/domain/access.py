@@ -155,14 +155,24 @@ def require_secret_proof(
     if not proof:
         if required and not principal.is_admin:
             raise InvalidArgument(
-                [FieldViolation("secret_proof", "is required: the subscription's signing secret")],
-                reason="SECRET_PROOF_REQUIRED",
+                [
+                    FieldViolation(
+                        "secret_proof",
+                        "is required: the subscription's signing secret",
+                        "SECRET_PROOF_REQUIRED",
+                    )
+                ]
             )
         return
     if not hmac.compare_digest(proof.encode(), current_secret.encode()):
         raise InvalidArgument(
-            [FieldViolation("secret_proof", "is not the subscription's current signing secret")],
-            reason="INVALID_SECRET",
+            [
+                FieldViolation(
+                    "secret_proof",
+                    "is not the subscription's current signing secret",
+                    "INVALID_SECRET",
+                )
+            ]
         )
 
 

@@ -17,7 +17,9 @@ def page_size(requested: int) -> int:
         return DEFAULT_PAGE_SIZE
     if not 1 <= requested <= MAX_PAGE_SIZE:
         raise invalid(
-            "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})"
+            "page_size",
+            f"must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})",
+            "INVALID_PAGE_SIZE",
         )
     return requested
 
@@ -25,7 +27,7 @@ def page_size(requested: int) -> int:
 def skip(requested: int) -> int:
     """Results passed over before the page (AIP-158); each costs the database a row read."""
     if not 0 <= requested <= MAX_SKIP:
-        raise invalid("skip", f"must be between 0 and {MAX_SKIP}")
+        raise invalid("skip", f"must be between 0 and {MAX_SKIP}", "INVALID_SKIP")
     return requested
 
 
@@ -48,9 +50,13 @@ def decode_token(token: str, fingerprint: str) -> str | None:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         after, query = raw["a"], raw["q"]
     except (ValueError, KeyError, TypeError, RecursionError):
-        raise invalid("page_token", "is not a token this service issued") from None
+        raise invalid(
+            "page_token", "is not a token this service issued", "INVALID_PAGE_TOKEN"
+        ) from None
     if query != fingerprint or not isinstance(after, str):
         raise invalid(
-            "page_token", "belongs to a different query; keep the other fields the same"
+            "page_token",
+            "belongs to a different query; keep the other fields the same",
+            "PAGE_TOKEN_MISMATCH",
         ) from None
     return after

@@ -87,18 +87,22 @@ def validate(
     """Problems of a payload setting, each pointing into the template where it is."""
     if payload.format != PayloadFormat.TEMPLATE:
         if payload.template:
-            return [FieldViolation(field, "is only for payload_format TEMPLATE")]
+            return [FieldViolation(field, "is only for payload_format TEMPLATE", "UNUSED_TEMPLATE")]
         return []
     if not payload.template.strip():
-        return [FieldViolation(field, "is required with payload_format TEMPLATE")]
+        return [FieldViolation(field, "is required with payload_format TEMPLATE", "FIELD_REQUIRED")]
     if len(payload.template) > MAX_TEMPLATE_CHARS:
-        return [FieldViolation(field, f"must be at most {MAX_TEMPLATE_CHARS} characters")]
+        return [
+            FieldViolation(
+                field, f"must be at most {MAX_TEMPLATE_CHARS} characters", "FIELD_TOO_LONG"
+            )
+        ]
     try:
         document = orjson.loads(payload.template)
     except orjson.JSONDecodeError as error:
-        return [FieldViolation(field, f"is not valid JSON: {error}")]
+        return [FieldViolation(field, f"is not valid JSON: {error}", "INVALID_TEMPLATE")]
     if not isinstance(document, dict | list):
-        return [FieldViolation(field, "must be a JSON object or array")]
+        return [FieldViolation(field, "must be a JSON object or array", "INVALID_TEMPLATE")]
     problems: list[FieldViolation] = []
     _walk(document, "$", lambda where, text: problems.extend(_check(field, where, text)))
     return problems
@@ -159,7 +163,11 @@ def _walk(node: Any, where: str, visit: Callable[[str, str], None]) -> None:
 
 def _check(field: str, where: str, text: str) -> list[FieldViolation]:
     if "\x00" in text or "\x01" in text:
-        return [FieldViolation(field, f"at {where}: control characters \\u0000 and \\u0001")]
+        return [
+            FieldViolation(
+                field, f"at {where}: control characters \\u0000 and \\u0001", "INVALID_TEMPLATE"
+            )
+        ]
     out = []
     for match in _PLACEHOLDER.finditer(text):
         name = match.group(1)
@@ -171,6 +179,7 @@ def _check(field: str, where: str, text: str) -> list[FieldViolation]:
                     f"at {where}: unknown placeholder {match.group(0)}; use one of "
                     + ", ".join(f"{{{{{n}}}}}" for n in _NAMES)
                     + " or {{data.<field>}}",
+                    "UNKNOWN_PLACEHOLDER",
                 )
             )
     return out

@@ -20,7 +20,11 @@ def resolve_mask(
     if not paths:
         if not populated:
             raise InvalidArgument(
-                [FieldViolation("update_mask", "names no field and the request sets none")]
+                [
+                    FieldViolation(
+                        "update_mask", "names no field and the request sets none", "EMPTY_UPDATE"
+                    )
+                ]
             )
         return frozenset(populated)
     if list(paths) == ["*"]:
@@ -28,10 +32,16 @@ def resolve_mask(
     violations = []
     for path in paths:
         if path in output_only:
-            violations.append(FieldViolation("update_mask", f"{path} is output only"))
+            violations.append(
+                FieldViolation("update_mask", f"{path} is output only", "OUTPUT_ONLY_FIELD")
+            )
         elif path not in allowed:
             violations.append(
-                FieldViolation("update_mask", f"unknown field {path}; one of {', '.join(allowed)}")
+                FieldViolation(
+                    "update_mask",
+                    f"unknown field {path}; one of {', '.join(allowed)}",
+                    "UNKNOWN_FIELD",
+                )
             )
     if violations:
         raise InvalidArgument(violations)

@@ -67,7 +67,9 @@ def validate_subscription(
     if not 0 <= spec.rate_limit_per_second <= MAX_RATE_LIMIT:
         out.append(
             FieldViolation(
-                f"{prefix}.rate_limit_per_second", f"must be between 0 and {MAX_RATE_LIMIT}"
+                f"{prefix}.rate_limit_per_second",
+                f"must be between 0 and {MAX_RATE_LIMIT}",
+                "RATE_LIMIT_OUT_OF_RANGE",
             )
         )
     return out
@@ -77,11 +79,11 @@ def _check_text(
     field: str, value: str, limit: int, *, required: bool = False
 ) -> list[FieldViolation]:
     if required and not value.strip():
-        return [FieldViolation(field, "is required")]
+        return [FieldViolation(field, "is required", "FIELD_REQUIRED")]
     if len(value) > limit:
-        return [FieldViolation(field, f"must be at most {limit} characters")]
+        return [FieldViolation(field, f"must be at most {limit} characters", "FIELD_TOO_LONG")]
     if _CONTROL.search(value):
-        return [FieldViolation(field, "must not contain control characters")]
+        return [FieldViolation(field, "must not contain control characters", "CONTROL_CHARACTERS")]
     return []
 
 
@@ -90,34 +92,44 @@ def check_url(
 ) -> list[FieldViolation]:
     """The endpoint URL: https (or http in development), a host, no user info or fragment."""
     if not url:
-        return [FieldViolation(field, "is required")]
+        return [FieldViolation(field, "is required", "FIELD_REQUIRED")]
     if len(url) > MAX_URL:
-        return [FieldViolation(field, f"must be at most {MAX_URL} characters")]
+        return [FieldViolation(field, f"must be at most {MAX_URL} characters", "FIELD_TOO_LONG")]
     if _CONTROL.search(url) or " " in url:
-        return [FieldViolation(field, "must not contain spaces or control characters")]
+        return [
+            FieldViolation(field, "must not contain spaces or control characters", "URL_INVALID")
+        ]
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError when out of range or not a number
     except ValueError:
-        return [FieldViolation(field, "is not a valid URL")]
+        return [FieldViolation(field, "is not a valid URL", "URL_INVALID")]
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme not in schemes:
         return [
-            FieldViolation(field, "must use https" if not allow_http else "must use https or http")
+            FieldViolation(
+                field,
+                "must use https" if not allow_http else "must use https or http",
+                "URL_NOT_HTTPS",
+            )
         ]
     if parts.username is not None or parts.password is not None:
-        return [FieldViolation(field, "must not contain credentials; use a custom header")]
+        return [
+            FieldViolation(
+                field, "must not contain credentials; use a custom header", "URL_HAS_CREDENTIALS"
+            )
+        ]
     if parts.fragment:
-        return [FieldViolation(field, "must not contain a fragment")]
+        return [FieldViolation(field, "must not contain a fragment", "URL_HAS_FRAGMENT")]
     if not url.isascii():  # to_uri turned every IRI with a valid host into a URI
-        return [FieldViolation(field, "host is not a valid name")]
+        return [FieldViolation(field, "host is not a valid name", "URL_BAD_HOST")]
     host = parts.hostname or ""
     if not host:
-        return [FieldViolation(field, "must have a host")]
+        return [FieldViolation(field, "must have a host", "URL_BAD_HOST")]
     if port == 0:
-        return [FieldViolation(field, "port must be between 1 and 65535")]
+        return [FieldViolation(field, "port must be between 1 and 65535", "URL_BAD_PORT")]
     problem = check_literal_host(host, allow_cidrs)
-    return [FieldViolation(field, problem)] if problem else []
+    return [FieldViolation(field, *problem)] if problem else []
 
 
 def to_uri(url: str) -> str:
@@ -148,7 +160,7 @@ def to_uri(url: str) -> str:
     )
 
 
-def check_literal_host(host: str, allow_cidrs: Sequence[IpNetwork]) -> str | None:
+def check_literal_host(host: str, allow_cidrs: Sequence[IpNetwork]) -> tuple[str, str] | None:
     """Refuses hosts that are visibly internal before any DNS lookup.
 
     Names are resolved and checked again at delivery time; this catches the obvious
@@ -163,11 +175,13 @@ def check_literal_host(host: str, allow_cidrs: Sequence[IpNetwork]) -> str | Non
         except ValueError:
             numeric = _numeric_ipv4(name)
             if numeric is None:
-                return None if _valid_hostname(name) else "host is not a valid name"
+                return (
+                    None if _valid_hostname(name) else ("host is not a valid name", "URL_BAD_HOST")
+                )
             address = numeric
     if address_allowed(address, allow_cidrs):
         return None
-    return "host is a non-public address, which is not allowed"
+    return ("host is a non-public address, which is not allowed", "URL_HOST_NOT_PUBLIC")
 
 
 def _numeric_ipv4(name: str) -> ipaddress.IPv4Address | None:
@@ -198,7 +212,11 @@ def check_event_types(
 ) -> list[FieldViolation]:
     """Exact names must be in the catalog; patterns must be well formed and match something."""
     if len(items) > MAX_EVENT_TYPES:
-        return [FieldViolation(field, f"must name at most {MAX_EVENT_TYPES} event types")]
+        return [
+            FieldViolation(
+                field, f"must name at most {MAX_EVENT_TYPES} event types", "TOO_MANY_EVENT_TYPES"
+            )
+        ]
     malformed = [
         i for i in items if event_patterns.is_pattern(i) and not event_patterns.is_valid_pattern(i)
     ]
@@ -206,10 +224,18 @@ def check_event_types(
         i for i in items if not event_patterns.is_pattern(i) and not event_patterns.is_valid_name(i)
     ]
     if malformed:
-        return [FieldViolation(field, f"malformed event types: {', '.join(malformed)}")]
+        return [
+            FieldViolation(
+                field, f"malformed event types: {', '.join(malformed)}", "MALFORMED_EVENT_TYPES"
+            )
+        ]
     unknown = [i for i in items if not event_patterns.is_pattern(i) and i not in catalog]
     if unknown:
-        return [FieldViolation(field, f"unknown event types: {', '.join(unknown)}")]
+        return [
+            FieldViolation(
+                field, f"unknown event types: {', '.join(unknown)}", "UNKNOWN_EVENT_TYPES"
+            )
+        ]
     empty = [
         i
         for i in items
@@ -218,33 +244,48 @@ def check_event_types(
         and not any(event_patterns.pattern_matches(i, name) for name in catalog)
     ]
     if empty:
-        return [FieldViolation(field, f"patterns match no event type: {', '.join(empty)}")]
+        return [
+            FieldViolation(
+                field,
+                f"patterns match no event type: {', '.join(empty)}",
+                "PATTERN_MATCHES_NOTHING",
+            )
+        ]
     if len(set(items)) != len(items):
-        return [FieldViolation(field, "must not repeat an event type")]
+        return [FieldViolation(field, "must not repeat an event type", "DUPLICATE_EVENT_TYPES")]
     return []
 
 
 def check_headers(field: str, headers: Mapping[str, str]) -> list[FieldViolation]:
     """Custom headers: valid tokens, printable values, none that the service sets itself."""
     if len(headers) > MAX_HEADERS:
-        return [FieldViolation(field, f"must have at most {MAX_HEADERS} entries")]
+        return [
+            FieldViolation(field, f"must have at most {MAX_HEADERS} entries", "TOO_MANY_HEADERS")
+        ]
     out: list[FieldViolation] = []
     seen: set[str] = set()
     for name, value in headers.items():
         lower = name.lower()
         where = f"{field}[{name!r}]"
         if not _HEADER_NAME.fullmatch(name) or len(name) > MAX_HEADER_NAME:
-            out.append(FieldViolation(where, "is not a valid header name"))
+            out.append(FieldViolation(where, "is not a valid header name", "BAD_HEADER_NAME"))
         elif lower in _RESERVED_HEADERS or lower.startswith(_RESERVED_HEADER_PREFIX):
-            out.append(FieldViolation(where, "is set by the service and cannot be overridden"))
+            out.append(
+                FieldViolation(
+                    where, "is set by the service and cannot be overridden", "RESERVED_HEADER"
+                )
+            )
         elif lower in seen:
-            out.append(FieldViolation(where, "is repeated with different letter case"))
+            out.append(
+                FieldViolation(where, "is repeated with different letter case", "DUPLICATE_HEADER")
+            )
         elif len(value) > MAX_HEADER_VALUE or not _FIELD_VALUE.fullmatch(value):
             out.append(
                 FieldViolation(
                     where,
                     f"value must be 1 to {MAX_HEADER_VALUE} visible ASCII characters, spaces"
                     " and tabs between them (RFC 9110 field-value)",
+                    "BAD_HEADER_VALUE",
                 )
             )
         seen.add(lower)
@@ -259,9 +300,17 @@ def check_visible_headers(
     out = []
     for name in visible:
         if name.lower() not in names:
-            out.append(FieldViolation(f"{field}[{name!r}]", "names no header of this subscription"))
+            out.append(
+                FieldViolation(
+                    f"{field}[{name!r}]", "names no header of this subscription", "UNKNOWN_HEADER"
+                )
+            )
         elif name.lower() in _CREDENTIAL_HEADERS:
-            out.append(FieldViolation(f"{field}[{name!r}]", "is a credential: always write-only"))
+            out.append(
+                FieldViolation(
+                    f"{field}[{name!r}]", "is a credential: always write-only", "CREDENTIAL_HEADER"
+                )
+            )
     return out
 
 
@@ -300,33 +349,44 @@ def validate_event_type(event_type: EventType, prefix: str = "event_type") -> li
     """Name, scope, JSON Schema (draft 2020-12) and an example that satisfies the schema."""
     out: list[FieldViolation] = []
     if not event_type.name:
-        out.append(FieldViolation(f"{prefix}.name", "is required"))
+        out.append(FieldViolation(f"{prefix}.name", "is required", "FIELD_REQUIRED"))
     elif not event_patterns.is_valid_name(event_type.name):
         out.append(
             FieldViolation(
                 f"{prefix}.name",
                 "must be 1 to 128 letters, digits, '_', '-' separated by '.'",
+                "BAD_EVENT_TYPE_NAME",
             )
         )
     out += _check_text(f"{prefix}.description", event_type.description, MAX_DESCRIPTION)
     scope = event_type.required_scope
     if scope and (len(scope) > MAX_SCOPE or not _SCOPE.fullmatch(scope)):
-        out.append(FieldViolation(f"{prefix}.required_scope", "must look like `domain:action`"))
+        out.append(
+            FieldViolation(
+                f"{prefix}.required_scope", "must look like `domain:action`", "BAD_SCOPE"
+            )
+        )
     schema = _parse_json(f"{prefix}.json_schema", event_type.json_schema, out)
     validator = None
     if schema is not None and not isinstance(schema, dict | bool):
-        out.append(FieldViolation(f"{prefix}.json_schema", "must be a JSON object"))
+        out.append(
+            FieldViolation(f"{prefix}.json_schema", "must be a JSON object", "BAD_JSON_SCHEMA")
+        )
     elif isinstance(schema, dict | bool):
         try:
             validator = compile_schema(schema)
         except ValueError as exc:
-            out.append(FieldViolation(f"{prefix}.json_schema", str(exc)))
+            out.append(FieldViolation(f"{prefix}.json_schema", str(exc), "BAD_JSON_SCHEMA"))
     example = _parse_json(f"{prefix}.example_json", event_type.example_json, out)
     if validator is not None and example is not None:
         problem = schema_violation(validator, example)
         if problem:
             out.append(
-                FieldViolation(f"{prefix}.example_json", f"does not match the schema: {problem}")
+                FieldViolation(
+                    f"{prefix}.example_json",
+                    f"does not match the schema: {problem}",
+                    "EXAMPLE_NOT_MATCHING_SCHEMA",
+                )
             )
     return out
 
@@ -366,10 +426,12 @@ def _parse_json(field: str, text: str, out: list[FieldViolation]) -> object | No
     if not text:
         return None
     if len(text) > MAX_JSON_TEXT:
-        out.append(FieldViolation(field, f"must be at most {MAX_JSON_TEXT} characters"))
+        out.append(
+            FieldViolation(field, f"must be at most {MAX_JSON_TEXT} characters", "FIELD_TOO_LONG")
+        )
         return None
     try:
         return json.loads(text)  # type: ignore[no-any-return]
     except (ValueError, RecursionError):
-        out.append(FieldViolation(field, "is not valid JSON"))
+        out.append(FieldViolation(field, "is not valid JSON", "INVALID_JSON"))
         return None

@@ -318,8 +318,13 @@ class SubscriptionStore:
             return None
         if row.request_hash != request_hash:
             raise InvalidArgument(
-                [FieldViolation("request_id", "was already used for a different request")],
-                reason="REQUEST_ID_REUSED",
+                [
+                    FieldViolation(
+                        "request_id",
+                        "was already used for a different request",
+                        "REQUEST_ID_REUSED",
+                    )
+                ]
             )
         return self._load(tenant, row.resource_id), self._box.decrypt(row.result_encrypted)
 

@@ -45,7 +45,8 @@ _FIELD_OF_REASON = {
 def invalid_event(rejected: EventRejected) -> InvalidArgument:
     """The INVALID_ARGUMENT for a published event refused by the ingest rules, naming the
     field the rule is about."""
-    return invalid(_FIELD_OF_REASON.get(rejected.reason, "event.data"), rejected.message)
+    field = _FIELD_OF_REASON.get(rejected.reason, "event.data")
+    return invalid(field, rejected.message, rejected.reason)
 
 
 class DeliveryService:
@@ -115,7 +116,11 @@ class DeliveryService:
             exact = [t for t in subscription.spec.event_types if t in catalog]
             event_type = exact[0] if exact else TEST_EVENT_TYPE
         if event_type not in catalog:
-            raise invalid("event_type", f"{event_type!r} is not in the event type catalog")
+            raise invalid(
+                "event_type",
+                f"{event_type!r} is not in the event type catalog",
+                "UNKNOWN_EVENT_TYPES",
+            )
         example = catalog[event_type].example_json or "{}"
         event = Event(
             id=new_id("test"),

@@ -77,7 +77,9 @@ class SubscriptionService:
         violations = self._violations(spec, catalog)
         if len(request_id) > MAX_REQUEST_ID:
             violations.append(
-                FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+                FieldViolation(
+                    "request_id", f"must be at most {MAX_REQUEST_ID} characters", "FIELD_TOO_LONG"
+                )
             )
         if violations:
             raise InvalidArgument(violations)
@@ -177,6 +179,7 @@ class SubscriptionService:
                 "subscription.headers",
                 f"the URL moves to another host: give the values of {', '.join(sorted(again))}"
                 " again, or remove them",
+                "HEADERS_NEEDED_AGAIN",
             )
         updates["headers"] = headers
         if "visible_headers" not in mask:  # a removed header is no longer visible either
@@ -213,7 +216,9 @@ class SubscriptionService:
         if overlap is None:
             overlap = timedelta(seconds=self._settings.rotation_overlap_seconds)
         if not timedelta(0) <= overlap <= MAX_OVERLAP:
-            raise invalid("overlap", "must be between 0 (revoke now) and 7 days")
+            raise invalid(
+                "overlap", "must be between 0 (revoke now) and 7 days", "OVERLAP_OUT_OF_RANGE"
+            )
         secret = new_secret()
         subscription = self._store.rotate_secret(
             principal.tenant,

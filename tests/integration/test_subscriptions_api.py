@@ -53,41 +53,105 @@ def test_create_disabled_and_empty_event_types_means_all(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "field", "text"),
+    ("fields", "field", "text", "reason"),
     [
-        ({"name": ""}, "subscription.name", "required"),
-        ({"name": "x" * 256}, "subscription.name", "at most 255"),
-        ({"description": "d" * 1025}, "subscription.description", "at most 1024"),
-        ({"url": ""}, "subscription.url", "required"),
-        ({"url": "http://hooks.example.com/x"}, "subscription.url", "https"),
-        ({"url": "https://" + "a" * 2048 + ".com/"}, "subscription.url", "at most 2048"),
-        ({"url": "https://user:pw@hooks.example.com/"}, "subscription.url", "credentials"),
-        ({"url": "https://10.0.0.5/hook"}, "subscription.url", "non-public"),
+        ({"name": ""}, "subscription.name", "required", "FIELD_REQUIRED"),
+        ({"name": "x" * 256}, "subscription.name", "at most 255", "FIELD_TOO_LONG"),
+        ({"name": "a\x07b"}, "subscription.name", "control characters", "CONTROL_CHARACTERS"),
+        (
+            {"description": "d" * 1025},
+            "subscription.description",
+            "at most 1024",
+            "FIELD_TOO_LONG",
+        ),
+        ({"url": ""}, "subscription.url", "required", "FIELD_REQUIRED"),
+        ({"url": "http://hooks.example.com/x"}, "subscription.url", "https", "URL_NOT_HTTPS"),
+        (
+            {"url": "https://" + "a" * 2048 + ".com/"},
+            "subscription.url",
+            "at most 2048",
+            "FIELD_TOO_LONG",
+        ),
+        (
+            {"url": "https://user:pw@hooks.example.com/"},
+            "subscription.url",
+            "credentials",
+            "URL_HAS_CREDENTIALS",
+        ),
+        ({"url": "https://h.example.com/#x"}, "subscription.url", "fragment", "URL_HAS_FRAGMENT"),
+        ({"url": "https://h.example.com:99999/"}, "subscription.url", "valid URL", "URL_INVALID"),
+        ({"url": "https://h.example.com:0/"}, "subscription.url", "port", "URL_BAD_PORT"),
+        ({"url": "https://-bad-.example/"}, "subscription.url", "valid name", "URL_BAD_HOST"),
+        (
+            {"url": "https://10.0.0.5/hook"},
+            "subscription.url",
+            "non-public",
+            "URL_HOST_NOT_PUBLIC",
+        ),
         (
             {"event_types": ["no.such.type"]},
             "subscription.event_types",
             "unknown event types: no.such.type",
+            "UNKNOWN_EVENT_TYPES",
         ),
-        ({"event_types": ["lead.*", "bad type"]}, "subscription.event_types", "malformed"),
-        ({"event_types": ["nothing.*"]}, "subscription.event_types", "match no event type"),
+        (
+            {"event_types": ["lead.*", "bad type"]},
+            "subscription.event_types",
+            "malformed",
+            "MALFORMED_EVENT_TYPES",
+        ),
+        (
+            {"event_types": ["nothing.*"]},
+            "subscription.event_types",
+            "match no event type",
+            "PATTERN_MATCHES_NOTHING",
+        ),
+        (
+            {"event_types": ["lead.*", "lead.*"]},
+            "subscription.event_types",
+            "repeat",
+            "DUPLICATE_EVENT_TYPES",
+        ),
         (
             {"headers": {"webhook-signature": "x"}},
             "subscription.headers['webhook-signature']",
             "set by the service",
+            "RESERVED_HEADER",
         ),
         (
             {"headers": {"Bad Name": "x"}},
             "subscription.headers['Bad Name']",
             "not a valid header name",
+            "BAD_HEADER_NAME",
         ),
-        ({"rate_limit_per_second": 100_001}, "subscription.rate_limit_per_second", "between 0"),
+        (
+            {"headers": {"X-Ok": "a\tb\x01"}},
+            "subscription.headers['X-Ok']",
+            "field-value",
+            "BAD_HEADER_VALUE",
+        ),
+        (
+            {"rate_limit_per_second": 100_001},
+            "subscription.rate_limit_per_second",
+            "between 0",
+            "RATE_LIMIT_OUT_OF_RANGE",
+        ),
+        (
+            {"payload_format": pb.PAYLOAD_FORMAT_TEMPLATE, "payload_template": '{"a": "{{b}}"}'},
+            "subscription.payload_template",
+            "unknown placeholder",
+            "UNKNOWN_PLACEHOLDER",
+        ),
     ],
 )
-def test_create_validation(api: Api, fields: dict[str, Any], field: str, text: str) -> None:
+def test_create_validation(
+    api: Api, fields: dict[str, Any], field: str, text: str, reason: str
+) -> None:
     details = expect_error(INVALID, api.create, **fields)
     assert field in details["violations"], details
     assert text in details["violations"][field]
-    assert details["reason"] == "INVALID_ARGUMENT" and details["domain"] == "webhooks.v1"
+    assert details["violation_reasons"][field] == reason
+    assert details["reason"] == reason and details["domain"] == "webhooks.v1"
 
 
 def test_create_reports_every_bad_field_at_once(api: Api) -> None:
@@ -285,26 +349,28 @@ def test_pagination_rejects_bad_sizes_and_tokens(api: Api) -> None:
             INVALID, api.call, "ListSubscriptions", pb.ListSubscriptionsRequest(page_size=size)
         )
         assert "page_size" in details["violations"]
+        assert details["reason"] == "INVALID_PAGE_SIZE"
     details = expect_error(
         INVALID, api.call, "ListSubscriptions", pb.ListSubscriptionsRequest(skip=-1)
     )
-    assert "skip" in details["violations"]
+    assert "skip" in details["violations"] and details["reason"] == "INVALID_SKIP"
     details = expect_error(
         INVALID, api.call, "ListSubscriptions", pb.ListSubscriptionsRequest(page_token="garbage!")
     )
-    assert "page_token" in details["violations"]
+    assert "page_token" in details["violations"] and details["reason"] == "INVALID_PAGE_TOKEN"
     # A token issued to one tenant does not continue another tenant's listing.
     for _ in range(3):
         api.create(as_="alice")
     token = api.call("ListSubscriptions", pb.ListSubscriptionsRequest(page_size=1)).next_page_token
     assert token
-    expect_error(
+    details = expect_error(
         INVALID,
         api.call,
         "ListSubscriptions",
         pb.ListSubscriptionsRequest(page_token=token),
         as_="gina",
     )
+    assert details["reason"] == "PAGE_TOKEN_MISMATCH"
 
 
 def _update(

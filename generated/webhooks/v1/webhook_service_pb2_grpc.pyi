@@ -31,7 +31,91 @@ class WebhookServiceStub:
     deliveries. Every call needs `authorization: Bearer <api key>` metadata; the
     key decides the tenant, the principal and the scopes. Errors are
     google.rpc.Status with BadRequest field violations for bad input and an
-    ErrorInfo (domain `webhooks.v1`) naming the reason.
+    ErrorInfo (domain `webhooks.v1`) naming the reason. Each field violation
+    carries its own reason; the ErrorInfo's is the first one's. The reasons,
+    stable for machines to act on, by status code:
+
+    INVALID_ARGUMENT
+      FIELD_REQUIRED               a required field is empty
+      FIELD_TOO_LONG               a text is longer than its limit
+      CONTROL_CHARACTERS           a text holds control characters or NUL
+      URL_INVALID                  the URL cannot be parsed
+      URL_NOT_HTTPS                the URL is not https (nor http where allowed)
+      URL_HAS_CREDENTIALS          the URL holds a user or password
+      URL_HAS_FRAGMENT             the URL holds a #fragment
+      URL_BAD_HOST                 the host is missing or not a valid name
+      URL_BAD_PORT                 the port is 0
+      URL_HOST_NOT_PUBLIC          the host is a non-public address
+      TOO_MANY_EVENT_TYPES         a subscription names too many event types
+      MALFORMED_EVENT_TYPES        a pattern is not `*` or `prefix.*`
+      UNKNOWN_EVENT_TYPES          an exact event type is not in the catalog
+      PATTERN_MATCHES_NOTHING      a pattern matches no catalog type
+      DUPLICATE_EVENT_TYPES        an event type is named twice
+      TOO_MANY_HEADERS             too many custom headers
+      BAD_HEADER_NAME              a header name is not a token
+      BAD_HEADER_VALUE             a header value is not a valid field value
+      RESERVED_HEADER              the service sets this header itself
+      DUPLICATE_HEADER             a header repeats with other letter case
+      UNKNOWN_HEADER               visible_headers names a header not set
+      CREDENTIAL_HEADER            a credential header cannot be made visible
+      HEADERS_NEEDED_AGAIN         the URL moves host: give write-only values again
+      RATE_LIMIT_OUT_OF_RANGE      rate_limit_per_second is out of range
+      UNUSED_TEMPLATE              a payload_template without format TEMPLATE
+      INVALID_TEMPLATE             the template is not a JSON object or array
+      UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+      BAD_EVENT_TYPE_NAME          an event type name is malformed
+      BAD_SCOPE                    a scope is not `domain:action`
+      BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
+      EXAMPLE_NOT_MATCHING_SCHEMA  the example does not match the schema
+      INVALID_JSON                 a JSON text does not parse
+      EMPTY_UPDATE                 no update_mask and no field set
+      OUTPUT_ONLY_FIELD            update_mask names an output-only field
+      UNKNOWN_FIELD                update_mask names an unknown field
+      INVALID_PAGE_SIZE            page_size is out of range
+      INVALID_SKIP                 skip is out of range
+      INVALID_PAGE_TOKEN           the page token was not issued here
+      PAGE_TOKEN_MISMATCH          the page token belongs to another query
+      INVALID_TIMESTAMP            a timestamp is out of range
+      DURATION_OUT_OF_RANGE        a duration is out of range
+      OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
+      UNKNOWN_STATUS               a status filter is unknown
+      EMPTY_TIME_RANGE             end_time is not after start_time
+      REQUEST_ID_REUSED            a request_id came with another request
+      MALFORMED_REQUEST            the message does not decode
+      SECRET_PROOF_REQUIRED        the operator requires secret_proof
+      INVALID_SECRET               secret_proof is not the current secret
+      EVENT_TOO_LARGE              a published event is over the size limit
+      and the ingest rules' reasons, which PublishEvent answers and dead
+      letters carry in their `reason` header (the first line only on dead
+      letters, for records that do not decode):
+      DECODE_FAILED, EMPTY, TOO_LARGE, UNSUPPORTED_CONTENT_TYPE,
+      MALFORMED_CLOUDEVENT, MALFORMED_PROTOBUF, UNSUPPORTED_SPEC_VERSION,
+      MISSING_ID, INVALID_ID, MISSING_TYPE, INVALID_TYPE, UNKNOWN_EVENT_TYPE,
+      INVALID_TENANT, INVALID_ATTRIBUTE, INVALID_TIME, MALFORMED_JSON,
+      INVALID_UTF8, TOO_DEEP, SCHEMA_VIOLATION, SCHEMA_UNUSABLE
+    UNAUTHENTICATED
+      MISSING_API_KEY, MALFORMED_API_KEY, INVALID_API_KEY (unknown or revoked)
+    PERMISSION_DENIED
+      MISSING_SCOPE                the key lacks the call's scope
+      MISSING_SUBSCRIBE_SCOPE      the key lacks an event type's subscribe scope
+      NOT_CREATOR                  only the creator or an admin may
+      WRONG_TENANT                 an event for another tenant
+    NOT_FOUND
+      SUBSCRIPTION_NOT_FOUND, DELIVERY_NOT_FOUND, EVENT_TYPE_NOT_FOUND
+    ALREADY_EXISTS
+      NAME_TAKEN                   the subscription name is in use
+      EVENT_TYPE_EXISTS            the event type exists
+      EVENT_ID_REUSED              the event id names another event
+    FAILED_PRECONDITION
+      SUBSCRIPTION_DISABLED        enable the subscription first
+      EVENT_TYPE_IN_USE            subscriptions still name the type
+      TOO_MANY_LIVE_SECRETS        wait for an older secret to expire
+      ENDPOINT_VERIFICATION_FAILED the ping failed; metadata `cause` says why
+    RESOURCE_EXHAUSTED
+      QUOTA_EXCEEDED               the tenant's subscription quota is reached
+    UNAVAILABLE
+      UNAVAILABLE                  the database or the broker; retry
+      SHUTTING_DOWN                this instance is stopping; retry elsewhere
     """
 
     @_typing.overload
@@ -108,7 +192,91 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     deliveries. Every call needs `authorization: Bearer <api key>` metadata; the
     key decides the tenant, the principal and the scopes. Errors are
     google.rpc.Status with BadRequest field violations for bad input and an
-    ErrorInfo (domain `webhooks.v1`) naming the reason.
+    ErrorInfo (domain `webhooks.v1`) naming the reason. Each field violation
+    carries its own reason; the ErrorInfo's is the first one's. The reasons,
+    stable for machines to act on, by status code:
+
+    INVALID_ARGUMENT
+      FIELD_REQUIRED               a required field is empty
+      FIELD_TOO_LONG               a text is longer than its limit
+      CONTROL_CHARACTERS           a text holds control characters or NUL
+      URL_INVALID                  the URL cannot be parsed
+      URL_NOT_HTTPS                the URL is not https (nor http where allowed)
+      URL_HAS_CREDENTIALS          the URL holds a user or password
+      URL_HAS_FRAGMENT             the URL holds a #fragment
+      URL_BAD_HOST                 the host is missing or not a valid name
+      URL_BAD_PORT                 the port is 0
+      URL_HOST_NOT_PUBLIC          the host is a non-public address
+      TOO_MANY_EVENT_TYPES         a subscription names too many event types
+      MALFORMED_EVENT_TYPES        a pattern is not `*` or `prefix.*`
+      UNKNOWN_EVENT_TYPES          an exact event type is not in the catalog
+      PATTERN_MATCHES_NOTHING      a pattern matches no catalog type
+      DUPLICATE_EVENT_TYPES        an event type is named twice
+      TOO_MANY_HEADERS             too many custom headers
+      BAD_HEADER_NAME              a header name is not a token
+      BAD_HEADER_VALUE             a header value is not a valid field value
+      RESERVED_HEADER              the service sets this header itself
+      DUPLICATE_HEADER             a header repeats with other letter case
+      UNKNOWN_HEADER               visible_headers names a header not set
+      CREDENTIAL_HEADER            a credential header cannot be made visible
+      HEADERS_NEEDED_AGAIN         the URL moves host: give write-only values again
+      RATE_LIMIT_OUT_OF_RANGE      rate_limit_per_second is out of range
+      UNUSED_TEMPLATE              a payload_template without format TEMPLATE
+      INVALID_TEMPLATE             the template is not a JSON object or array
+      UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+      BAD_EVENT_TYPE_NAME          an event type name is malformed
+      BAD_SCOPE                    a scope is not `domain:action`
+      BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
+      EXAMPLE_NOT_MATCHING_SCHEMA  the example does not match the schema
+      INVALID_JSON                 a JSON text does not parse
+      EMPTY_UPDATE                 no update_mask and no field set
+      OUTPUT_ONLY_FIELD            update_mask names an output-only field
+      UNKNOWN_FIELD                update_mask names an unknown field
+      INVALID_PAGE_SIZE            page_size is out of range
+      INVALID_SKIP                 skip is out of range
+      INVALID_PAGE_TOKEN           the page token was not issued here
+      PAGE_TOKEN_MISMATCH          the page token belongs to another query
+      INVALID_TIMESTAMP            a timestamp is out of range
+      DURATION_OUT_OF_RANGE        a duration is out of range
+      OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
+      UNKNOWN_STATUS               a status filter is unknown
+      EMPTY_TIME_RANGE             end_time is not after start_time
+      REQUEST_ID_REUSED            a request_id came with another request
+      MALFORMED_REQUEST            the message does not decode
+      SECRET_PROOF_REQUIRED        the operator requires secret_proof
+      INVALID_SECRET               secret_proof is not the current secret
+      EVENT_TOO_LARGE              a published event is over the size limit
+      and the ingest rules' reasons, which PublishEvent answers and dead
+      letters carry in their `reason` header (the first line only on dead
+      letters, for records that do not decode):
+      DECODE_FAILED, EMPTY, TOO_LARGE, UNSUPPORTED_CONTENT_TYPE,
+      MALFORMED_CLOUDEVENT, MALFORMED_PROTOBUF, UNSUPPORTED_SPEC_VERSION,
+      MISSING_ID, INVALID_ID, MISSING_TYPE, INVALID_TYPE, UNKNOWN_EVENT_TYPE,
+      INVALID_TENANT, INVALID_ATTRIBUTE, INVALID_TIME, MALFORMED_JSON,
+      INVALID_UTF8, TOO_DEEP, SCHEMA_VIOLATION, SCHEMA_UNUSABLE
+    UNAUTHENTICATED
+      MISSING_API_KEY, MALFORMED_API_KEY, INVALID_API_KEY (unknown or revoked)
+    PERMISSION_DENIED
+      MISSING_SCOPE                the key lacks the call's scope
+      MISSING_SUBSCRIBE_SCOPE      the key lacks an event type's subscribe scope
+      NOT_CREATOR                  only the creator or an admin may
+      WRONG_TENANT                 an event for another tenant
+    NOT_FOUND
+      SUBSCRIPTION_NOT_FOUND, DELIVERY_NOT_FOUND, EVENT_TYPE_NOT_FOUND
+    ALREADY_EXISTS
+      NAME_TAKEN                   the subscription name is in use
+      EVENT_TYPE_EXISTS            the event type exists
+      EVENT_ID_REUSED              the event id names another event
+    FAILED_PRECONDITION
+      SUBSCRIPTION_DISABLED        enable the subscription first
+      EVENT_TYPE_IN_USE            subscriptions still name the type
+      TOO_MANY_LIVE_SECRETS        wait for an older secret to expire
+      ENDPOINT_VERIFICATION_FAILED the ping failed; metadata `cause` says why
+    RESOURCE_EXHAUSTED
+      QUOTA_EXCEEDED               the tenant's subscription quota is reached
+    UNAVAILABLE
+      UNAVAILABLE                  the database or the broker; retry
+      SHUTTING_DOWN                this instance is stopping; retry elsewhere
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -181,7 +349,91 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     deliveries. Every call needs `authorization: Bearer <api key>` metadata; the
     key decides the tenant, the principal and the scopes. Errors are
     google.rpc.Status with BadRequest field violations for bad input and an
-    ErrorInfo (domain `webhooks.v1`) naming the reason.
+    ErrorInfo (domain `webhooks.v1`) naming the reason. Each field violation
+    carries its own reason; the ErrorInfo's is the first one's. The reasons,
+    stable for machines to act on, by status code:
+
+    INVALID_ARGUMENT
+      FIELD_REQUIRED               a required field is empty
+      FIELD_TOO_LONG               a text is longer than its limit
+      CONTROL_CHARACTERS           a text holds control characters or NUL
+      URL_INVALID                  the URL cannot be parsed
+      URL_NOT_HTTPS                the URL is not https (nor http where allowed)
+      URL_HAS_CREDENTIALS          the URL holds a user or password
+      URL_HAS_FRAGMENT             the URL holds a #fragment
+      URL_BAD_HOST                 the host is missing or not a valid name
+      URL_BAD_PORT                 the port is 0
+      URL_HOST_NOT_PUBLIC          the host is a non-public address
+      TOO_MANY_EVENT_TYPES         a subscription names too many event types
+      MALFORMED_EVENT_TYPES        a pattern is not `*` or `prefix.*`
+      UNKNOWN_EVENT_TYPES          an exact event type is not in the catalog
+      PATTERN_MATCHES_NOTHING      a pattern matches no catalog type
+      DUPLICATE_EVENT_TYPES        an event type is named twice
+      TOO_MANY_HEADERS             too many custom headers
+      BAD_HEADER_NAME              a header name is not a token
+      BAD_HEADER_VALUE             a header value is not a valid field value
+      RESERVED_HEADER              the service sets this header itself
+      DUPLICATE_HEADER             a header repeats with other letter case
+      UNKNOWN_HEADER               visible_headers names a header not set
+      CREDENTIAL_HEADER            a credential header cannot be made visible
+      HEADERS_NEEDED_AGAIN         the URL moves host: give write-only values again
+      RATE_LIMIT_OUT_OF_RANGE      rate_limit_per_second is out of range
+      UNUSED_TEMPLATE              a payload_template without format TEMPLATE
+      INVALID_TEMPLATE             the template is not a JSON object or array
+      UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+      BAD_EVENT_TYPE_NAME          an event type name is malformed
+      BAD_SCOPE                    a scope is not `domain:action`
+      BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
+      EXAMPLE_NOT_MATCHING_SCHEMA  the example does not match the schema
+      INVALID_JSON                 a JSON text does not parse
+      EMPTY_UPDATE                 no update_mask and no field set
+      OUTPUT_ONLY_FIELD            update_mask names an output-only field
+      UNKNOWN_FIELD                update_mask names an unknown field
+      INVALID_PAGE_SIZE            page_size is out of range
+      INVALID_SKIP                 skip is out of range
+      INVALID_PAGE_TOKEN           the page token was not issued here
+      PAGE_TOKEN_MISMATCH          the page token belongs to another query
+      INVALID_TIMESTAMP            a timestamp is out of range
+      DURATION_OUT_OF_RANGE        a duration is out of range
+      OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
+      UNKNOWN_STATUS               a status filter is unknown
+      EMPTY_TIME_RANGE             end_time is not after start_time
+      REQUEST_ID_REUSED            a request_id came with another request
+      MALFORMED_REQUEST            the message does not decode
+      SECRET_PROOF_REQUIRED        the operator requires secret_proof
+      INVALID_SECRET               secret_proof is not the current secret
+      EVENT_TOO_LARGE              a published event is over the size limit
+      and the ingest rules' reasons, which PublishEvent answers and dead
+      letters carry in their `reason` header (the first line only on dead
+      letters, for records that do not decode):
+      DECODE_FAILED, EMPTY, TOO_LARGE, UNSUPPORTED_CONTENT_TYPE,
+      MALFORMED_CLOUDEVENT, MALFORMED_PROTOBUF, UNSUPPORTED_SPEC_VERSION,
+      MISSING_ID, INVALID_ID, MISSING_TYPE, INVALID_TYPE, UNKNOWN_EVENT_TYPE,
+      INVALID_TENANT, INVALID_ATTRIBUTE, INVALID_TIME, MALFORMED_JSON,
+      INVALID_UTF8, TOO_DEEP, SCHEMA_VIOLATION, SCHEMA_UNUSABLE
+    UNAUTHENTICATED
+      MISSING_API_KEY, MALFORMED_API_KEY, INVALID_API_KEY (unknown or revoked)
+    PERMISSION_DENIED
+      MISSING_SCOPE                the key lacks the call's scope
+      MISSING_SUBSCRIBE_SCOPE      the key lacks an event type's subscribe scope
+      NOT_CREATOR                  only the creator or an admin may
+      WRONG_TENANT                 an event for another tenant
+    NOT_FOUND
+      SUBSCRIPTION_NOT_FOUND, DELIVERY_NOT_FOUND, EVENT_TYPE_NOT_FOUND
+    ALREADY_EXISTS
+      NAME_TAKEN                   the subscription name is in use
+      EVENT_TYPE_EXISTS            the event type exists
+      EVENT_ID_REUSED              the event id names another event
+    FAILED_PRECONDITION
+      SUBSCRIPTION_DISABLED        enable the subscription first
+      EVENT_TYPE_IN_USE            subscriptions still name the type
+      TOO_MANY_LIVE_SECRETS        wait for an older secret to expire
+      ENDPOINT_VERIFICATION_FAILED the ping failed; metadata `cause` says why
+    RESOURCE_EXHAUSTED
+      QUOTA_EXCEEDED               the tenant's subscription quota is reached
+    UNAVAILABLE
+      UNAVAILABLE                  the database or the broker; retry
+      SHUTTING_DOWN                this instance is stopping; retry elsewhere
     """
 
     @_abc_1.abstractmethod
