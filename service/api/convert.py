@@ -77,11 +77,18 @@ def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
         headers=dict(message.headers),
         rate_limit_per_second=message.rate_limit_per_second,
         visible_headers=tuple(message.visible_headers),
-        payload=Payload(
-            PayloadFormat(message.payload_format or PayloadFormat.ENVELOPE),
-            message.payload_template,
-        ),
+        payload=Payload(_payload_format(message.payload_format), message.payload_template),
     )
+
+
+def _payload_format(value: int) -> PayloadFormat:
+    """UNSPECIFIED is the envelope; a number no client stub would send is refused."""
+    try:
+        return PayloadFormat(value or PayloadFormat.ENVELOPE)
+    except ValueError:
+        raise invalid(
+            "subscription.payload_format", f"{value} is not a PayloadFormat", "UNKNOWN_ENUM_VALUE"
+        ) from None
 
 
 def populated_subscription_fields(message: pb.Subscription) -> list[str]:

@@ -88,6 +88,10 @@ def test_templates_are_checked_on_create_and_update(pipeline: Pipeline, receiver
         "at $.event.kind: unknown placeholder {{kind}}"
         in (details["violations"]["subscription.payload_template"])
     )
+    details = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, _create, pipeline, receiver.url("/x"), payload_format=99
+    )
+    assert details["reason"] == "UNKNOWN_ENUM_VALUE"
     sub = _create(pipeline, receiver.url("/switch")).subscription
 
     def update(*paths: str, **fields: Any) -> Any:

@@ -78,6 +78,7 @@ class WebhookServiceStub:
     DURATION_OUT_OF_RANGE        a duration is out of range
     OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
     UNKNOWN_STATUS               a status filter is unknown
+    UNKNOWN_ENUM_VALUE           an enum field holds a number it does not define
     EMPTY_TIME_RANGE             end_time is not after start_time
     REQUEST_ID_REUSED            a request_id came with another request
     MALFORMED_REQUEST            the message does not decode
@@ -263,6 +264,7 @@ class WebhookServiceServicer:
     DURATION_OUT_OF_RANGE        a duration is out of range
     OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
     UNKNOWN_STATUS               a status filter is unknown
+    UNKNOWN_ENUM_VALUE           an enum field holds a number it does not define
     EMPTY_TIME_RANGE             end_time is not after start_time
     REQUEST_ID_REUSED            a request_id came with another request
     MALFORMED_REQUEST            the message does not decode
@@ -586,6 +588,7 @@ class WebhookService:
     DURATION_OUT_OF_RANGE        a duration is out of range
     OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
     UNKNOWN_STATUS               a status filter is unknown
+    UNKNOWN_ENUM_VALUE           an enum field holds a number it does not define
     EMPTY_TIME_RANGE             end_time is not after start_time
     REQUEST_ID_REUSED            a request_id came with another request
     MALFORMED_REQUEST            the message does not decode

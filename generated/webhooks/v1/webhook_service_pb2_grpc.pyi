@@ -79,6 +79,7 @@ class WebhookServiceStub:
       DURATION_OUT_OF_RANGE        a duration is out of range
       OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
       UNKNOWN_STATUS               a status filter is unknown
+      UNKNOWN_ENUM_VALUE           an enum field holds a number it does not define
       EMPTY_TIME_RANGE             end_time is not after start_time
       REQUEST_ID_REUSED            a request_id came with another request
       MALFORMED_REQUEST            the message does not decode
@@ -240,6 +241,7 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
       DURATION_OUT_OF_RANGE        a duration is out of range
       OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
       UNKNOWN_STATUS               a status filter is unknown
+      UNKNOWN_ENUM_VALUE           an enum field holds a number it does not define
       EMPTY_TIME_RANGE             end_time is not after start_time
       REQUEST_ID_REUSED            a request_id came with another request
       MALFORMED_REQUEST            the message does not decode
@@ -397,6 +399,7 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
       DURATION_OUT_OF_RANGE        a duration is out of range
       OVERLAP_OUT_OF_RANGE         a rotation overlap is over 7 days or negative
       UNKNOWN_STATUS               a status filter is unknown
+      UNKNOWN_ENUM_VALUE           an enum field holds a number it does not define
       EMPTY_TIME_RANGE             end_time is not after start_time
       REQUEST_ID_REUSED            a request_id came with another request
       MALFORMED_REQUEST            the message does not decode
