@@ -143,6 +143,7 @@ def _subscription_text(s: pb.Subscription, secret: str = "") -> str:
         ("headers", [f"{k}={v}" for k, v in sorted(s.headers.items())]),
         ("visible headers", list(s.visible_headers)),
         ("rate limit/s", s.rate_limit_per_second or "default"),
+        ("payload", _payload_text(s)),
         ("secret prefix", s.secret_prefix),
         ("created", output.when(s.create_time)),
         ("updated", output.when(s.update_time)),
@@ -154,6 +155,19 @@ def _subscription_text(s: pb.Subscription, secret: str = "") -> str:
     if secret:
         pairs.append(("secret", f"{secret}  (shown once: keep it for verifying signatures)"))
     return output.fields(pairs)
+
+
+def _payload_text(s: pb.Subscription) -> str:
+    name = (
+        pb.PayloadFormat.Name(s.payload_format) if s.payload_format else "PAYLOAD_FORMAT_ENVELOPE"
+    )
+    kind = output.enum_name(name, "PAYLOAD_FORMAT_")
+    return f"{kind} {s.payload_template}" if s.payload_template else kind
+
+
+def _secret_proof(args: argparse.Namespace) -> str:
+    """From the flag, else the environment (a secret on a command line is in `ps` output)."""
+    return str(args.secret_proof or os.environ.get("WEBHOOKCTL_SECRET_PROOF", ""))
 
 
 def _headers(items: Sequence[str]) -> dict[str, str]:
@@ -190,6 +204,12 @@ def _subscription_from_flags(args: argparse.Namespace) -> tuple[pb.Subscription,
     if args.enabled is not None:
         s.enabled = args.enabled
         paths.append("enabled")
+    if args.payload_format is not None:
+        s.payload_format = PAYLOAD_FORMATS[args.payload_format]
+        paths.append("payload_format")
+    if args.payload_template is not None:
+        s.payload_template = args.payload_template
+        paths.append("payload_template")
     return s, paths
 
 
@@ -199,6 +219,7 @@ def subscriptions_create(stub: Stub, args: argparse.Namespace) -> tuple[Message,
         pb.CreateSubscriptionRequest(
             subscription=subscription,
             request_id=args.request_id or str(uuid.uuid4()),
+            verify_endpoint=args.verify,
         )
     )
     return reply, _subscription_text(reply.subscription, reply.secret)
@@ -206,7 +227,9 @@ def subscriptions_create(stub: Stub, args: argparse.Namespace) -> tuple[Message,
 
 def subscriptions_list(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
     reply = stub.ListSubscriptions(
-        pb.ListSubscriptionsRequest(page_size=args.page_size, page_token=args.page_token)
+        pb.ListSubscriptionsRequest(
+            page_size=args.page_size, page_token=args.page_token, skip=args.skip
+        )
     )
     return reply, _with_next_page(_subscription_rows(reply.subscriptions), reply.next_page_token)
 
@@ -223,19 +246,24 @@ def subscriptions_update(stub: Stub, args: argparse.Namespace) -> tuple[Message,
     subscription.id = args.id
     reply = stub.UpdateSubscription(
         pb.UpdateSubscriptionRequest(
-            subscription=subscription, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            subscription=subscription,
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+            verify_endpoint=args.verify,
+            secret_proof=_secret_proof(args),
         )
     )
     return reply, _subscription_text(reply.subscription)
 
 
 def subscriptions_delete(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
-    reply = stub.DeleteSubscription(pb.DeleteSubscriptionRequest(id=args.id))
+    reply = stub.DeleteSubscription(
+        pb.DeleteSubscriptionRequest(id=args.id, secret_proof=_secret_proof(args))
+    )
     return reply, f"deleted {args.id}"
 
 
 def subscriptions_rotate(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
-    request = pb.RotateSubscriptionSecretRequest(id=args.id)
+    request = pb.RotateSubscriptionSecretRequest(id=args.id, secret_proof=_secret_proof(args))
     if args.overlap is not None:
         request.overlap.CopyFrom(Duration(seconds=args.overlap))
     reply = stub.RotateSubscriptionSecret(request)
@@ -262,6 +290,12 @@ def event_types_list(stub: Stub, args: argparse.Namespace) -> tuple[Message, str
 
 # --- deliveries --------------------------------------------------------------------------
 
+PAYLOAD_FORMATS = {
+    "envelope": pb.PAYLOAD_FORMAT_ENVELOPE,
+    "cloudevents": pb.PAYLOAD_FORMAT_CLOUDEVENTS,
+    "data": pb.PAYLOAD_FORMAT_DATA,
+    "template": pb.PAYLOAD_FORMAT_TEMPLATE,
+}
 STATUSES = {
     "pending": events_pb2.DELIVERY_STATUS_PENDING,
     "succeeded": events_pb2.DELIVERY_STATUS_SUCCEEDED,
@@ -275,7 +309,7 @@ def _status(value: events_pb2.DeliveryStatus.ValueType) -> str:
 
 def _delivery_rows(items: Sequence[pb.Delivery]) -> str:
     return output.table(
-        ["ID", "SUBSCRIPTION", "EVENT TYPE", "STATUS", "ATTEMPTS", "HTTP", "LAST ATTEMPT"],
+        ["ID", "SUBSCRIPTION", "EVENT TYPE", "STATUS", "ATTEMPTS", "HTTP", "MS", "LAST ATTEMPT"],
         [
             [
                 d.id,
@@ -284,6 +318,9 @@ def _delivery_rows(items: Sequence[pb.Delivery]) -> str:
                 _status(d.status),
                 d.attempt_count,
                 d.last_http_status or "",
+                d.last_attempt_latency.ToMilliseconds()
+                if d.HasField("last_attempt_latency")
+                else "",
                 output.when(d.last_attempt_time),
             ]
             for d in items
@@ -330,6 +367,7 @@ def deliveries_list(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]
     request = pb.ListDeliveriesRequest(
         page_size=args.page_size,
         page_token=args.page_token,
+        skip=args.skip,
         subscription_id=args.subscription or "",
         statuses=[STATUSES[s] for s in args.status or []],
         event_type=args.event_type or "",
@@ -432,14 +470,20 @@ def _parser() -> argparse.ArgumentParser:
     create = _command(subs, "create", subscriptions_create, "create a subscription")
     _subscription_flags(create, required=True)
     create.add_argument("--request-id", help="idempotency key (default: a new one)")
-    _page_flags(_command(subs, "list", subscriptions_list, "list subscriptions"))
+    _page_flags(_command(subs, "list", subscriptions_list, "list subscriptions"), skip=True)
     _id_arg(_command(subs, "get", subscriptions_get, "show one subscription"))
     update = _command(subs, "update", subscriptions_update, "change the given fields")
     _id_arg(update)
     _subscription_flags(update, required=False)
-    _id_arg(_command(subs, "delete", subscriptions_delete, "delete a subscription"))
+    delete = _command(subs, "delete", subscriptions_delete, "delete a subscription")
+    _id_arg(delete)
     rotate = _command(subs, "rotate-secret", subscriptions_rotate, "issue a new signing secret")
     _id_arg(rotate)
+    for proved in (update, delete, rotate):
+        proved.add_argument(
+            "--secret-proof",
+            help="the current signing secret, as proof (default: $WEBHOOKCTL_SECRET_PROOF)",
+        )
     rotate.add_argument(
         "--overlap", type=int, help="seconds the old secret keeps signing (default 86400)"
     )
@@ -451,7 +495,7 @@ def _parser() -> argparse.ArgumentParser:
 
     deliveries = _group(groups, "deliveries", "delivery history and retries")
     listing = _command(deliveries, "list", deliveries_list, "list deliveries, newest first")
-    _page_flags(listing)
+    _page_flags(listing, skip=True)
     listing.add_argument("--subscription")
     listing.add_argument("--status", action="append", choices=sorted(STATUSES))
     listing.add_argument("--event-type")
@@ -509,9 +553,11 @@ def _id_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id")
 
 
-def _page_flags(parser: argparse.ArgumentParser) -> None:
+def _page_flags(parser: argparse.ArgumentParser, skip: bool = False) -> None:
     parser.add_argument("--page-size", type=int, default=0, help="default 50, at most 100")
     parser.add_argument("--page-token", default="")
+    if skip:
+        parser.add_argument("--skip", type=int, default=0, help="results to pass over first")
 
 
 def _subscription_flags(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -530,6 +576,13 @@ def _subscription_flags(parser: argparse.ArgumentParser, required: bool) -> None
         help="repeatable NAME: a header whose value is no secret and reads show",
     )
     parser.add_argument("--rate-limit", type=int, help="requests per second")
+    parser.add_argument("--payload-format", choices=sorted(PAYLOAD_FORMATS))
+    parser.add_argument("--payload-template", help="JSON with {{placeholders}} (see the proto)")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="ping the endpoint first; refuse unless it answers 2xx",
+    )
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_const", const=True)
     state.add_argument("--disable", dest="enabled", action="store_const", const=False)

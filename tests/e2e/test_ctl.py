@@ -82,6 +82,63 @@ def test_subscription_lifecycle_in_tables_and_json(ctl: Ctl) -> None:
     assert err.startswith("webhookctl: NOT_FOUND: ") and len(err.strip().splitlines()) == 1
 
 
+def test_payload_formats_proofs_skip_and_verification(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = '{"type": "{{type}}", "body": "{{data}}", "sent_at": "{{sent_at}}"}'
+    made = ctl.json(
+        "subscriptions",
+        "create",
+        "--name",
+        "seed-003",
+        "--url",
+        "https://hooks.example.com/a",
+        "--payload-format",
+        "template",
+        "--payload-template",
+        template,
+    )
+    sub_id, secret = made["subscription"]["id"], made["secret"]
+    shown = ctl("subscriptions", "get", sub_id)
+    [payload] = [line for line in shown.splitlines() if line.startswith("payload ")]
+    assert payload.split()[1] == "template" and '"sent_at": "{{sent_at}}"' in payload
+    ctl("subscriptions", "create", "--name", "b", "--url", "https://hooks.example.com/b")
+    listed = ctl.json("subscriptions", "list", "--page-size", "1", "--skip", "1")
+    assert [s["name"] for s in listed["subscriptions"]] == ["b"]
+    # A wrong proof is refused in one line; the right one, from the environment, works.
+    err = ctl(
+        "subscriptions",
+        "update",
+        sub_id,
+        "--description",
+        "x",
+        "--secret-proof",
+        "whsec_wrong",
+        code=1,
+    )
+    assert err.startswith("webhookctl: INVALID_ARGUMENT") and "whsec_wrong" not in err
+    monkeypatch.setenv("WEBHOOKCTL_SECRET_PROOF", secret)
+    assert (
+        ctl.json("subscriptions", "update", sub_id, "--payload-format", "data")["subscription"][
+            "payload_format"
+        ]
+        == "PAYLOAD_FORMAT_DATA"
+    )
+    assert ctl("subscriptions", "delete", sub_id).strip() == f"deleted {sub_id}"
+    # --verify pings first: nothing listens on port 1.
+    err = ctl(
+        "subscriptions",
+        "create",
+        "--name",
+        "c",
+        "--url",
+        "https://127.0.0.1:1/x",
+        "--verify",
+        code=1,
+    )
+    assert err.startswith("webhookctl: FAILED_PRECONDITION") and "verification failed" in err
+
+
 def test_event_types_list_shows_the_catalog(ctl: Ctl) -> None:
     names = [
         t["name"] for t in ctl.json("event-types", "list", "--page-size", "100")["event_types"]
