@@ -7,9 +7,14 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from service.domain.clock import epoch_parts
-from service.domain.models import EventType, Subscription, SubscriptionSpec
+from service.domain.models import (
+    EventType,
+    Payload,
+    PayloadFormat,
+    Subscription,
+    SubscriptionSpec,
+)
 from service.domain.outcomes import DeliveryStatus
-from service.domain.payloads import Payload, PayloadFormat
 from service.domain.pipeline import AttemptRecord, DeliveryFilter, DeliveryView
 from service.domain.validation import redact_headers
 from service.errors import invalid

@@ -180,6 +180,14 @@ def _headers(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+PAYLOAD_FORMATS = {
+    "envelope": pb.PAYLOAD_FORMAT_ENVELOPE,
+    "cloudevents": pb.PAYLOAD_FORMAT_CLOUDEVENTS,
+    "data": pb.PAYLOAD_FORMAT_DATA,
+    "template": pb.PAYLOAD_FORMAT_TEMPLATE,
+}
+
+
 def _subscription_from_flags(args: argparse.Namespace) -> tuple[pb.Subscription, list[str]]:
     """The subscription the flags describe and the field paths they set (the update mask)."""
     s = pb.Subscription()
@@ -290,12 +298,6 @@ def event_types_list(stub: Stub, args: argparse.Namespace) -> tuple[Message, str
 
 # --- deliveries --------------------------------------------------------------------------
 
-PAYLOAD_FORMATS = {
-    "envelope": pb.PAYLOAD_FORMAT_ENVELOPE,
-    "cloudevents": pb.PAYLOAD_FORMAT_CLOUDEVENTS,
-    "data": pb.PAYLOAD_FORMAT_DATA,
-    "template": pb.PAYLOAD_FORMAT_TEMPLATE,
-}
 STATUSES = {
     "pending": events_pb2.DELIVERY_STATUS_PENDING,
     "succeeded": events_pb2.DELIVERY_STATUS_SUCCEEDED,

@@ -5,9 +5,8 @@ from dataclasses import dataclass
 
 from service.domain import event_patterns, payloads
 from service.domain.ids import derived_id, new_id
-from service.domain.models import Event
+from service.domain.models import Event, Payload
 from service.domain.outcomes import Trigger
-from service.domain.payloads import Payload
 from service.domain.pipeline import Job
 
 # (tenant, event id, subscription id): one delivery at most.
@@ -21,7 +20,7 @@ class Matcher:
     id: str
     event_types: tuple[str, ...]
     granted_scopes: frozenset[str]
-    payload: Payload = payloads.DEFAULT
+    payload: Payload = Payload()
 
 
 def matches(sub: Matcher, event_type: str, scope: str) -> bool:
@@ -66,7 +65,7 @@ def plan_jobs(
             if job is None:
                 body = bodies.get(sub.payload)
                 if body is None:
-                    body = bodies[sub.payload] = payloads.render(sub.payload, _parts(event))
+                    body = bodies[sub.payload] = payloads.render(sub.payload, event)
                 job = Job(
                     delivery_id=delivery_id(event, subscription_id),
                     subscription_id=subscription_id,
@@ -96,9 +95,3 @@ def delivery_id(event: Event, subscription_id: str) -> str:
 
 def pair(job: Job) -> Pair:
     return (job.tenant, job.event_id, job.subscription_id)
-
-
-def _parts(event: Event) -> payloads.EventParts:
-    return payloads.EventParts(
-        event.id, event.type, event.tenant, event.time, event.data, event.source, event.subject
-    )

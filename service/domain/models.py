@@ -4,9 +4,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
 
-from service.domain.payloads import DEFAULT as DEFAULT_PAYLOAD
-from service.domain.payloads import Payload
-
 
 class DisabledReason(IntEnum):
     """Why a subscription is disabled; the values match webhooks.v1.DisabledReason."""
@@ -15,6 +12,29 @@ class DisabledReason(IntEnum):
     MANUAL = 1
     ENDPOINT_GONE = 2
     ENDPOINT_FAILING = 3
+
+
+class PayloadFormat(IntEnum):
+    """Matches webhooks.v1.PayloadFormat (UNSPECIFIED = 0 is stored as ENVELOPE)."""
+
+    ENVELOPE = 1
+    CLOUDEVENTS = 2
+    DATA = 3
+    TEMPLATE = 4
+
+
+@dataclass(frozen=True)
+class Payload:
+    """How one subscription's bodies are built (service.domain.payloads builds them)."""
+
+    format: PayloadFormat = PayloadFormat.ENVELOPE
+    template: str = ""  # the JSON text, when format is TEMPLATE
+
+    @property
+    def content_type(self) -> str:
+        if self.format == PayloadFormat.CLOUDEVENTS:
+            return "application/cloudevents+json"
+        return "application/json"
 
 
 # Subscriptions with slots and not frozen: List builds fifty of each, and a frozen
@@ -35,7 +55,7 @@ class SubscriptionSpec:
     rate_limit_per_second: int = 0
     # Headers whose values reads show; every other value is write-only.
     visible_headers: tuple[str, ...] = ()
-    payload: Payload = DEFAULT_PAYLOAD
+    payload: Payload = Payload()
 
 
 @dataclass(slots=True)

@@ -13,72 +13,31 @@ so `stamp` cannot mistake an event's content for one."""
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import IntEnum
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from service.domain.envelope import webhook_body
+from service.domain.models import Event, Payload, PayloadFormat
 from service.errors import FieldViolation
 
 MAX_TEMPLATE_CHARS = 10_000
-JSON = "application/json"
-CLOUDEVENTS_JSON = "application/cloudevents+json"
 
 _SENT_AT = b"\x00sent_at\x00"
 _SENT_AT_RFC3339 = b"\x00sent_at_rfc3339\x00"
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]*)\s*\}\}")
 _NAMES = ("id", "type", "tenant", "timestamp", "data", "sent_at", "sent_at_rfc3339")
-# Where a placeholder was in the serialized template: a whole string value, or inside one.
-_WHOLE = re.compile(rb'"\\u0000(\d+)\\u0000"')
-_INSIDE = re.compile(rb"\\u0001(\d+)\\u0001")
-
-
-class PayloadFormat(IntEnum):
-    """Matches webhooks.v1.PayloadFormat (UNSPECIFIED = 0 is stored as ENVELOPE)."""
-
-    ENVELOPE = 1
-    CLOUDEVENTS = 2
-    DATA = 3
-    TEMPLATE = 4
-
-
-@dataclass(frozen=True)
-class Payload:
-    """How one subscription's bodies are built."""
-
-    format: PayloadFormat = PayloadFormat.ENVELOPE
-    template: str = ""  # the JSON text, when format is TEMPLATE
-
-    @property
-    def content_type(self) -> str:
-        return CLOUDEVENTS_JSON if self.format == PayloadFormat.CLOUDEVENTS else JSON
-
-
-DEFAULT = Payload()
+# Where a placeholder was in the serialized template: a whole string value (group 1), or
+# inside one (group 2).
+_MARKER = re.compile(rb'"\\u0000(\d+)\\u0000"|\\u0001(\d+)\\u0001')
 
 
 @lru_cache(maxsize=1024)
 def stored(kind: int, template: str) -> Payload:
     """A payload as the store keeps it (few distinct ones recur on every read)."""
     return Payload(PayloadFormat(kind), template)
-
-
-@dataclass(frozen=True)
-class EventParts:
-    """What a body may show of an event."""
-
-    id: str
-    type: str
-    tenant: str
-    time: datetime
-    data: bytes
-    source: str = ""
-    subject: str = ""
-    test: bool = False
 
 
 def validate(
@@ -108,15 +67,16 @@ def validate(
     return problems
 
 
-def render(payload: Payload, event: EventParts) -> bytes:
-    """The body for the event; `stamp` fills in the attempt's time."""
+def render(payload: Payload, event: Event, *, test: bool = False) -> bytes:
+    """The body for the event (`test`: a SendTestEvent's); `stamp` fills in the attempt's
+    time."""
     if payload.format == PayloadFormat.DATA:
         return event.data
     if payload.format == PayloadFormat.CLOUDEVENTS:
-        return _cloudevent(event)
+        return _cloudevent(event, test)
     if payload.format == PayloadFormat.TEMPLATE:
         return _compiled(payload.template).render(event)
-    return webhook_body(event.id, event.type, event.time, event.tenant, event.data, test=event.test)
+    return webhook_body(event.id, event.type, event.time, event.tenant, event.data, test=test)
 
 
 def stamp(body: bytes, now: float) -> bytes:
@@ -133,19 +93,19 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds") + "Z"
 
 
-def _cloudevent(event: EventParts) -> bytes:
+def _cloudevent(event: Event, test: bool) -> bytes:
     head: dict[str, Any] = {
         "specversion": "1.0",
         "id": event.id,
         "source": event.source or "/webhooks",
         "type": event.type,
         "time": _rfc3339(event.time),
-        "datacontenttype": JSON,
+        "datacontenttype": "application/json",
         "tenant": event.tenant,
     }
     if event.subject:
         head["subject"] = event.subject
-    if event.test:
+    if test:
         head["test"] = True
     return orjson.dumps(head)[:-1] + b',"data":' + event.data + b"}"
 
@@ -210,35 +170,37 @@ class _Template:
             return node
 
         serialized = orjson.dumps(mark(orjson.loads(text)))
-        pattern = re.compile(_WHOLE.pattern + b"|" + _INSIDE.pattern)
         self.parts: list[bytes] = []
         self.order: list[tuple[str, bool]] = []
         at = 0
-        for match in pattern.finditer(serialized):
+        for match in _MARKER.finditer(serialized):
             self.parts.append(serialized[at : match.start()])
             index = int(match.group(1) or match.group(2))
             self.order.append(slots[index])
             at = match.end()
         self.parts.append(serialized[at:])
 
-    def render(self, event: EventParts) -> bytes:
+    def render(self, event: Event) -> bytes:
         out = [self.parts[0]]
         parsed: list[Any] = []  # the data, parsed once if a data.<field> asks for it
         for (name, whole), after in zip(self.order, self.parts[1:], strict=True):
-            if whole:
-                value = _value(name, event, parsed)
-            elif name in ("sent_at", "sent_at_rfc3339"):
-                value = _SENT_AT if name == "sent_at" else _SENT_AT_RFC3339
-            else:  # inside a string: the value's text, escaped as string content
-                value = _value(name, event, parsed)
-                text = value[1:-1] if value.startswith(b'"') else orjson.dumps(value.decode())[1:-1]
-                value = text
-            out.append(value)
+            value = _value(name, event, parsed)
+            out.append(value if whole else _as_text(value))
             out.append(after)
         return b"".join(out)
 
 
-def _value(name: str, event: EventParts, parsed: list[Any]) -> bytes:
+def _as_text(value: bytes) -> bytes:
+    """A JSON value written inside a string: a string's content as it is, the bare send-time
+    marker as it is, anything else as its JSON text escaped."""
+    if value.startswith(b'"'):
+        return value[1:-1]
+    if value == _SENT_AT:
+        return value
+    return orjson.dumps(value.decode())[1:-1]
+
+
+def _value(name: str, event: Event, parsed: list[Any]) -> bytes:
     """The placeholder's JSON value."""
     if name == "data":
         return event.data

@@ -4,8 +4,8 @@ from datetime import datetime
 
 import orjson
 
+from service.domain.models import Event
 from service.domain.outcomes import AttemptResult, ErrorKind
-from service.domain.payloads import EventParts
 
 PING_EVENT_TYPE = "webhook.ping"
 
@@ -27,11 +27,11 @@ def needed(*, requested: bool, mandatory: bool, url_changed: bool) -> bool:
     return requested or (mandatory and url_changed)
 
 
-def ping_event(message_id: str, tenant: str, subscription_name: str, now: datetime) -> EventParts:
+def ping_event(message_id: str, tenant: str, subscription_name: str, now: datetime) -> Event:
     """The ping, in the subscription's payload format like its deliveries; its data names the
     subscription being set up."""
     data = orjson.dumps({"subscription_name": subscription_name})
-    return EventParts(message_id, PING_EVENT_TYPE, tenant, now, data)
+    return Event(message_id, PING_EVENT_TYPE, tenant, now, data)
 
 
 def failure(result: AttemptResult, timeout_seconds: float) -> tuple[str, str] | None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import peewee as pw
 
 from service.domain import payloads
+from service.domain.models import Event
 from service.domain.outcomes import Trigger
 from service.domain.pipeline import Job
 from service.store import bulk
@@ -42,7 +43,7 @@ def jobs_for(
         payload = payloads.stored(
             row.subscription.payload_format, row.subscription.payload_template
         )
-        parts = payloads.EventParts(
+        stored_event = Event(
             event.event_id,
             event.type,
             event.tenant,
@@ -50,7 +51,6 @@ def jobs_for(
             bytes(event.data),
             event.source,
             event.subject,
-            test=row.test,
         )
         jobs.append(
             Job(
@@ -59,7 +59,7 @@ def jobs_for(
                 tenant=row.tenant,
                 event_id=event.event_id,
                 event_type=event.type,
-                body=payloads.render(payload, parts),
+                body=payloads.render(payload, stored_event, test=row.test),
                 attempts_made=row.attempt_count,
                 trigger=trigger or _trigger(row),
                 test=row.test,

@@ -12,8 +12,13 @@ from service.domain.access import (
     require_owner_or_admin,
     require_secret_proof,
 )
-from service.domain.models import EventType, Subscription, SubscriptionSpec
-from service.domain.payloads import Payload, PayloadFormat
+from service.domain.models import (
+    EventType,
+    Payload,
+    PayloadFormat,
+    Subscription,
+    SubscriptionSpec,
+)
 from service.domain.signing_secrets import new_secret
 from service.domain.validation import merge_redacted, same_host, to_uri, validate_subscription
 from service.errors import FieldViolation, InvalidArgument, PermissionDenied, invalid

@@ -6,9 +6,9 @@ from datetime import datetime
 import pytest
 
 from service.domain import payloads
-from service.domain.payloads import EventParts, Payload, PayloadFormat
+from service.domain.models import Event, Payload, PayloadFormat
 
-EVENT = EventParts(
+EVENT = Event(
     id="evt_1",
     type="person.created",
     tenant="acme",
@@ -27,7 +27,7 @@ def _template(text: str) -> Payload:
     ("payload", "expected"),
     [
         (
-            payloads.DEFAULT,
+            Payload(),
             {
                 "id": "evt_1",
                 "type": "person.created",
@@ -87,7 +87,7 @@ def test_the_attempt_time_is_filled_in_at_each_attempt() -> None:
     body = payloads.render(_template('{"sent_at": "{{sent_at}}"}'), EVENT)
     assert json.loads(payloads.stamp(body, 100.9)) == {"sent_at": 100}
     assert json.loads(payloads.stamp(body, 200.0)) == {"sent_at": 200}
-    plain = payloads.render(payloads.DEFAULT, EVENT)
+    plain = payloads.render(Payload(), EVENT)
     assert payloads.stamp(plain, 1.0) is plain  # nothing to fill: the same bytes
 
 
@@ -112,4 +112,4 @@ def test_a_bad_template_is_refused_where_it_is_wrong(payload: Payload, problem: 
 
 def test_content_types() -> None:
     assert Payload(PayloadFormat.CLOUDEVENTS).content_type == "application/cloudevents+json"
-    assert payloads.DEFAULT.content_type == "application/json"
+    assert Payload().content_type == "application/json"

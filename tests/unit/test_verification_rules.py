@@ -6,6 +6,7 @@ from datetime import datetime
 import pytest
 
 from service.domain import payloads, verification
+from service.domain.models import Payload
 from service.domain.outcomes import AttemptResult, ErrorKind
 
 
@@ -68,7 +69,7 @@ def test_what_a_failed_ping_says(result: AttemptResult, expected: tuple[str, str
 
 def test_the_ping_is_the_default_envelope_of_webhook_ping() -> None:
     ping = verification.ping_event("msg_1", "acme", 'say "hi"', datetime(2026, 1, 2, 3, 4, 5))
-    assert json.loads(payloads.render(payloads.DEFAULT, ping)) == {
+    assert json.loads(payloads.render(Payload(), ping)) == {
         "id": "msg_1",
         "type": "webhook.ping",
         "timestamp": "2026-01-02T03:04:05.000000Z",
