@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 
 from kafka import topics
 from kafka.codec import dead_letter_headers, decode_event
+from kafka.connection import KafkaConnection
 from kafka.producer import Producer
 from service.domain.event_rules import EventRejected
 from service.domain.models import Event
@@ -47,10 +48,11 @@ class IngestConsumer:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        connection: KafkaConnection,
         topic_names: Sequence[str],
         topic_pattern: str,
         group_id: str = topics.CONSUMER_GROUP,
+        dead_letter_topic: str = topics.DEAD_LETTER_TOPIC,
         producer: Producer,
         store_batch: StoreBatch,
         check: Callable[[Event], None],
@@ -61,7 +63,8 @@ class IngestConsumer:
         batch_size: int = 200,  # records per poll; larger ones stall dispatch
         metrics: Metrics | None = None,
     ) -> None:
-        self._bootstrap = bootstrap
+        self._connection = connection
+        self._dead_letter_topic = dead_letter_topic
         self._topics = list(topic_names)
         self._pattern = topic_pattern
         self._group_id = group_id
@@ -115,7 +118,7 @@ class IngestConsumer:
         if self._consumer is not None:
             return
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+            **self._connection.options(),
             group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -269,7 +272,7 @@ class IngestConsumer:
             },
         )
         return (
-            topics.DEAD_LETTER_TOPIC,
+            self._dead_letter_topic,
             record.key,
             record.value if record.value is not None else b"",
             dead_letter_headers(

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from kafka.connection import KafkaConnection
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ class Producer:
     """Acks from all in-sync replicas, idempotent unless told not to (tansu lacks
     InitProducerId): a retried send after a leader change writes no second copy."""
 
-    def __init__(self, bootstrap: str, idempotence: bool = True) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, connection: KafkaConnection, idempotence: bool = True) -> None:
+        self._connection = connection
         self._idempotence = idempotence
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = KeyedPartitioner()
@@ -61,7 +62,7 @@ class Producer:
         delay = 0.5
         while True:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap,
+                **self._connection.options(),
                 acks="all",
                 enable_idempotence=self._idempotence,
                 linger_ms=5,
@@ -79,7 +80,7 @@ class Producer:
                 delay = min(delay * 2, 10.0)
                 continue
             self._producer = producer
-            log.info("connected to Kafka", extra={"bootstrap": self._bootstrap})
+            log.info("connected to Kafka", extra={"kafka": self._connection.describe()})
             return
 
     @property

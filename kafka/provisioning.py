@@ -1,5 +1,5 @@
-"""The service's topics: created by `webhook-service kafka-init` (never by broker
-auto-creation), and checked by `serve` before it starts."""
+"""The service's topics: created by `webhook-service kafka-init`, never by broker
+auto-creation (`serve` checks they exist: kafka/preflight.py)."""
 
 import asyncio
 import contextlib
@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from kafka import topics
-from service.errors import StartupError
+from kafka.connection import KafkaConnection
 
 VISIBLE_WAIT_SECONDS = 30.0
 
@@ -29,36 +29,27 @@ class TopicsUnavailable(Exception):
     """The broker cannot be asked about topics, or cannot create them; one line."""
 
 
-def service_topics(ingest: Sequence[str]) -> list[str]:
+def service_topics(
+    ingest: Sequence[str],
+    audit: str = topics.DELIVERY_ATTEMPTS_TOPIC,
+    dead_letter: str = topics.DEAD_LETTER_TOPIC,
+) -> list[str]:
     """Every topic the service reads or writes: the ingest ones, audit and dead letters."""
-    return [*ingest, topics.DELIVERY_ATTEMPTS_TOPIC, topics.DEAD_LETTER_TOPIC]
+    return [*ingest, audit, dead_letter]
 
 
-async def missing_topics(bootstrap: str, names: Sequence[str]) -> list[str]:
+async def missing_topics(connection: KafkaConnection, names: Sequence[str]) -> list[str]:
     """Those of `names` the cluster does not have."""
-    async with _admin(bootstrap) as admin:
+    async with _admin(connection) as admin:
         existing = set(await admin.list_topics())
     return [name for name in names if name not in existing]
 
 
-async def require_topics(bootstrap: str, names: Sequence[str]) -> None:
-    """The service never relies on broker auto-creation: its topics must be there."""
-    try:
-        missing = await missing_topics(bootstrap, names)
-    except TopicsUnavailable as exc:
-        raise StartupError(f"cannot list the Kafka topics: {exc}") from None
-    if missing:
-        raise StartupError(
-            f"Kafka topics missing: {', '.join(missing)}; create them with"
-            " `webhook-service kafka-init`"
-        )
-
-
 async def create_topics(
-    bootstrap: str, names: Sequence[str], layout: TopicLayout = TopicLayout()
+    connection: KafkaConnection, names: Sequence[str], layout: TopicLayout = TopicLayout()
 ) -> list[str]:
     """Creates those of `names` that do not exist (idempotent); returns the ones it made."""
-    async with _admin(bootstrap) as admin:
+    async with _admin(connection) as admin:
         existing = set(await admin.list_topics())
         wanted = [name for name in names if name not in existing]
         if not wanted:
@@ -90,12 +81,12 @@ async def create_topics(
 
 
 @contextlib.asynccontextmanager
-async def _admin(bootstrap: str):  # type: ignore[no-untyped-def]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+async def _admin(connection: KafkaConnection):  # type: ignore[no-untyped-def]
+    admin = AIOKafkaAdminClient(**connection.options(), request_timeout_ms=10_000)
     try:
         await admin.start()
         yield admin
     except KafkaError as exc:
-        raise TopicsUnavailable(f"Kafka at {bootstrap}: {type(exc).__name__}") from None
+        raise TopicsUnavailable(f"Kafka at {connection.describe()}: {type(exc).__name__}") from None
     finally:
         await admin.close()

@@ -9,13 +9,14 @@ from typing import Protocol
 
 import peewee as pw
 
-from kafka import topics
+from kafka import preflight
 from kafka.codec import encode_attempt
+from kafka.connection import KafkaConnection, KafkaSecurity
 from kafka.health import PROBE_SECONDS, KafkaProbe
 from kafka.ingest import IngestConsumer
+from kafka.oauth import ClientCredentials, TokenFile
 from kafka.outbox import OutboxPublisher
 from kafka.producer import Producer
-from kafka.provisioning import require_topics, service_topics
 from kafka.publishing import AuditSender, EventPublisher
 from service import runtime
 from service.api.keys import ApiKeys
@@ -75,8 +76,50 @@ def attempt_settings(settings: Settings) -> AttemptSettings:
         schedule=settings.retry_schedule,
         jitter=settings.retry_jitter,
         disable_after=timedelta(seconds=settings.disable_after_seconds),
-        audit_topic=topics.DELIVERY_ATTEMPTS_TOPIC,
+        audit_topic=settings.kafka_audit_topic,
         encode_audit=encode_attempt,
+    )
+
+
+def kafka_connection(settings: Settings) -> KafkaConnection:
+    """Every Kafka client's connection; secrets are read from their files when used."""
+    password_file = settings.kafka_sasl_password_file
+
+    def password() -> str:
+        if password_file is not None:
+            return password_file.read_text().strip()
+        return settings.kafka_sasl_password
+
+    provider: TokenFile | ClientCredentials | None = None
+    if settings.kafka_oauth_token_file is not None:
+        provider = TokenFile(settings.kafka_oauth_token_file)
+    elif settings.kafka_oauth_token_url:
+        provider = ClientCredentials(
+            settings.kafka_oauth_token_url,
+            settings.kafka_sasl_username,
+            password,
+            settings.kafka_oauth_scope,
+        )
+    security = KafkaSecurity(
+        protocol=settings.kafka_security_protocol,
+        ca_file=settings.kafka_ssl_ca_file,
+        cert_file=settings.kafka_ssl_cert_file,
+        key_file=settings.kafka_ssl_key_file,
+        check_hostname=settings.kafka_ssl_check_hostname,
+        mechanism=settings.kafka_sasl_mechanism,
+        username=settings.kafka_sasl_username,
+        password=password,
+        token_provider=provider,
+    )
+    return KafkaConnection(settings.kafka_bootstrap_servers, settings.kafka_client_id, security)
+
+
+def kafka_needs(settings: Settings) -> preflight.Needs:
+    """What `serve` does on the cluster (ingest topics named by a pattern are not known)."""
+    return preflight.Needs(
+        read=[] if settings.kafka_topic_pattern else settings.kafka_topics,
+        write=[settings.kafka_audit_topic, settings.kafka_dead_letter_topic],
+        group=settings.kafka_group_id,
     )
 
 
@@ -98,10 +141,10 @@ class App:
         self.database = database or open_database(settings.database_url)
         self.stores = Stores.over(self.database, SecretBox(settings.secret_encryption_keys))
         self.policy = delivery_policy(settings)
-        kafka = settings.kafka_enabled
+        self.kafka = kafka_connection(settings)
         self.producer = producer or (
-            Producer(settings.kafka_bootstrap_servers, idempotence=settings.kafka_idempotence)
-            if kafka
+            Producer(self.kafka, idempotence=settings.kafka_idempotence)
+            if settings.kafka_enabled
             else None
         )
         # Signs and sends in a child process (WEBHOOKS_DELIVERY_WORKERS=1).
@@ -142,8 +185,7 @@ class App:
         settings, stores, policy, metrics = self.settings, self.stores, self.policy, self.metrics
         self.keys.load()
         if settings.kafka_enabled:
-            names = [] if settings.kafka_topic_pattern else settings.kafka_topics
-            await require_topics(settings.kafka_bootstrap_servers, service_topics(names))
+            await preflight.check(self.kafka, kafka_needs(settings))
 
         # SQLite takes one writer at a time (the others sleep-poll for its lock): one thread.
         sqlite = sqlite_path(settings.database_url)
@@ -221,10 +263,11 @@ class App:
                 await self.delivery_worker.start()
             await producer.start(wait=False)
             self._consumer = IngestConsumer(
-                bootstrap=settings.kafka_bootstrap_servers,
+                connection=self.kafka,
                 topic_names=settings.kafka_topics,
                 topic_pattern=settings.kafka_topic_pattern,
                 group_id=settings.kafka_group_id,
+                dead_letter_topic=settings.kafka_dead_letter_topic,
                 producer=producer,
                 store_batch=BatchStorer(
                     runner=runner,

@@ -126,15 +126,31 @@ def _migrate(settings: Settings) -> int:
 
 
 def _kafka_init(settings: Settings) -> int:
+    from kafka.preflight import check_client_certificate, check_login
     from kafka.provisioning import TopicLayout, TopicsUnavailable, create_topics, service_topics
+    from service.app import kafka_connection
 
     pattern = settings.kafka_topic_pattern
-    names = service_topics([] if pattern else settings.kafka_topics)
+    names = service_topics(
+        [] if pattern else settings.kafka_topics,
+        settings.kafka_audit_topic,
+        settings.kafka_dead_letter_topic,
+    )
     layout = TopicLayout(
         settings.kafka_partitions, settings.kafka_replication_factor, settings.kafka_retention_hours
     )
+    connection = kafka_connection(settings)
+
+    async def provision() -> list[str]:
+        check_client_certificate(connection)
+        await check_login(connection)
+        return await create_topics(connection, names, layout)
+
     try:
-        created = asyncio.run(create_topics(settings.kafka_bootstrap_servers, names, layout))
+        created = asyncio.run(provision())
+    except StartupError as exc:
+        print(f"webhook-service: kafka-init: {exc}", file=sys.stderr)
+        return 2
     except TopicsUnavailable as exc:
         print(f"webhook-service: kafka-init: {exc}", file=sys.stderr)
         return 2
@@ -211,6 +227,8 @@ def write_dev_files(dev_dir: Path) -> tuple[str, dict[str, str]]:
 def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | None":
     """Writes .dev/, starts the embedded broker unless WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS names
     one, and prints how to call."""
+    from kafka import topics
+    from kafka.connection import KafkaConnection
     from kafka.embedded import EmbeddedBroker, free_port
     from kafka.provisioning import create_topics, service_topics
 
@@ -223,9 +241,11 @@ def _prepare_dev_environment(environ: "os._Environ[str]") -> "EmbeddedBroker | N
         broker = EmbeddedBroker(9092 if _port_free(9092) else free_port(), DEV_DIR / "tansu.log")
         broker.start()
         topic_names = service_topics(
-            environ.get("WEBHOOKS_KAFKA_TOPICS", "domain-events").split(",")
+            environ.get("WEBHOOKS_KAFKA_TOPICS", topics.DEFAULT_INGEST_TOPIC).split(","),
+            environ.get("WEBHOOKS_KAFKA_AUDIT_TOPIC", topics.DELIVERY_ATTEMPTS_TOPIC),
+            environ.get("WEBHOOKS_KAFKA_DEAD_LETTER_TOPIC", topics.DEAD_LETTER_TOPIC),
         )
-        asyncio.run(create_topics(broker.bootstrap, topic_names))
+        asyncio.run(create_topics(KafkaConnection(broker.bootstrap), topic_names))
         environ["WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
         environ.setdefault("WEBHOOKS_KAFKA_IDEMPOTENCE", "false")  # tansu has no InitProducerId
     address = environ.get("WEBHOOKS_GRPC_ADDRESS", "127.0.0.1:50051")

@@ -7,10 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
 from kafka import topics
+from kafka.connection import MECHANISMS, PROTOCOLS, SASL_PROTOCOLS, TLS_PROTOCOLS
 from service.domain.retry import DEFAULT_SCHEDULE
 
 PREFIX = "WEBHOOKS_"
@@ -56,6 +58,24 @@ def _one_of(*choices: str) -> Callable[[str], str]:
         return value.strip().lower()
 
     return parse
+
+
+def _upper_one_of(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.strip().upper() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value.strip().upper()
+
+    return parse
+
+
+def _token_url(value: str) -> str:
+    """https, or http to this machine only: the client secret travels in the request."""
+    url = urlsplit(value)
+    loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+    if not url.hostname or not (url.scheme == "https" or (url.scheme == "http" and loopback)):
+        raise ValueError("must be an https:// URL (http:// only to localhost)")
+    return value
 
 
 def _address(value: str) -> str:
@@ -132,9 +152,12 @@ def _log_level(value: str) -> str:
     return level
 
 
-def _setting(default: object, parse: Callable[[str], object], doc: str) -> Any:
-    """A settings field: its default (None = required), its parser and its meaning."""
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def _setting(
+    default: object, parse: Callable[[str], object], doc: str, *, secret: bool = False
+) -> Any:
+    """A settings field: its default (None = required), its parser and its meaning. A secret
+    one is left out of the settings' repr, so no log or error can show it."""
+    return field(default=default, metadata={"parse": parse, "doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -146,6 +169,7 @@ class Settings:
         None,
         _fernet_keys,
         "Fernet keys encrypting signing secrets at rest, newest first (required)",
+        secret=True,
     )
     grpc_address: str = _setting("127.0.0.1:50051", _address, "gRPC listen address")
     database_url: str = _setting(
@@ -168,6 +192,51 @@ class Settings:
     )
     kafka_group_id: str = _setting(
         topics.CONSUMER_GROUP, str, "consumer group of the service's instances (one per deployment)"
+    )
+    kafka_client_id: str = _setting(
+        "webhook-service", str, "client id the brokers see (their logs, metrics and quotas)"
+    )
+    kafka_audit_topic: str = _setting(
+        topics.DELIVERY_ATTEMPTS_TOPIC, str, "topic of the delivery attempts' audit records"
+    )
+    kafka_dead_letter_topic: str = _setting(
+        topics.DEAD_LETTER_TOPIC, str, "topic of the records ingest could not accept"
+    )
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", _upper_one_of(*PROTOCOLS), "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_ssl_ca_file: Path | None = _setting(
+        None,
+        _optional_path,
+        "PEM CA bundle that signed the brokers' certificates (default: system)",
+    )
+    kafka_ssl_cert_file: Path | None = _setting(
+        None, _optional_path, "PEM client certificate, for brokers that want one (mTLS)"
+    )
+    kafka_ssl_key_file: Path | None = _setting(
+        None, _optional_path, "PEM private key of the client certificate (unencrypted)"
+    )
+    kafka_ssl_check_hostname: bool = _setting(
+        True, _bool, "the broker's certificate must name the host connected to"
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "", _upper_one_of(*MECHANISMS), "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
+    )
+    kafka_sasl_username: str = _setting(
+        "", str, "SASL user name (OAUTHBEARER with a token URL: the OAuth client id)"
+    )
+    kafka_sasl_password: str = _setting(
+        "", str, "SASL password or OAuth client secret; prefer the _FILE setting", secret=True
+    )
+    kafka_sasl_password_file: Path | None = _setting(
+        None, _optional_path, "file holding the SASL password (read at each connection)"
+    )
+    kafka_oauth_token_url: str = _setting(
+        "", _token_url, "OAUTHBEARER: token endpoint for the client credentials grant"
+    )
+    kafka_oauth_scope: str = _setting("", str, "OAUTHBEARER: scope asked of the token endpoint")
+    kafka_oauth_token_file: Path | None = _setting(
+        None, _optional_path, "OAUTHBEARER: file holding a token kept fresh by another process"
     )
     kafka_idempotence: bool = _setting(
         True,
@@ -339,7 +408,12 @@ class Settings:
             problems.append("WEBHOOKS_TLS_CERT_FILE and WEBHOOKS_TLS_KEY_FILE go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             problems.append("WEBHOOKS_TLS_CLIENT_CA_FILE needs WEBHOOKS_TLS_CERT_FILE")
+        problems += self._kafka_checks()
         for name in (
+            "kafka_ssl_ca_file",
+            "kafka_ssl_cert_file",
+            "kafka_ssl_key_file",
+            "kafka_sasl_password_file",
             "api_keys_file",
             "event_types_file",
             "tls_cert_file",
@@ -350,6 +424,52 @@ class Settings:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 problems.append(f"{PREFIX}{name.upper()} {path} is not a readable file")
+        return problems
+
+    def _kafka_checks(self) -> list[str]:
+        """Kafka's security settings must form one whole: nothing set that would be ignored."""
+        problems = []
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        tls, sasl = protocol in TLS_PROTOCOLS, protocol in SASL_PROTOCOLS
+        ssl_files = (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file, self.kafka_ssl_key_file)
+        if not tls and any(ssl_files):
+            problems.append("WEBHOOKS_KAFKA_SSL_* files need security protocol SSL or SASL_SSL")
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            problems.append(
+                "WEBHOOKS_KAFKA_SSL_CERT_FILE and WEBHOOKS_KAFKA_SSL_KEY_FILE go together"
+            )
+        if sasl != bool(mechanism):
+            problems.append(
+                f"WEBHOOKS_KAFKA_SASL_MECHANISM {'is required with' if sasl else 'needs'}"
+                " security protocol SASL_PLAINTEXT or SASL_SSL"
+            )
+        password = bool(self.kafka_sasl_password) + (self.kafka_sasl_password_file is not None)
+        if password > 1:
+            problems.append("set WEBHOOKS_KAFKA_SASL_PASSWORD or its _FILE, not both")
+        oauth = (self.kafka_oauth_token_url, self.kafka_oauth_token_file)
+        if mechanism == "OAUTHBEARER":
+            if bool(oauth[0]) == (oauth[1] is not None):
+                problems.append(
+                    "OAUTHBEARER needs one of WEBHOOKS_KAFKA_OAUTH_TOKEN_URL and _TOKEN_FILE"
+                )
+            if oauth[0] and not (self.kafka_sasl_username and password):
+                problems.append(
+                    "WEBHOOKS_KAFKA_OAUTH_TOKEN_URL needs the client id and secret in"
+                    " WEBHOOKS_KAFKA_SASL_USERNAME and WEBHOOKS_KAFKA_SASL_PASSWORD(_FILE)"
+                )
+        else:
+            if any(oauth) or self.kafka_oauth_scope:
+                problems.append("WEBHOOKS_KAFKA_OAUTH_* settings need SASL mechanism OAUTHBEARER")
+            if mechanism and not (self.kafka_sasl_username and password):
+                problems.append(
+                    f"SASL {mechanism} needs WEBHOOKS_KAFKA_SASL_USERNAME and"
+                    " WEBHOOKS_KAFKA_SASL_PASSWORD (or _FILE)"
+                )
+        if self.kafka_oauth_token_file is not None and not self.kafka_oauth_token_file.is_file():
+            problems.append(
+                f"WEBHOOKS_KAFKA_OAUTH_TOKEN_FILE {self.kafka_oauth_token_file}"
+                " is not a readable file"
+            )
         return problems
 
     def quota_for(self, tenant: str) -> int:

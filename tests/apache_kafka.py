@@ -76,13 +76,23 @@ def _cluster_id() -> str:
 class KafkaNode:
     """One combined broker and controller; its data stays in `log_dir` across restarts."""
 
-    def __init__(self, node_id: int, root: Path, libs: Path, quick_jit: bool = True) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        root: Path,
+        libs: Path,
+        quick_jit: bool = True,
+        listeners: Mapping[str, str] | None = None,
+    ) -> None:
         self.node_id = node_id
         # The tests' nodes compile with C1 only: a third less CPU to start and idle, on a
         # machine the whole parallel suite shares. The benchmark's node runs as shipped.
         self._jit = ["-XX:TieredStopAtLevel=1"] if quick_jit else []
         self.port = free_port()
         self.controller_port = free_port()
+        # Client listeners beside PLAINTEXT (name -> security protocol), each on its own port.
+        self.listeners = dict(listeners or {})
+        self.ports = {name: free_port() for name in self.listeners}
         self.dir = root / f"node-{node_id}"
         self.log_dir = self.dir / "data"
         self.properties = self.dir / "server.properties"
@@ -91,28 +101,34 @@ class KafkaNode:
 
     def configure(self, voters: str, settings: Mapping[str, object]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        extra = [f"{name}://127.0.0.1:{port}" for name, port in self.ports.items()]
+        advertised = ",".join([f"PLAINTEXT://127.0.0.1:{self.port}", *extra])
+        protocols = ",".join(f"{name}:{protocol}" for name, protocol in self.listeners.items())
         lines = {
             "process.roles": "broker,controller",
             "node.id": self.node_id,
             "controller.quorum.voters": voters,
-            "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT", *([protocols] if protocols else [])]
+            ),
             "log.dirs": self.log_dir,
             **settings,
         }
-        self.properties.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+        # A multi-line value (an inline PEM) is written as one line with "\\n" escapes.
+        escaped = {k: str(v).replace("\n", "\\n") for k, v in lines.items()}
+        self.properties.write_text("".join(f"{k}={v}\n" for k, v in escaped.items()))
 
-    def format(self, cluster_id: str) -> None:
+    def format(self, cluster_id: str, *extra: str) -> None:
         self._java(
             "kafka.tools.StorageTool",
             "format",
             f"--cluster-id={cluster_id}",
             f"--config={self.properties}",
+            *extra,
         )
 
     def _java(self, main: str, *args: object) -> None:
@@ -191,10 +207,20 @@ class KafkaCluster:
     broker's own. Topics are never created automatically."""
 
     def __init__(
-        self, root: Path, size: int = 1, libs: Path | None = None, *, quick_jit: bool = True
+        self,
+        root: Path,
+        size: int = 1,
+        libs: Path | None = None,
+        *,
+        quick_jit: bool = True,
+        listeners: Mapping[str, str] | None = None,
+        extra_settings: Mapping[str, object] | None = None,
+        format_args: tuple[str, ...] = (),
     ) -> None:
+        """`listeners`, `extra_settings` and `format_args` (e.g. SCRAM users) are those of a
+        secured cluster (tests/secured_kafka.py)."""
         libs = libs or jars()
-        self.nodes = [KafkaNode(n, root, libs, quick_jit) for n in range(1, size + 1)]
+        self.nodes = [KafkaNode(n, root, libs, quick_jit, listeners) for n in range(1, size + 1)]
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         replicas = min(size, 3)
         settings = {
@@ -210,11 +236,12 @@ class KafkaCluster:
             # The tests' consumers use 2 s sessions so a crash rebalances quickly.
             "group.min.session.timeout.ms": 1000,
             "unclean.leader.election.enable": "false",
+            **(extra_settings or {}),
         }
         cluster_id = _cluster_id()
         for node in self.nodes:
             node.configure(voters, settings)
-            node.format(cluster_id)
+            node.format(cluster_id, *format_args)
         self.bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
         self.supports_idempotence = True
 

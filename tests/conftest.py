@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from kafka.connection import KafkaConnection
 from kafka.embedded import EmbeddedBroker, free_port
 from kafka.provisioning import create_topics, service_topics
 from service.config import Settings
@@ -155,12 +156,12 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     if request.param == "tansu":
         tansu = EmbeddedBroker(free_port())
         tansu.start()
-        asyncio.run(create_topics(tansu.bootstrap, service_topics([])))
+        asyncio.run(create_topics(KafkaConnection(tansu.bootstrap), service_topics([])))
         yield tansu
         tansu.stop()
         return
     with apache_kafka.cluster_for(request, size=1) as cluster:
-        asyncio.run(create_topics(cluster.bootstrap, service_topics([])))
+        asyncio.run(create_topics(KafkaConnection(cluster.bootstrap), service_topics([])))
         yield cluster
 
 

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from kafka import topics
+from kafka.connection import KafkaConnection
 from kafka.provisioning import create_topics
 from tests.support import Api
 from webhooks.v1 import events_pb2
@@ -331,7 +332,7 @@ def pipeline_env(broker: Broker, topic: str) -> dict[str, str]:
 
 def new_topic(bootstrap: str) -> str:
     topic = f"events-{uuid.uuid4().hex[:10]}"
-    asyncio.run(create_topics(bootstrap, [topic]))
+    asyncio.run(create_topics(KafkaConnection(bootstrap), [topic]))
     return topic
 
 

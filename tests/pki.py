@@ -16,9 +16,10 @@ def cert(
     ca: bool = False,
     hosts: tuple[str, ...] = ("localhost",),
     expired: bool = False,
+    loopback_ip: bool = True,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A certificate for `hosts` (and 127.0.0.1), signed by `issuer` or by itself; an
-    expired one ended an hour ago."""
+    """A certificate for `hosts` (and 127.0.0.1 unless `loopback_ip` is false), signed by
+    `issuer` or by itself; an expired one ended an hour ago."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=2 if expired else 0)
@@ -37,7 +38,7 @@ def cert(
             x509.SubjectAlternativeName(
                 [
                     *(x509.DNSName(host) for host in hosts),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if loopback_ip else []),
                 ]
             ),
             critical=False,

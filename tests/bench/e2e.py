@@ -21,6 +21,7 @@ import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kafka import topics
+from kafka.connection import KafkaConnection
 from kafka.embedded import EmbeddedBroker, free_port
 from kafka.ingest import FLOWING_FETCH_WAIT_MS
 from kafka.provisioning import TopicLayout, create_topics, service_topics
@@ -112,7 +113,9 @@ class Stack:
             settings = {"WEBHOOKS_KAFKA_FETCH_MAX_WAIT_MS": "500", **settings}
         topic = "domain-events"
         layout = TopicLayout(partitions=6)
-        asyncio.run(create_topics(broker.bootstrap, service_topics([topic]), layout))
+        asyncio.run(
+            create_topics(KafkaConnection(broker.bootstrap), service_topics([topic]), layout)
+        )
         keys = {tenant: new_api_key() for tenant in LAYOUT}
         entries = [
             {"id": t, "sha256": hash_key(k), "tenant": t, "principal": t, "scopes": [ADMIN]}
@@ -390,7 +393,9 @@ def broker_floor(
     broker = start_broker(kind, workdir)
     try:
         topic = "domain-events"
-        asyncio.run(create_topics(broker.bootstrap, [topic], TopicLayout(partitions=6)))
+        asyncio.run(
+            create_topics(KafkaConnection(broker.bootstrap), [topic], TopicLayout(partitions=6))
+        )
         plan = events(int(per_second * seconds))
         samples = asyncio.run(_produce_and_consume(broker.bootstrap, topic, plan, per_second))
     finally:

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kafka import topics
+from kafka.connection import KafkaConnection
 from kafka.embedded import free_port
 from kafka.provisioning import TopicLayout, create_topics, service_topics
 from service.api.server import KAFKA_HEALTH
@@ -99,7 +100,7 @@ def cluster_of_three(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
     """Session-wide on the one worker that runs these tests: under xdist other modules' tests
     run between them, and a module-scoped cluster would be started anew for each."""
     with cluster_for(request, size=3) as cluster:
-        asyncio.run(create_topics(cluster.bootstrap, service_topics([])))
+        asyncio.run(create_topics(KafkaConnection(cluster.bootstrap), service_topics([])))
         yield cluster
 
 
@@ -107,7 +108,7 @@ def cluster_of_three(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
 def single_node(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
     """A node of this test's own: it gets killed."""
     with cluster_for(request, size=1) as cluster:
-        asyncio.run(create_topics(cluster.bootstrap, service_topics([])))
+        asyncio.run(create_topics(KafkaConnection(cluster.bootstrap), service_topics([])))
         yield cluster
 
 
@@ -140,7 +141,9 @@ def _wait(condition: Any, timeout: float, what: str) -> float:
 
 def _start(tmp_path: Path, cluster: KafkaCluster, receiver: Receiver) -> tuple[ServiceProcess, str]:
     topic = f"events-{tmp_path.name[-12:]}".replace("_", "-")
-    asyncio.run(create_topics(cluster.bootstrap, [topic], TopicLayout(partitions=3)))
+    asyncio.run(
+        create_topics(KafkaConnection(cluster.bootstrap), [topic], TopicLayout(partitions=3))
+    )
     env = process_env(
         tmp_path,
         f"sqlite:///{tmp_path / 'webhooks.db'}",
@@ -283,7 +286,9 @@ def test_an_instance_joining_and_leaving_hands_its_batches_over(
     duplicates are at most what was being stored at that moment: one batch."""
     cluster = cluster_of_three
     topic = f"events-{tmp_path.name[-12:]}".replace("_", "-")
-    asyncio.run(create_topics(cluster.bootstrap, [topic], TopicLayout(partitions=6)))
+    asyncio.run(
+        create_topics(KafkaConnection(cluster.bootstrap), [topic], TopicLayout(partitions=6))
+    )
     env = process_env(
         tmp_path,
         postgres_url,

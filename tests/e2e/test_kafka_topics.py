@@ -10,6 +10,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from kafka.connection import KafkaConnection
 from kafka.provisioning import missing_topics, service_topics
 from tests.pipeline_support import Broker, pipeline_env
 from tests.support import process_env
@@ -68,5 +69,8 @@ def test_serve_needs_its_topics_and_kafka_init_makes_them(tmp_path: Path, broker
     assert "webhooks.delivery-attempts: exists" in made.stdout  # the session's broker has it
     again = _run("kafka-init", env)  # idempotent
     assert again.returncode == 0 and f"{topic}: exists" in again.stdout
-    assert asyncio.run(missing_topics(broker.bootstrap, service_topics([topic]))) == []
+    assert (
+        asyncio.run(missing_topics(KafkaConnection(broker.bootstrap), service_topics([topic])))
+        == []
+    )
     assert _layout(broker.bootstrap, topic) == (4, 1, str(48 * 3_600_000))

@@ -2,6 +2,7 @@
 
 import asyncio
 
+from kafka.connection import KafkaConnection
 from kafka.ingest import FLOWING_FETCH_WAIT_MS, IngestConsumer
 from kafka.producer import Producer
 from service.domain.models import Event
@@ -32,9 +33,11 @@ def test_fetches_wait_briefly_while_records_flow_and_the_configured_time_when_id
         return StoredBatch(hand_off)
 
     async def run() -> list[tuple[int, int]]:
-        producer = Producer(broker.bootstrap, idempotence=broker.supports_idempotence)
+        producer = Producer(
+            KafkaConnection(broker.bootstrap), idempotence=broker.supports_idempotence
+        )
         consumer = IngestConsumer(
-            bootstrap=broker.bootstrap,
+            connection=KafkaConnection(broker.bootstrap),
             topic_names=[topic],
             topic_pattern="",
             producer=producer,

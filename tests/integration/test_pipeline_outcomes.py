@@ -324,12 +324,13 @@ def test_topic_pattern_consumes_every_matching_topic(
     import asyncio
     import uuid
 
+    from kafka.connection import KafkaConnection
     from kafka.provisioning import create_topics
     from tests.pipeline_support import produce
 
     prefix = f"pat{uuid.uuid4().hex[:6]}"
     names = [f"{prefix}.crm", f"{prefix}.billing"]
-    asyncio.run(create_topics(broker.bootstrap, names))
+    asyncio.run(create_topics(KafkaConnection(broker.bootstrap), names))
     pipeline = make_pipeline(WEBHOOKS_KAFKA_TOPIC_PATTERN=rf"{prefix}\..*")
     pipeline.api.create(url=receiver.url("/pattern"))
     for name in names:

@@ -4,6 +4,7 @@ import asyncio
 import os
 from typing import Any
 
+from kafka.connection import KafkaConnection
 from kafka.producer import Producer
 from tests.pipeline_support import Broker, new_topic, read_topic
 
@@ -20,7 +21,9 @@ def test_send_all_reports_each_records_partition_and_offset(broker: Broker) -> N
     records[101] = (first, b"key-1", b"after the big one", [])
 
     async def send() -> list[tuple[int, int]]:
-        producer = Producer(broker.bootstrap, idempotence=broker.supports_idempotence)
+        producer = Producer(
+            KafkaConnection(broker.bootstrap), idempotence=broker.supports_idempotence
+        )
         await producer.start()
         try:
             return await producer.send_all(records)

@@ -1,0 +1,333 @@
+"""What `serve` and `kafka-init` check before they start, each failure one line that says
+what to fix: the login (TLS and SASL), that the service's topics exist, and that the ACLs
+let the service's principal do its work.
+
+aiokafka reports a failed bootstrap only as "Unable to bootstrap", so the login is tried on
+one connection of our own to read its cause. It also lacks the requests that return the
+operations a principal may do (Metadata v8, DescribeGroups v3 with its response): they are
+declared here in aiokafka's protocol types."""
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.protocol.admin import DescribeGroupsResponse_v3
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
+from cryptography import x509
+
+from kafka.connection import KafkaConnection
+from kafka.oauth import TokenUnavailable
+from service.errors import StartupError
+
+TIMEOUT_SECONDS = 10.0
+# Kafka's AclOperation codes, as bits of an "authorized operations" field.
+READ, WRITE, CREATE, DESCRIBE = 3, 4, 5, 8
+OPERATION_NAMES = {READ: "READ", WRITE: "WRITE", CREATE: "CREATE", DESCRIBE: "DESCRIBE"}
+# The field's value when the broker did not compute it (tansu, for one): nothing to check.
+NOT_PROVIDED = -(2**31)
+TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED, UNKNOWN_TOPIC = 29, 30, 3
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the service does on the cluster: consume `read` topics in `group`, produce to
+    `write` topics, and with `create` make the topics first (kafka-init)."""
+
+    read: Sequence[str]
+    write: Sequence[str]
+    group: str | None
+    create: bool = False
+
+    @property
+    def topics(self) -> list[str]:
+        return list(dict.fromkeys([*self.read, *self.write]))
+
+
+async def check(connection: KafkaConnection, needs: Needs) -> None:
+    """Raises StartupError naming the first thing that stops the service working."""
+    check_client_certificate(connection)
+    await check_login(connection)
+    try:
+        async with asyncio.timeout(TIMEOUT_SECONDS * 2):
+            problems = await _access_problems(connection, needs)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        raise StartupError(
+            f"Kafka at {connection.describe()}: cannot read topic metadata ({type(exc).__name__})"
+        ) from None
+    if problems:
+        raise StartupError(problems[0] if len(problems) == 1 else "; ".join(problems))
+
+
+def check_client_certificate(connection: KafkaConnection) -> None:
+    """An expired client certificate, said plainly: the broker only answers "certificate
+    unknown"."""
+    path = connection.security.cert_file
+    if path is None or not connection.security.tls:
+        return
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        raise StartupError(
+            f"WEBHOOKS_KAFKA_SSL_CERT_FILE {path} is not a PEM certificate"
+        ) from None
+    now = datetime.datetime.now(datetime.UTC)
+    if certificate.not_valid_after_utc < now:
+        raise StartupError(
+            f"WEBHOOKS_KAFKA_SSL_CERT_FILE {path} expired at"
+            f" {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    if certificate.not_valid_before_utc > now:
+        raise StartupError(
+            f"WEBHOOKS_KAFKA_SSL_CERT_FILE {path} is not valid before"
+            f" {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+async def check_login(connection: KafkaConnection) -> None:
+    """Connects and logs in to the bootstrap servers in turn until one accepts; raises
+    StartupError with the cause the first one gave."""
+    options = connection.options()
+    first: str | None = None
+    for host, port in connection.servers:
+        try:
+            async with asyncio.timeout(TIMEOUT_SECONDS):
+                conn = await create_conn(
+                    host,
+                    port,
+                    client_id=options["client_id"],
+                    request_timeout_ms=int(TIMEOUT_SECONDS * 1000),
+                    ssl_context=options["ssl_context"],
+                    security_protocol=options["security_protocol"],
+                    sasl_mechanism=options.get("sasl_mechanism"),
+                    sasl_plain_username=options.get("sasl_plain_username"),
+                    sasl_plain_password=options.get("sasl_plain_password"),
+                    sasl_oauth_token_provider=options.get("sasl_oauth_token_provider"),
+                )
+        except Exception as exc:  # each cause is named below; none may escape unexplained
+            first = first or f"Kafka at {host}:{port}: {login_failure(connection, exc)}"
+            continue
+        conn.close()
+        return
+    raise StartupError(first or "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS names no server")
+
+
+def login_failure(connection: KafkaConnection, exc: BaseException) -> str:
+    """Why a connection and login failed, in words an operator can act on."""
+    security = connection.security
+    cause = exc.__cause__ if isinstance(exc, KafkaConnectionError) and exc.__cause__ else exc
+    if isinstance(cause, SaslAuthenticationFailed):
+        return (
+            f"the SASL {security.mechanism} login of {security.username!r} was refused"
+            f" ({_broker_message(cause)}); check WEBHOOKS_KAFKA_SASL_USERNAME and the password"
+        )
+    if isinstance(cause, UnsupportedSaslMechanismError):
+        return f"this listener does not offer SASL {security.mechanism}"
+    if isinstance(cause, TokenUnavailable):
+        return f"no OAUTHBEARER token: {cause}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = (cause.verify_message or str(cause)).rstrip(".")
+        if "mismatch" in reason or "hostname" in reason.lower():
+            hint = "the bootstrap address must be a name the certificate gives"
+        elif "expired" in reason:
+            hint = "the broker's certificate must be renewed"
+        else:
+            hint = "check WEBHOOKS_KAFKA_SSL_CA_FILE names the CA that signed it"
+        return f"the broker's TLS certificate was not accepted: {reason}; {hint}"
+    if isinstance(cause, ssl.SSLError):
+        reason = cause.reason or str(cause)
+        if "ALERT" in reason:
+            hint = (
+                "check WEBHOOKS_KAFKA_SSL_CERT_FILE is signed by a CA the broker trusts"
+                if security.cert_file is not None
+                else "the listener may want a client certificate (WEBHOOKS_KAFKA_SSL_CERT_FILE)"
+            )
+            return f"the broker refused the TLS handshake ({reason}); {hint}"
+        return (
+            f"TLS failed ({reason}); does the listener use security protocol {security.protocol}?"
+        )
+    if isinstance(cause, TimeoutError):
+        return f"no answer within {TIMEOUT_SECONDS:g} s"
+    if isinstance(cause, ConnectionResetError | EOFError | KafkaConnectionError):
+        return (
+            f"the connection was closed during the handshake; does the listener use"
+            f" security protocol {security.protocol}?"
+        )
+    if isinstance(cause, OSError):
+        return f"cannot connect ({cause.strerror or type(cause).__name__})"
+    return f"cannot connect ({type(cause).__name__})"
+
+
+def _broker_message(exc: KafkaError) -> str:
+    return str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
+
+
+async def _access_problems(connection: KafkaConnection, needs: Needs) -> list[str]:
+    admin = AIOKafkaAdminClient(**connection.options(), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        metadata = await admin._send_request(_AuthorizedMetadata(needs.topics))
+        missing, denied = _topic_problems(metadata.topics, needs)
+        if needs.group is not None and not await _may_read_group(admin, needs.group):
+            denied.append(f"READ on group {needs.group}")
+    finally:
+        await admin.close()
+    problems = []
+    if denied:
+        problems.append(
+            f"Kafka ACLs do not allow {', '.join(denied)}; grant them to the service's"
+            " principal (README: Running on your Kafka)"
+        )
+    if missing and not needs.create:
+        problems.append(
+            f"Kafka topics missing: {', '.join(missing)}; create them with"
+            " `webhook-service kafka-init`"
+        )
+    return problems
+
+
+def _topic_problems(described: list[tuple[Any, ...]], needs: Needs) -> tuple[list[str], list[str]]:
+    """(missing topics, denied operations)."""
+    missing, denied = [], []
+    for error, name, _internal, _partitions, allowed in described:
+        if error == UNKNOWN_TOPIC:
+            missing.append(name)
+        elif error == TOPIC_AUTHORIZATION_FAILED:
+            denied.append(f"{_wanted(name, needs)} on topic {name}")
+        elif allowed != NOT_PROVIDED:
+            denied += [
+                f"{OPERATION_NAMES[operation]} on topic {name}"
+                for operation in _operations(name, needs)
+                if not allowed & (1 << operation)
+            ]
+    return missing, denied
+
+
+async def _may_read_group(admin: AIOKafkaAdminClient, group: str) -> bool:
+    while True:  # a new cluster makes its offsets topic at the first FindCoordinator
+        try:
+            coordinator = await admin.find_coordinator(group)
+            break
+        except GroupAuthorizationFailedError:
+            return False
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            await asyncio.sleep(0.2)
+    response = await admin._send_request_to_node(coordinator, _AuthorizedGroups([group]))
+    [(error, *_, allowed)] = response.groups
+    if error == GROUP_AUTHORIZATION_FAILED:
+        return False
+    return allowed == NOT_PROVIDED or bool(allowed & (1 << READ))
+
+
+def _operations(topic: str, needs: Needs) -> list[int]:
+    wanted = []
+    if topic in needs.read:
+        wanted.append(READ)
+    if topic in needs.write:
+        wanted.append(WRITE)
+    return wanted
+
+
+def _wanted(topic: str, needs: Needs) -> str:
+    return " and ".join(OPERATION_NAMES[o] for o in _operations(topic, needs)) or "DESCRIBE"
+
+
+class _MetadataResponse_v8(Response):  # type: ignore[misc]
+    API_KEY = 3
+    API_VERSION = 8
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "brokers",
+            Array(
+                ("node_id", Int32),
+                ("host", String("utf-8")),
+                ("port", Int32),
+                ("rack", String("utf-8")),
+            ),
+        ),
+        ("cluster_id", String("utf-8")),
+        ("controller_id", Int32),
+        (
+            "topics",
+            Array(
+                ("error_code", Int16),
+                ("topic", String("utf-8")),
+                ("is_internal", Boolean),
+                (
+                    "partitions",
+                    Array(
+                        ("error_code", Int16),
+                        ("partition", Int32),
+                        ("leader", Int32),
+                        ("leader_epoch", Int32),
+                        ("replicas", Array(Int32)),
+                        ("isr", Array(Int32)),
+                        ("offline_replicas", Array(Int32)),
+                    ),
+                ),
+                ("topic_authorized_operations", Int32),
+            ),
+        ),
+        ("cluster_authorized_operations", Int32),
+    )
+
+
+class _MetadataRequest_v8(RequestStruct):  # type: ignore[misc]
+    API_KEY = 3
+    API_VERSION = 8
+    RESPONSE_TYPE = _MetadataResponse_v8
+    SCHEMA = Schema(
+        ("topics", Array(String("utf-8"))),
+        ("allow_auto_topic_creation", Boolean),
+        ("include_cluster_authorized_operations", Boolean),
+        ("include_topic_authorized_operations", Boolean),
+    )
+
+
+class _AuthorizedMetadata(Request[_MetadataRequest_v8]):  # type: ignore[misc]
+    """Metadata of the named topics with the operations this principal may do on each."""
+
+    API_KEY = 3
+
+    def __init__(self, topics: list[str]) -> None:
+        self._topics = topics
+
+    def build(self, request_struct_class: type[_MetadataRequest_v8]) -> _MetadataRequest_v8:
+        return request_struct_class(self._topics, False, False, True)
+
+
+class _DescribeGroupsRequest_v3(RequestStruct):  # type: ignore[misc]
+    # aiokafka 0.14 pairs its v3 request with the v2 response, which drops the field.
+    API_KEY = 15
+    API_VERSION = 3
+    RESPONSE_TYPE = DescribeGroupsResponse_v3
+    SCHEMA = Schema(("groups", Array(String("utf-8"))), ("include_authorized_operations", Boolean))
+
+
+class _AuthorizedGroups(Request[_DescribeGroupsRequest_v3]):  # type: ignore[misc]
+    """The group with the operations this principal may do on it."""
+
+    API_KEY = 15
+
+    def __init__(self, groups: list[str]) -> None:
+        self._groups = groups
+
+    def build(
+        self, request_struct_class: type[_DescribeGroupsRequest_v3]
+    ) -> _DescribeGroupsRequest_v3:
+        return request_struct_class(self._groups, True)
