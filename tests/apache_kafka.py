@@ -360,20 +360,23 @@ KAFKA_MISSING = pytest.StashKey[str]()
 FAILURE_REPORT = pytest.StashKey[list[str]]()
 
 
-@contextmanager
-def cluster_for(request: pytest.FixtureRequest, size: int) -> Iterator[KafkaCluster]:
-    """A running Apache Kafka cluster, or one line saying what is missing: a failure under CI,
-    a skip elsewhere, reported again at the end of the run."""
-    missing = ""
+def require_jars(request: pytest.FixtureRequest) -> Path:
+    """The broker's jars, or one line saying what is missing: a failure under CI, a skip
+    elsewhere, reported again at the end of the run."""
     try:
-        jars()
+        return jars()
     except MissingKafka as error:
         missing = str(error)
-    if missing:
-        request.config.stash[KAFKA_MISSING] = missing
-        if os.environ.get("CI"):
-            pytest.fail(missing, pytrace=False)
-        pytest.skip(missing)
+    request.config.stash[KAFKA_MISSING] = missing
+    if os.environ.get("CI"):
+        pytest.fail(missing, pytrace=False)
+    pytest.skip(missing)
+
+
+@contextmanager
+def cluster_for(request: pytest.FixtureRequest, size: int) -> Iterator[KafkaCluster]:
+    """A running Apache Kafka cluster (see require_jars when it cannot run)."""
+    require_jars(request)
     with running_cluster(size) as cluster:
         yield cluster
 

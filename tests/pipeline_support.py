@@ -276,7 +276,11 @@ async def _partitions(bootstrap: str, topic: str) -> list[int]:
 
 
 def audit_records(
-    bootstrap: str, delivery_ids: set[str], count: int, timeout: float = 20.0
+    bootstrap: str,
+    delivery_ids: set[str],
+    count: int,
+    timeout: float = 20.0,
+    topic: str = topics.DELIVERY_ATTEMPTS_TOPIC,
 ) -> list[events_pb2.DeliveryAttempt]:
     """The DeliveryAttempt records of the given deliveries, once `count` of them are there
     and every delivery has one: a record may reach the topic twice, and copies read from one
@@ -294,7 +298,7 @@ def audit_records(
         found = mine(records)
         return len(found) >= count and {m.delivery_id for m in found} == delivery_ids
 
-    records = read_topic(bootstrap, topics.DELIVERY_ATTEMPTS_TOPIC, complete, timeout)
+    records = read_topic(bootstrap, topic, complete, timeout)
     return mine(records)
 
 

@@ -150,6 +150,9 @@ class SecuredKafka:
         self.supports_idempotence = True
 
     def address(self, listener: str) -> str:
+        """host:port of a listener; PLAINTEXT is the super user's."""
+        if listener == "PLAINTEXT":
+            return self.bootstrap
         return f"127.0.0.1:{self.node.ports[listener]}"
 
     def start(self) -> None:
