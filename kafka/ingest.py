@@ -14,11 +14,13 @@ from aiokafka.errors import KafkaError
 from kafka import topics
 from kafka.codec import dead_letter_headers, decode_event
 from kafka.connection import KafkaConnection
+from kafka.failures import running_failure
 from kafka.producer import Producer
 from service.domain.event_rules import EventRejected
 from service.domain.models import Event
 from service.domain.pipeline import StoredBatch
 from service.errors import Unavailable
+from service.logs import Outage
 from service.metrics import Metrics
 from service.tasks import finish, log_failure
 
@@ -93,17 +95,19 @@ class IngestConsumer:
 
     async def run(self) -> None:
         delay = 0.5
+        outage = Outage(log, "ingest interrupted; reconnecting")
         while not self._stopped.is_set():
             try:
                 await self.connect()
                 delay = 0.5
                 while not self._stopped.is_set():
                     await self.poll_once()
+                    outage.ended()
             except Exception as exc:
-                if isinstance(exc, KafkaError | Unavailable):
-                    log.warning(
-                        "ingest interrupted; reconnecting", extra={"error": type(exc).__name__}
-                    )
+                if isinstance(exc, Unavailable):
+                    outage.failed(exc.message)
+                elif isinstance(exc, KafkaError):
+                    outage.failed(running_failure(self._connection, exc, "READ"))
                 else:
                     # A bug, not an outage: keep consuming (uncommitted records come again)
                     # rather than leave a live service that ingests nothing.

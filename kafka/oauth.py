@@ -2,6 +2,7 @@
 token endpoint with the client credentials grant (RFC 6749 section 4.4), as Confluent Cloud,
 Redpanda Cloud and self-run clusters with an OIDC provider expect."""
 
+import base64
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,12 +59,13 @@ class ClientCredentials(AbstractTokenProvider):  # type: ignore[misc]
         form = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
-        auth = aiohttp.BasicAuth(quote(self._client_id, safe=""), quote(self._secret(), safe=""))
+        pair = f"{quote(self._client_id, safe='')}:{quote(self._secret(), safe='')}"
+        headers = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
         timeout = aiohttp.ClientTimeout(total=TOKEN_TIMEOUT_SECONDS)
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(self._url, data=form, auth=auth) as response,
+                session.post(self._url, data=form, headers=headers) as response,
             ):
                 if response.status != 200:
                     raise TokenUnavailable(

@@ -10,6 +10,7 @@ from kafka.producer import Producer
 from kafka.publishing import PROTOBUF_HEADERS
 from service.domain.pipeline import OutboxRecord
 from service.errors import Unavailable
+from service.logs import Outage
 from service.tasks import finish
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class OutboxPublisher:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._outage = Outage(log, "audit outbox not published yet")
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="outbox")
@@ -65,8 +67,9 @@ class OutboxPublisher:
             try:
                 published = await self.drain_once()
                 backoff = 0.5
+                self._outage.ended()
             except Unavailable as exc:
-                log.warning("audit outbox not published yet", extra={"error": exc.message})
+                self._outage.failed(exc.message)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue

@@ -9,30 +9,22 @@ declared here in aiokafka's protocol types."""
 
 import asyncio
 import datetime
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import (
-    GroupAuthorizationFailedError,
-    KafkaConnectionError,
-    KafkaError,
-    SaslAuthenticationFailed,
-    UnsupportedSaslMechanismError,
-)
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError
 from aiokafka.protocol.admin import DescribeGroupsResponse_v3
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 from cryptography import x509
 
 from kafka.connection import KafkaConnection
-from kafka.oauth import TokenUnavailable
+from kafka.failures import TIMEOUT_SECONDS, login_failure
 from service.errors import StartupError
 
-TIMEOUT_SECONDS = 10.0
 # Kafka's AclOperation codes, as bits of an "authorized operations" field.
 READ, WRITE, CREATE, DESCRIBE = 3, 4, 5, 8
 OPERATION_NAMES = {READ: "READ", WRITE: "WRITE", CREATE: "CREATE", DESCRIBE: "DESCRIBE"}
@@ -122,56 +114,6 @@ async def check_login(connection: KafkaConnection) -> None:
         conn.close()
         return
     raise StartupError(first or "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS names no server")
-
-
-def login_failure(connection: KafkaConnection, exc: BaseException) -> str:
-    """Why a connection and login failed, in words an operator can act on."""
-    security = connection.security
-    cause = exc.__cause__ if isinstance(exc, KafkaConnectionError) and exc.__cause__ else exc
-    if isinstance(cause, SaslAuthenticationFailed):
-        return (
-            f"the SASL {security.mechanism} login of {security.username!r} was refused"
-            f" ({_broker_message(cause)}); check WEBHOOKS_KAFKA_SASL_USERNAME and the password"
-        )
-    if isinstance(cause, UnsupportedSaslMechanismError):
-        return f"this listener does not offer SASL {security.mechanism}"
-    if isinstance(cause, TokenUnavailable):
-        return f"no OAUTHBEARER token: {cause}"
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        reason = (cause.verify_message or str(cause)).rstrip(".")
-        if "mismatch" in reason or "hostname" in reason.lower():
-            hint = "the bootstrap address must be a name the certificate gives"
-        elif "expired" in reason:
-            hint = "the broker's certificate must be renewed"
-        else:
-            hint = "check WEBHOOKS_KAFKA_SSL_CA_FILE names the CA that signed it"
-        return f"the broker's TLS certificate was not accepted: {reason}; {hint}"
-    if isinstance(cause, ssl.SSLError):
-        reason = cause.reason or str(cause)
-        if "ALERT" in reason:
-            hint = (
-                "check WEBHOOKS_KAFKA_SSL_CERT_FILE is signed by a CA the broker trusts"
-                if security.cert_file is not None
-                else "the listener may want a client certificate (WEBHOOKS_KAFKA_SSL_CERT_FILE)"
-            )
-            return f"the broker refused the TLS handshake ({reason}); {hint}"
-        return (
-            f"TLS failed ({reason}); does the listener use security protocol {security.protocol}?"
-        )
-    if isinstance(cause, TimeoutError):
-        return f"no answer within {TIMEOUT_SECONDS:g} s"
-    if isinstance(cause, ConnectionResetError | EOFError | KafkaConnectionError):
-        return (
-            f"the connection was closed during the handshake; does the listener use"
-            f" security protocol {security.protocol}?"
-        )
-    if isinstance(cause, OSError):
-        return f"cannot connect ({cause.strerror or type(cause).__name__})"
-    return f"cannot connect ({type(cause).__name__})"
-
-
-def _broker_message(exc: KafkaError) -> str:
-    return str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
 
 
 async def _access_problems(connection: KafkaConnection, needs: Needs) -> list[str]:

@@ -7,14 +7,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    TopicAuthorizationFailedError,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from kafka.connection import KafkaConnection
+from kafka.failures import running_failure
 from service.errors import Unavailable
+from service.logs import Outage
 
 log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
+# An idempotent producer's sequence numbers out of step with the broker's (a batch the broker
+# refused, for a missing ACL say, still used its numbers): every later send to the partition
+# fails. aiokafka does not reset them as the Java client does; the producer is made anew.
+_STALE_SEQUENCES = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 # How long a send made while the producer connects in the background waits for it.
 FIRST_SEND_WAIT_SECONDS = 5.0
 
@@ -60,6 +72,7 @@ class Producer:
 
     async def _connect(self) -> None:
         delay = 0.5
+        outage = Outage(log, "Kafka producer cannot connect; retrying")
         while True:
             producer = AIOKafkaProducer(
                 **self._connection.options(),
@@ -73,13 +86,12 @@ class Producer:
                 await producer.start()
             except KafkaError as exc:
                 await producer.stop()
-                log.warning(
-                    "Kafka producer cannot connect; retrying", extra={"error": type(exc).__name__}
-                )
+                outage.failed(running_failure(self._connection, exc, "WRITE"))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             self._producer = producer
+            outage.ended()
             log.info("connected to Kafka", extra={"kafka": self._connection.describe()})
             return
 
@@ -98,7 +110,7 @@ class Producer:
             return False
 
     async def send_all(
-        self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]
+        self, records: Sequence[tuple[str, bytes | None, bytes, Headers]], *, again: bool = True
     ) -> list[tuple[int, int]]:
         """Sends (topic, key, value, headers) records and waits until the broker acked each;
         returns their (partition, offset). Raises Unavailable if any was not acked.
@@ -108,7 +120,7 @@ class Producer:
         producer = self._producer
         connecting = self._connecting
         if producer is None and connecting is not None and not connecting.done():
-            # Just started: a first send waits a moment for the connection.
+            # Just started (or made anew): a send waits a moment for the connection.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(connecting), FIRST_SEND_WAIT_SECONDS)
             producer = self._producer
@@ -117,7 +129,26 @@ class Producer:
         try:
             return await self._send_batches(producer, records)
         except KafkaError as exc:
+            if isinstance(exc, _STALE_SEQUENCES) and self._idempotence:
+                self._renew(producer)
+                if again:  # at once, on the new producer
+                    return await self.send_all(records, again=False)
+            if isinstance(exc, TopicAuthorizationFailedError):
+                raise Unavailable(running_failure(self._connection, exc, "WRITE")) from None
             raise Unavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from None
+
+    def _renew(self, stale: AIOKafkaProducer) -> None:
+        """Replaces the producer in the background (sends fail with Unavailable until then)."""
+        if id(self._producer) != id(stale):
+            return  # another send renewed it already
+        self._producer = None
+        log.info("Kafka producer made anew: its sequence numbers went out of step")
+
+        async def replace() -> None:
+            await stale.stop()
+            await self._connect()
+
+        self._connecting = asyncio.create_task(replace(), name="kafka-connect")
 
     async def _send_batches(
         self,

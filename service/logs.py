@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -22,9 +23,52 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class QuietRepeats(logging.Filter):
+    """aiokafka logs the same line at every retry (a refused topic at each metadata refresh,
+    each SASL_PLAINTEXT login): each of its lines passes once per `window` seconds."""
+
+    def __init__(self, window: float = 300.0) -> None:
+        super().__init__()
+        self._window = window
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        key, now = (record.name, record.getMessage()), time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last < self._window:
+            return False
+        if len(self._seen) >= 1000:
+            self._seen.clear()
+        self._seen[key] = now
+        return True
+
+
 def setup(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(QuietRepeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Outage:
+    """A failure that retries go on meeting, logged once when it starts or changes, and once
+    when it is over: not a line per retry."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._log = logger
+        self._what = what
+        self._cause: str | None = None
+
+    def failed(self, cause: str) -> None:
+        if cause != self._cause:
+            self._log.warning(self._what, extra={"error": cause})
+            self._cause = cause
+
+    def ended(self) -> None:
+        if self._cause is not None:
+            self._log.info(f"{self._what}: working again", extra={"after": self._cause})
+            self._cause = None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.protocol.admin import CreateAclsRequest
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
 from tests import pki
 from tests.apache_kafka import KafkaCluster, jars
@@ -32,6 +32,7 @@ PLAIN_USERS = {
     "carol": "carol-plain-secret",
     "staging": "staging-plain-secret",
     "production": "production-plain-secret",
+    "erin": "erin-plain-secret",
 }
 MTLS_CN = "webhooks-mtls"
 LISTENERS = {
@@ -169,18 +170,26 @@ class SecuredKafka:
 
     def grant(self, principal: str, *acls: tuple[int, str, int]) -> None:
         """ALLOW ACLs for User:`principal`, each (resource type, literal name, operation)."""
+        self._change(CreateAclsRequest, "creation_responses", principal, acls)
 
+    def revoke(self, principal: str, *acls: tuple[int, str, int]) -> None:
+        """Deletes ACLs `grant` made."""
+        self._change(DeleteAclsRequest, "filter_responses", principal, acls)
+
+    def _change(
+        self, kind: type, answers: str, principal: str, acls: tuple[tuple[int, str, int], ...]
+    ) -> None:
         async def run() -> None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
             await admin.start()
             try:
                 for resource, name, operation in acls:
-                    request = CreateAclsRequest(
+                    request = kind(
                         resource, name, LITERAL, f"User:{principal}", "*", operation, ALLOW
                     )
                     response = await admin._send_request(request)
-                    for code, message in response.creation_responses:
-                        assert code == 0, f"CreateAcls failed: {code} {message}"
+                    for code, message, *_ in getattr(response, answers):
+                        assert code == 0, f"{kind.__name__} failed: {code} {message}"
             finally:
                 await admin.close()
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from service.domain.pipeline import RecordedAttempt
 from service.engine.attempt_writer import AttemptWriter
 from service.errors import Unavailable
+from service.logs import Outage
 
 log = logging.getLogger(__name__)
 # Publishes audit records and returns once the broker acked every one; raises Unavailable.
@@ -33,6 +34,7 @@ class AuditPublisher:
         self._gathered: list[RecordedAttempt] = []
         self._publishing: set[asyncio.Future[None]] = set()
         self._stopping = False
+        self._outage = Outage(log, "audit records go through the outbox")
 
     def add(self, recorded: RecordedAttempt) -> None:
         loop = asyncio.get_running_loop()
@@ -67,9 +69,11 @@ class AuditPublisher:
         try:
             await asyncio.wait_for(self._publish(batch), AUDIT_WAIT_SECONDS)
             acked = True
+            self._outage.ended()
         except (Unavailable, TimeoutError) as exc:
             # Records still in flight may be acked later and sent again from the outbox.
-            log.warning("audit records go through the outbox", extra={"error": type(exc).__name__})
+            cause = exc.message if isinstance(exc, Unavailable) else "no ack in time"
+            self._outage.failed(cause)
             self._direct_after = asyncio.get_running_loop().time() + AUDIT_PAUSE_SECONDS
         except Exception:
             log.exception("audit records not published; they go through the outbox")

@@ -36,6 +36,7 @@ from tests.secured_kafka import (
     READ,
     SCRAM_USERS,
     TOPIC,
+    WRITE,
     SecuredKafka,
     running,
     service_acls,
@@ -384,3 +385,53 @@ def test_two_deployments_on_one_cluster_keep_to_their_own_events(
     finally:
         for service in services.values():
             service.stop()
+
+
+def _wait_for_line(log: Path, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"the log never said {text!r}"
+        time.sleep(0.1)
+
+
+def test_an_acl_taken_away_while_running_is_logged_once_and_nothing_is_lost(
+    tmp_path: Path, secured: SecuredKafka, receiver: Receiver
+) -> None:
+    """WRITE on the audit topic revoked mid-stream: deliveries go on, their audit records wait
+    in the outbox, the log names the ACL once (not at every retry), and once it is granted
+    again every record reaches the topic."""
+    deployment = _deployment(secured, tmp_path, "revoked")
+    acls = service_acls(
+        deployment.group, [deployment.ingest], deployment.audit, deployment.dead_letter
+    )
+    secured.grant("erin", *acls)
+    env = _service_env(tmp_path, secured, "SASL", deployment) | {
+        "WEBHOOKS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "WEBHOOKS_KAFKA_SASL_MECHANISM": "PLAIN",
+        "WEBHOOKS_KAFKA_SASL_USERNAME": "erin",
+        "WEBHOOKS_KAFKA_SASL_PASSWORD": PLAIN_USERS["erin"],
+    }
+    log = tmp_path / "service.log"
+    service = ServiceProcess(env, log).start()
+    try:
+        ids = _run_pipeline(secured, deployment, service, receiver, "/revoked")
+        secured.revoke("erin", (TOPIC, deployment.audit, WRITE))
+        later = [cloud_event("person.created", {"n": n}) for n in range(5)]
+        produce(secured.bootstrap, deployment.ingest, [structured(event) for event in later])
+        ids += [event["id"] for event in later]
+        delivered = wait_all_delivered(receiver, "/revoked", ids, timeout=30)
+        denied = f"Kafka ACLs do not allow WRITE on topic {deployment.audit}"
+        _wait_for_line(log, denied)
+        time.sleep(8)  # several outbox retries: 0.5, 1, 2 and 4 s apart
+        said = [line for line in log.read_text().splitlines() if denied in line]
+        # Once by the outbox, once by the direct audit path: never at every retry.
+        assert 1 <= len(said) <= 2, said
+        secured.grant("erin", (TOPIC, deployment.audit, WRITE))
+        delivery_ids = {i for webhook_ids in delivered.values() for i in webhook_ids}
+        audited = audit_records(
+            secured.bootstrap, delivery_ids, len(delivery_ids), timeout=40, topic=deployment.audit
+        )
+        assert {record.delivery_id for record in audited} == delivery_ids
+        _wait_for_line(log, "working again")
+    finally:
+        service.stop()
