@@ -35,11 +35,13 @@ def _interpolate(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z0-9_]+)(:\?|:-)?([^}]*)\}", sub, value)
 
 
-def _container_env(name: str, dev_dir: Path) -> dict[str, str]:
+def _container_env(
+    name: str, dev_dir: Path, shell: dict[str, str] | None = None
+) -> dict[str, str]:
     """The service's environment as its container sees it, with mounted container paths
     replaced by the host files the volumes bring in (written as `make up` writes them)."""
     spec = SERVICES[name]
-    shell = {"WEBHOOKS_SECRET_ENCRYPTION_KEYS": new_encryption_key()}
+    shell = {"WEBHOOKS_SECRET_ENCRYPTION_KEYS": new_encryption_key(), **(shell or {})}
     env = {k: _interpolate(str(v), shell) for k, v in (spec.get("environment") or {}).items()}
     for volume in spec.get("volumes") or []:
         host, container = volume.split(":")[:2]
@@ -84,6 +86,28 @@ def test_service_environment_validates_against_the_settings(name: str, dev_dir: 
     # The default fetch wait is short for the embedded broker; real Kafka answers fetches
     # as soon as records arrive, so a short wait there only polls an idle broker.
     assert settings.kafka_fetch_max_wait_ms >= 100
+
+
+def test_the_shell_points_the_stack_at_a_secured_cluster(dev_dir: Path) -> None:
+    shell = {
+        "WEBHOOKS_KAFKA_BOOTSTRAP_SERVERS": "broker.example:9096",
+        "WEBHOOKS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "WEBHOOKS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "WEBHOOKS_KAFKA_SASL_USERNAME": "webhooks-prod",
+        "WEBHOOKS_KAFKA_SASL_PASSWORD": "from-the-shell",
+        "WEBHOOKS_KAFKA_GROUP_ID": "webhooks-prod",
+        "WEBHOOKS_KAFKA_CLIENT_ID": "webhooks-prod-1",
+    }
+    for name in ("webhooks", "kafka-init"):
+        settings = Settings.from_env(_container_env(name, dev_dir, shell))
+        assert settings.kafka_bootstrap_servers == "broker.example:9096"
+        assert (settings.kafka_security_protocol, settings.kafka_sasl_mechanism) == (
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+        )
+        assert settings.kafka_group_id == settings.kafka_sasl_username == "webhooks-prod"
+        assert settings.kafka_client_id == "webhooks-prod-1"
+        assert settings.kafka_sasl_password == "from-the-shell"
 
 
 def test_init_creates_exactly_the_topics_the_service_uses(dev_dir: Path) -> None:
