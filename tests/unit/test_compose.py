@@ -35,9 +35,7 @@ def _interpolate(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z0-9_]+)(:\?|:-)?([^}]*)\}", sub, value)
 
 
-def _container_env(
-    name: str, dev_dir: Path, shell: dict[str, str] | None = None
-) -> dict[str, str]:
+def _container_env(name: str, dev_dir: Path, shell: dict[str, str] | None = None) -> dict[str, str]:
     """The service's environment as its container sees it, with mounted container paths
     replaced by the host files the volumes bring in (written as `make up` writes them)."""
     spec = SERVICES[name]
