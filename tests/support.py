@@ -231,6 +231,18 @@ class ServiceProcess:
             self.process.wait(10)
 
 
+def run_command(command: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
+    """`python -m service <command>` to its end (a start that should fail, kafka-init)."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
 def process_env(tmp_path: Path, database_url: str, **overrides: str) -> dict[str, str]:
     """The environment of a service process: this one's, minus WEBHOOKS_*, plus the test's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}

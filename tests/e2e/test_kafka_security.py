@@ -4,8 +4,6 @@ with OAUTHBEARER; one clear line and exit 2 for a bad login or a missing ACL; an
 deployments on one cluster that never see each other's events."""
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,7 +40,7 @@ from tests.secured_kafka import (
     service_acls,
     unsecured_jwt,
 )
-from tests.support import ServiceProcess, process_env
+from tests.support import ServiceProcess, process_env, run_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.apache_kafka, pytest.mark.xdist_group("kafka-secured")]
 
@@ -100,19 +98,8 @@ def _kafka_init(
     security: dict[str, str],
 ) -> None:
     env = _service_env(tmp_path, kafka, listener, deployment) | security
-    done = _command("kafka-init", env | {"WEBHOOKS_KAFKA_PARTITIONS": "2"})
+    done = run_command("kafka-init", env | {"WEBHOOKS_KAFKA_PARTITIONS": "2"})
     assert done.returncode == 0, done.stderr
-
-
-def _command(command: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(
-        [sys.executable, "-m", "service", command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 def _service_env(
@@ -305,7 +292,7 @@ def test_a_bad_login_stops_the_start_with_one_line(
     deployment = _deployment(secured, tmp_path, "login")
     env = _service_env(tmp_path, secured, listener, deployment) | security
     started = time.monotonic()
-    done = _command("serve", env)
+    done = run_command("serve", env)
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()[-1:]
     assert line.startswith("webhook-service: cannot start: ") and expected in line, line
@@ -331,7 +318,7 @@ def test_a_missing_acl_is_named_at_start(
         "WEBHOOKS_KAFKA_SASL_USERNAME": "carol",
         "WEBHOOKS_KAFKA_SASL_PASSWORD": PLAIN_USERS["carol"],
     }
-    done = _command("serve", _service_env(tmp_path, secured, "SASL", deployment) | security)
+    done = run_command("serve", _service_env(tmp_path, secured, "SASL", deployment) | security)
     kind, name, operation = every[left_out]
     what = f"{'READ' if operation == READ else 'WRITE'} on"
     what += f" {'group' if kind == GROUP else 'topic'} {name}"

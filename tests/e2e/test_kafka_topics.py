@@ -2,8 +2,6 @@
 auto-creation (off on the tests' Apache Kafka), and `serve` refuses to start without them."""
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -13,18 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from kafka.connection import KafkaConnection
 from kafka.provisioning import missing_topics, service_topics
 from tests.pipeline_support import Broker, pipeline_env
-from tests.support import process_env
-
-
-def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support import process_env, run_command
 
 
 def _layout(bootstrap: str, topic: str) -> tuple[int, int, str]:
@@ -58,16 +45,16 @@ def test_serve_needs_its_topics_and_kafka_init_makes_them(tmp_path: Path, broker
         WEBHOOKS_KAFKA_PARTITIONS="4",
         WEBHOOKS_KAFKA_RETENTION_HOURS="48",
     )
-    refused = _run("serve", env)
+    refused = run_command("serve", env)
     assert refused.returncode == 2
     [line] = refused.stderr.strip().splitlines()[-1:]
     assert f"Kafka topics missing: {topic};" in line and "webhook-service kafka-init" in line
 
-    made = _run("kafka-init", env)
+    made = run_command("kafka-init", env)
     assert made.returncode == 0, made.stderr
     assert f"{topic}: created" in made.stdout
     assert "webhooks.delivery-attempts: exists" in made.stdout  # the session's broker has it
-    again = _run("kafka-init", env)  # idempotent
+    again = run_command("kafka-init", env)  # idempotent
     assert again.returncode == 0 and f"{topic}: exists" in again.stdout
     assert (
         asyncio.run(missing_topics(KafkaConnection(broker.bootstrap), service_topics([topic])))
