@@ -3,11 +3,12 @@
 Listeners (each on its own loopback port):
 - PLAINTEXT: inter-broker, controller and the tests' own admin work; its principal
   (User:ANONYMOUS) is the only super user;
-- SCRAM: SASL_SSL with SCRAM-SHA-512 and SCRAM-SHA-256, users made at format time;
+- SCRAM: SASL_SSL with SCRAM-SHA-512 and SCRAM-SHA-256, its users made at format time;
 - MTLS: SSL with client certificates required, principal = the certificate's CN;
 - SASL: SASL_PLAINTEXT with PLAIN (users in the broker's JAAS) and OAUTHBEARER (Kafka's
   unsecured JWT validator: tokens are checked for shape and expiry, not signature);
-- OTHERHOST: SSL whose certificate names kafka.invalid only, for the host name check.
+- OTHERHOST: SSL whose certificate names kafka.invalid only, for the host name check;
+- EXPIRED: SSL whose certificate expired an hour ago.
 
 StandardAuthorizer is on: a principal can do only what an ACL granted it (`grant`)."""
 
@@ -40,6 +41,7 @@ LISTENERS = {
     "MTLS": "SSL",
     "SASL": "SASL_PLAINTEXT",
     "OTHERHOST": "SSL",
+    "EXPIRED": "SSL",
 }
 # Kafka's AclOperation, ResourceType, PatternType and AclPermissionType codes.
 READ, WRITE, CREATE, DESCRIBE = 3, 4, 5, 8
@@ -66,6 +68,7 @@ def make_pki(directory: Path) -> tuple[Pki, dict[str, str]]:
     other = pki.cert("some other CA", None, ca=True)
     broker = pki.cert("broker", ca, hosts=("localhost",))
     elsewhere = pki.cert("broker elsewhere", ca, hosts=("kafka.invalid",), loopback_ip=False)
+    stale = pki.cert("broker", ca, expired=True)
     client = pki.cert(MTLS_CN, ca)
     expired = pki.cert(MTLS_CN, ca, expired=True)
     files = {
@@ -85,6 +88,8 @@ def make_pki(directory: Path) -> tuple[Pki, dict[str, str]]:
         "broker_key": pki.key_pem(broker[1]).decode(),
         "elsewhere_cert": pki.pem(elsewhere[0]).decode(),
         "elsewhere_key": pki.key_pem(elsewhere[1]).decode(),
+        "expired_cert": pki.pem(stale[0]).decode(),
+        "expired_key": pki.key_pem(stale[1]).decode(),
     }
     return paths, inline
 
@@ -117,6 +122,7 @@ def _settings(inline: dict[str, str]) -> dict[str, object]:
         "scram": ("broker_cert", "broker_key"),
         "mtls": ("broker_cert", "broker_key"),
         "otherhost": ("elsewhere_cert", "elsewhere_key"),
+        "expired": ("expired_cert", "expired_key"),
     }.items():
         settings |= {
             f"listener.name.{listener}.ssl.keystore.type": "PEM",
@@ -134,8 +140,9 @@ class SecuredKafka:
     def __init__(self, root: Path) -> None:
         self.pki, inline = make_pki(root / "pki")
         scram = [
-            f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]"
+            f"--add-scram={mechanism}=[name={name},password={password}]"
             for name, password in SCRAM_USERS.items()
+            for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256")
         ]
         self.cluster = KafkaCluster(
             root / "kafka",

@@ -1,7 +1,8 @@
 """The service on a secured Apache Kafka (tests/secured_kafka.py): the whole pipeline over
-SASL_SSL with SCRAM-SHA-512, SSL with client certificates, SASL_PLAINTEXT with PLAIN and
-with OAUTHBEARER; one clear line and exit 2 for a bad login or a missing ACL; and two
-deployments on one cluster that never see each other's events."""
+SASL_SSL with SCRAM-SHA-512 and SCRAM-SHA-256, SSL with client certificates, and
+SASL_PLAINTEXT with PLAIN and with OAUTHBEARER; one clear line and exit 2 for a bad login or
+a missing ACL; an ACL taken away while running; two deployments on one cluster that never
+see each other's events."""
 
 import json
 import time
@@ -182,8 +183,16 @@ def _oauth(
     )
 
 
+def _scram_256(
+    kafka: SecuredKafka, tmp_path: Path, receiver: Receiver | None = None
+) -> tuple[str, str, dict[str, str]]:
+    listener, principal, security = _scram(kafka, tmp_path)
+    return listener, principal, security | {"WEBHOOKS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"}
+
+
 LOGINS: dict[str, Login] = {
     "SASL_SSL SCRAM-SHA-512": _scram,
+    "SASL_SSL SCRAM-SHA-256": _scram_256,
     "SSL client certificate": _mtls,
     "SASL_PLAINTEXT PLAIN": _plain,
     "SASL_PLAINTEXT OAUTHBEARER": _oauth,
@@ -265,6 +274,13 @@ def _expired_certificate(kafka: SecuredKafka, tmp_path: Path) -> tuple[str, dict
     }
 
 
+def _expired_broker_certificate(kafka: SecuredKafka, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    return "EXPIRED", {
+        "WEBHOOKS_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "WEBHOOKS_KAFKA_SSL_CA_FILE": str(kafka.pki.ca),
+    }
+
+
 def _wrong_host(kafka: SecuredKafka, tmp_path: Path) -> tuple[str, dict[str, str]]:
     return "OTHERHOST", {
         "WEBHOOKS_KAFKA_SECURITY_PROTOCOL": "SSL",
@@ -278,9 +294,16 @@ def _wrong_host(kafka: SecuredKafka, tmp_path: Path) -> tuple[str, dict[str, str
         (_bad_password, "the SASL SCRAM-SHA-512 login of 'alice' was refused"),
         (_unknown_ca, "TLS certificate was not accepted: unable to get local issuer certificate"),
         (_expired_certificate, "expired at"),
+        (_expired_broker_certificate, "certificate has expired; the broker's certificate must"),
         (_wrong_host, "IP address mismatch, certificate is not valid for '127.0.0.1'"),
     ],
-    ids=["wrong password", "unknown CA", "expired certificate", "wrong host name"],
+    ids=[
+        "wrong password",
+        "unknown CA",
+        "expired client certificate",
+        "expired broker certificate",
+        "wrong host name",
+    ],
 )
 def test_a_bad_login_stops_the_start_with_one_line(
     failure: Callable[[SecuredKafka, Path], tuple[str, dict[str, str]]],
