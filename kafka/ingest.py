@@ -40,6 +40,9 @@ COMMIT_INTERVAL_SECONDS = 0.2
 # wait, even when records are there). Once a poll finds nothing, they wait the configured
 # time again, so an idle consumer does not poll the broker every few milliseconds.
 FLOWING_FETCH_WAIT_MS = 3
+# While the store is away the consumer stays in its group and tries the batch again this
+# often at most (a rejoin after every failure took seconds each time, and longer to resume).
+STORE_RETRY_MAX_SECONDS = 2.0
 
 
 class IngestConsumer:
@@ -88,6 +91,7 @@ class IngestConsumer:
         self._commit_wanted = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._outage = Outage(log, "ingest interrupted; retrying")
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="ingest")
@@ -95,19 +99,23 @@ class IngestConsumer:
 
     async def run(self) -> None:
         delay = 0.5
-        outage = Outage(log, "ingest interrupted; reconnecting")
+        store_delay = 0.25
         while not self._stopped.is_set():
             try:
                 await self.connect()
                 delay = 0.5
                 while not self._stopped.is_set():
                     await self.poll_once()
-                    outage.ended()
+                    store_delay = 0.25
             except Exception as exc:
                 if isinstance(exc, Unavailable):
-                    outage.failed(exc.message)
+                    self._outage.failed(exc.message)
+                    if await self._rewind():
+                        await asyncio.sleep(store_delay)
+                        store_delay = min(store_delay * 2, STORE_RETRY_MAX_SECONDS)
+                        continue
                 elif isinstance(exc, KafkaError):
-                    outage.failed(running_failure(self._connection, exc, "READ"))
+                    self._outage.failed(running_failure(self._connection, exc, "READ"))
                 else:
                     # A bug, not an outage: keep consuming (uncommitted records come again)
                     # rather than leave a live service that ingests nothing.
@@ -116,6 +124,27 @@ class IngestConsumer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         await self.close()
+
+    async def _rewind(self) -> bool:
+        """After a batch was not stored: commits what was, and moves every partition back to
+        its committed offset, so the records not stored are read again while the consumer
+        keeps its place in the group. False when the broker cannot take part now."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            await self._commit_pending()
+            partitions = consumer.assignment()
+            if self._to_commit or not partitions:  # the commit failed, or nothing is ours
+                return not self._to_commit
+            committed = await consumer.seek_to_committed(*partitions)
+            # Nothing committed yet: from the start, as auto_offset_reset says.
+            fresh = [partition for partition, offset in committed.items() if not offset]
+            if fresh:
+                await consumer.seek_to_beginning(*fresh)
+        except KafkaError:
+            return False
+        return True
 
     async def connect(self) -> None:
         """Joins the group (run() does; tests poll by hand after it)."""
@@ -221,6 +250,7 @@ class IngestConsumer:
                 raise error
             self._to_commit.update(offsets)
             self._commit_wanted.set()
+            self._outage.ended()
         if self._committer is None and self._to_commit:
             self._committer = asyncio.create_task(self._commit_loop(), name="ingest-commits")
 
@@ -234,7 +264,7 @@ class IngestConsumer:
         for stored in pending:
             error = stored.exception()
             if error is not None:
-                log.warning("batch not stored", extra={"error": type(error).__name__})
+                log.debug("batch not stored", extra={"error": type(error).__name__})
 
     async def _commit_loop(self) -> None:
         """One commit at a time, of the newest offsets. A failed commit (a rebalance, the

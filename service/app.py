@@ -36,6 +36,7 @@ from service.metrics import BacklogGauges, Metrics, MetricsEndpoint
 from service.store.checkpoint import Checkpointer
 from service.store.database import open_database, safe_url, sqlite_path
 from service.store.migrations import migrate
+from service.store.probe import DatabaseProbe
 from service.store.runner import StoreRunner
 from service.store.stores import Stores
 from service.tasks import Periodic
@@ -47,6 +48,7 @@ from service.usecases.verification import EndpointVerifier, VerifiedWrites
 
 log = logging.getLogger(__name__)
 CATALOG_REFRESH_SECONDS = 5.0
+DATABASE_PROBE_SECONDS = 1.0
 
 
 class Stoppable(Protocol):
@@ -327,6 +329,9 @@ class App:
         )
         self.grpc = grpc_server = GrpcServer(settings, servicer)
         await grpc_server.start()
+        database = DatabaseProbe(runner, self.database, grpc_server.set_database_health, metrics)
+        await database.probe()
+        self._periodic.append(Periodic("database-health", DATABASE_PROBE_SECONDS, database.probe))
         if producer is not None:
             probe = KafkaProbe(producer, grpc_server.set_kafka_health, metrics)
             await probe.probe()

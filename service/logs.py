@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -56,19 +57,29 @@ def setup(level: str) -> None:
 
 class Outage:
     """A failure that retries go on meeting, logged once when it starts or changes, and once
-    when it is over: not a line per retry."""
+    when it is over: not a line per retry. Safe to share between threads."""
 
     def __init__(self, logger: logging.Logger, what: str) -> None:
         self._log = logger
         self._what = what
         self._cause: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ongoing(self) -> bool:
+        return self._cause is not None
 
     def failed(self, cause: str) -> None:
-        if cause != self._cause:
-            self._log.warning(self._what, extra={"error": cause})
+        with self._lock:
+            if cause == self._cause:
+                return
             self._cause = cause
+        self._log.warning(self._what, extra={"error": cause})
 
     def ended(self) -> None:
-        if self._cause is not None:
-            self._log.info(f"{self._what}: working again", extra={"after": self._cause})
-            self._cause = None
+        if self._cause is None:  # the common case, without the lock
+            return
+        with self._lock:
+            cause, self._cause = self._cause, None
+        if cause is not None:
+            self._log.info(f"{self._what}: working again", extra={"after": cause})

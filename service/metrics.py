@@ -96,6 +96,11 @@ class Metrics:
             "1 while a Kafka broker answers the service's metadata requests (every 2 s), else 0",
             registry=registry,
         )
+        self.database_up = Gauge(
+            "webhooks_database_up",
+            "1 while the database answers a probe within 2 s (every second), else 0",
+            registry=registry,
+        )
         self.outbox_backlog = Gauge(
             "webhooks_audit_outbox_backlog",
             "Audit records written but not yet acknowledged by Kafka (sampled)",

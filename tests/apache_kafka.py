@@ -355,8 +355,8 @@ def running_cluster(size: int = 1) -> Iterator[KafkaCluster]:
 
 # Kept here, not in conftest.py, which pytest may import apart from the tests' own import.
 KAFKA_MISSING = pytest.StashKey[str]()
-# One line per Apache Kafka failure test (tests/e2e/test_kafka_failures.py): delivered, lost,
-# duplicates.
+# One line per failure test (test_kafka_failures.py, test_database_outages.py): delivered,
+# lost, duplicates.
 FAILURE_REPORT = pytest.StashKey[list[str]]()
 
 

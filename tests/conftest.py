@@ -97,7 +97,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if report["postgres"]:
         terminalreporter.write_line(report["postgres"])
     for line in report["failures"]:
-        terminalreporter.write_line(f"Kafka failure test, {line}")
+        terminalreporter.write_line(f"Failure test, {line}")
     if report["missing"]:
         terminalreporter.write_sep(
             "!", f"APACHE KAFKA TESTS SKIPPED: {report['missing']}", red=True

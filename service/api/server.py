@@ -17,6 +17,9 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["WebhookService"].full_name
 # The health service name that says whether Kafka answers; "" (the whole service) stays
 # SERVING meanwhile, since the API and deliveries already queued go on without it.
 KAFKA_HEALTH = "webhooks.kafka"
+# Whether the database answers. Without it no call or delivery can be recorded, so "" and
+# the WebhookService name say NOT_SERVING too while it is away.
+DATABASE_HEALTH = "webhooks.database"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -56,6 +59,17 @@ class GrpcServer:
     async def set_kafka_health(self, up: bool) -> None:
         status = health_pb2.HealthCheckResponse
         await self.health.set(KAFKA_HEALTH, status.SERVING if up else status.NOT_SERVING)
+
+    async def set_database_health(self, up: bool) -> None:
+        if self._not_serving:  # shutting down: stays NOT_SERVING
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME, DATABASE_HEALTH):
+            await self.health.set(name, status)
 
     async def not_serving(self) -> None:
         """Every health service name says NOT_SERVING from now on (set once)."""

@@ -9,6 +9,7 @@ from service.domain.pipeline import RecordedAttempt
 from service.engine.ahead_ledger import AheadLedger
 from service.engine.counters import DeliveryCounters
 from service.errors import Unavailable
+from service.logs import Outage
 from service.store.attempts import AttemptStore
 from service.store.runner import StoreRunner
 
@@ -43,6 +44,7 @@ class AttemptWriter:
         self._ready = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
+        self._outage = Outage(log, "attempts not recorded yet; retrying")
 
     @property
     def pending(self) -> int:
@@ -96,10 +98,7 @@ class AttemptWriter:
                 # A bug is retried (and logged each time) like an outage: a writer that
                 # ended would leave every later attempt unrecorded.
                 if isinstance(exc, Unavailable):
-                    log.warning(
-                        "attempts not recorded yet; retrying",
-                        extra={"pending": len(self._results)},
-                    )
+                    self._outage.failed(exc.message)
                 else:
                     log.exception(
                         "attempts not recorded; retrying", extra={"pending": len(self._results)}
@@ -112,6 +111,7 @@ class AttemptWriter:
                     return  # stop() makes the last tries
                 await asyncio.sleep(1.0)
                 continue
+            self._outage.ended()
             del self._results[: len(batch)]
             self._audited -= audited
             for done in batch:

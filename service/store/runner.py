@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 import peewee as pw
 
 from service.errors import Unavailable
+from service.logs import Outage
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,6 +37,8 @@ class StoreRunner:
         self._normal: deque[_Work] = deque()
         self._urgent_last = False
         self._closed = False
+        # Logged once when statements start failing and once when one succeeds again.
+        self.outage = Outage(log, "database unreachable; calls answer UNAVAILABLE meanwhile")
         self._threads = [
             threading.Thread(target=self._work, name=f"store_{n}", daemon=True)
             for n in range(threads)
@@ -100,10 +103,17 @@ class StoreRunner:
     def _guarded(self, fn: Callable[..., R], *args: object, **kwargs: object) -> R:
         try:
             with self._db.connection_context():
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
         except (pw.OperationalError, pw.InterfaceError) as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
+            self.outage.failed(type(exc).__name__)
+            # The pool's idle connections died with this one (a restart, a failover): drop
+            # them now rather than let each fail one more call later.
+            close_idle = getattr(self._db, "close_idle", None)
+            if close_idle is not None:
+                close_idle()
             raise Unavailable("the database is unavailable; retry later") from None
+        self.outage.ended()
+        return result
 
     async def stop(self, grace: float = 0.0) -> None:
         """`close` off the event loop: the work queued so far is finished first."""

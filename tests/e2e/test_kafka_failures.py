@@ -176,7 +176,7 @@ def _check_nothing_lost(
     audited = audit_records(cluster.bootstrap, delivery_ids, len(delivery_ids), timeout=60)
     unaudited = delivery_ids - {r.delivery_id for r in audited}
     request.config.stash.setdefault(FAILURE_REPORT, []).append(
-        f"{name}: {len(stream.ids)} events, {len(stream.ids) - len(lost)} delivered,"
+        f"Kafka, {name}: {len(stream.ids)} events, {len(stream.ids) - len(lost)} delivered,"
         f" {len(lost)} lost, {duplicates} duplicate requests; {len(audited)} audit records"
         f" of {len({r.attempt_id for r in audited})} attempts for {len(delivery_ids)} deliveries"
     )
