@@ -244,7 +244,9 @@ def read_topic(
         )
         await consumer.start()
         try:
-            partitions = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic)]
+            partitions = [
+                TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)
+            ]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             records: list[Any] = []
@@ -264,7 +266,7 @@ def read_topic(
     return asyncio.run(run())
 
 
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """Every partition of the topic (a fresh consumer's metadata may not know them yet)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

@@ -104,8 +104,8 @@ class StoreRunner:
         try:
             with self._db.connection_context():
                 result = fn(*args, **kwargs)
-        except (pw.OperationalError, pw.InterfaceError) as exc:
-            self.outage.failed(type(exc).__name__)
+        except (pw.OperationalError, pw.InterfaceError):
+            self.outage.failed("no answer from the database")
             # The pool's idle connections died with this one (a restart, a failover): drop
             # them now rather than let each fail one more call later.
             close_idle = getattr(self._db, "close_idle", None)

@@ -5,6 +5,7 @@ and records on the audit topic, fails if anything is lost, and reports the dupli
 the peak RSS at the end of the run."""
 
 import asyncio
+import datetime
 import threading
 import time
 import uuid
@@ -12,10 +13,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kafka.connection import KafkaConnection
@@ -28,7 +31,9 @@ from tests.pipeline_support import (
     audit_records,
     new_topic,
     pipeline_env,
+    read_topic,
     stream_events,
+    topic_partitions,
     webhook_ids_by_event,
 )
 from tests.support import Api, ServiceProcess, process_env
@@ -75,12 +80,14 @@ class Watch:
     and the RSS of the service and its delivery worker."""
 
     service: ServiceProcess
+    first_rss_kb: int = 0
     peak_rss_kb: int = 0
     health: list[int] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> "Watch":
+        self.first_rss_kb = _rss_kb(self.service)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -187,6 +194,38 @@ def _check_nothing_lost(
     assert len({r.attempt_id for r in audited}) == attempts
 
 
+def _committed_event_ids(bootstrap: str, topic: str) -> set[str]:
+    """The events before the group's committed offsets: those it says it has stored."""
+
+    async def offsets() -> dict[int, int]:
+        # A member that never joins: it only asks the coordinator (tansu cannot answer the
+        # admin client's OffsetFetch version).
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=f"webhooks-{topic}", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            found = {
+                p: await consumer.committed(TopicPartition(topic, p))
+                for p in await topic_partitions(bootstrap, topic)
+            }
+            return {p: offset for p, offset in found.items() if offset}
+        finally:
+            await consumer.stop()
+
+    committed = asyncio.run(offsets())
+
+    def reached(records: list[Any]) -> bool:
+        last = {r.partition: r.offset for r in records}
+        return all(last.get(p, -1) >= offset - 1 for p, offset in committed.items())
+
+    return {
+        record.key.decode()
+        for record in read_topic(bootstrap, topic, reached, timeout=20)
+        if record.offset < committed.get(record.partition, 0)
+    }
+
+
 def _log_lines(service: ServiceProcess, text: str) -> int:
     return sum(text in line for line in service.log_path.read_text().splitlines())
 
@@ -215,6 +254,8 @@ def test_a_database_restart_mid_stream_loses_nothing(
         watch = Watch(service).start()
         server.stop("immediate")
         time.sleep(15)
+        committed = _committed_event_ids(tansu.bootstrap, topic)
+        back_utc = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         server.start()
         back = time.monotonic()
         before = len(receiver.at("/db"))
@@ -225,9 +266,102 @@ def test_a_database_restart_mid_stream_loses_nothing(
         stream.join(120)
         _check_nothing_lost(request, "restart", receiver, tansu, database, ids, watch.peak_rss_kb)
         assert service.process is not None and service.process.poll() is None
+        # No offset was committed for an event not stored: each one committed at the end of
+        # the outage had been stored before it.
+        with psycopg.connect(database) as db:
+            received: dict[str, datetime.datetime] = dict(
+                db.execute(
+                    "SELECT event_id, received_at FROM events WHERE event_id = ANY(%s)",
+                    [list(committed)],
+                ).fetchall()
+            )
+        assert committed and set(received) == committed
+        assert all(at < back_utc for at in received.values())
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         assert not_serving in watch.health, "health never said NOT_SERVING"
         assert watch.errors and all(e.startswith("UNAVAILABLE") for e in watch.errors), watch.errors
-        print(watch.errors)
+        # Memory stays bounded: ingest waits, attempt results wait within the in-flight bound.
+        grown = (watch.peak_rss_kb - watch.first_rss_kb) // 1024
+        assert grown < 100, f"RSS grew {grown} MB while the database was away"
+        # Said once when it went and once when it came back, not per statement.
+        assert _log_lines(service, '"message": "database unreachable') == 2
+    finally:
+        service.stop()
+
+
+def _terminate_connections(database: str) -> int:
+    """pg_terminate_backend on every connection to the database but this one."""
+    name = database.rsplit("/", 1)[1]
+    with psycopg.connect(database, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        ).fetchall()
+    return len(rows)
+
+
+def test_cut_connections_lose_nothing_and_callers_only_see_unavailable(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    server: postgres_server.PostgresServer,
+    tansu: EmbeddedBroker,
+    receiver: Receiver,
+) -> None:
+    service, database, topic = _start(tmp_path, server, tansu, receiver)
+    ids = [f"evt-{n:05d}" for n in range(400)]
+    try:
+        stream = stream_events(tansu.bootstrap, topic, ids, pause=0.5)
+        receiver.wait_for("/db", 30)
+        watch = Watch(service).start()
+        cut = []
+        for _ in range(5):
+            cut.append(_terminate_connections(database))
+            time.sleep(2)
+        watch.stop()
+        stream.join(120)
+        assert all(cut), f"connections cut each time: {cut}"
+        _check_nothing_lost(
+            request,
+            f"{sum(cut)} connections cut",
+            receiver,
+            tansu,
+            database,
+            ids,
+            watch.peak_rss_kb,
+        )
+        assert all(e.startswith("UNAVAILABLE") for e in watch.errors), watch.errors
+    finally:
+        service.stop()
+
+
+def test_a_table_locked_for_5_s_slows_the_service_and_loses_nothing(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    server: postgres_server.PostgresServer,
+    tansu: EmbeddedBroker,
+    receiver: Receiver,
+) -> None:
+    """Every statement on deliveries waits behind the lock: ingest, attempt results and
+    calls queue (backpressure) and all go through once it is released."""
+    service, database, topic = _start(tmp_path, server, tansu, receiver)
+    ids = [f"evt-{n:05d}" for n in range(400)]
+    try:
+        stream = stream_events(tansu.bootstrap, topic, ids, pause=0.5)
+        receiver.wait_for("/db", 30)
+        watch = Watch(service).start()
+        with psycopg.connect(database) as db:
+            db.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+            time.sleep(5)
+            during = len(receiver.at("/db"))
+        released = time.monotonic()
+        _wait(lambda: len(receiver.at("/db")) > during, 30, "no delivery after the lock")
+        print(f"first delivery {time.monotonic() - released:.1f} s after the lock")
+        watch.stop()
+        stream.join(120)
+        _check_nothing_lost(
+            request, "deliveries locked 5 s", receiver, tansu, database, ids, watch.peak_rss_kb
+        )
+        assert all(e.startswith("UNAVAILABLE") for e in watch.errors), watch.errors
     finally:
         service.stop()
