@@ -25,6 +25,7 @@ SQLITE_PRAGMAS = {
 # Pooled connections are taken per unit of work and returned, so shutdown can close
 # them all from one thread; stale ones are replaced after five minutes.
 POOL = {"max_connections": 32, "stale_timeout": 300}
+CONNECT_TIMEOUT_SECONDS = 5  # unless the URL sets connect_timeout
 
 
 def sqlite_path(url: str) -> str | None:
@@ -53,6 +54,9 @@ def open_database(url: str) -> pw.Database:
         )
     elif scheme in ("postgresql", "postgres"):
         params = parse(url)  # type: ignore[no-untyped-call]
+        # A database host that drops packets (a failover in progress) would hold a connect
+        # for the kernel's TCP timeout, minutes; calls are answered UNAVAILABLE sooner.
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
         # psycopg 3: binary parameters and COPY for the hot path's batches (bulk.py). No
         # prepared statements: a generic plan made while a table was nearly empty stayed,
         # a sequential scan per attempt batch.

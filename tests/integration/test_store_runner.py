@@ -10,6 +10,7 @@ import pytest
 from service.errors import Unavailable
 from service.store.database import open_database
 from service.store.runner import StoreRunner
+from service.store.tables import database_proxy
 
 
 def _thread_name() -> str:
@@ -36,6 +37,41 @@ def test_reads_run_inline_only_when_asked(tmp_path: Path, inline_reads: bool, re
         assert asyncio.run(where()) == (read_on, "store_0")  # writes always on the store thread
     finally:
         runner.close()
+
+
+def test_an_outage_is_logged_once_however_many_calls_fail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = StoreRunner(open_database(f"sqlite:///{tmp_path / 'r.db'}"), 2)
+
+    async def calls() -> None:
+        for _ in range(20):
+            with pytest.raises(Unavailable):
+                await runner.call(_broken)
+        await runner.call(_thread_name)
+        await runner.call(_thread_name)
+
+    try:
+        with caplog.at_level("INFO", logger="service.store.runner"):
+            asyncio.run(calls())
+    finally:
+        runner.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "database unreachable; calls answer UNAVAILABLE meanwhile",
+        "database unreachable; calls answer UNAVAILABLE meanwhile: working again",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "timeout"),
+    [("postgresql://u@db.example/w", 5), ("postgresql://u@db.example/w?connect_timeout=9", 9)],
+)
+def test_postgres_connects_give_up_after_a_timeout(url: str, timeout: int) -> None:
+    bound = database_proxy.obj  # open_database binds the tables; this test's must not stay
+    try:
+        assert open_database(url).connect_params["connect_timeout"] == timeout
+    finally:
+        database_proxy.initialize(bound)
 
 
 @pytest.mark.parametrize("inline_reads", [True, False])
