@@ -309,6 +309,7 @@ class App:
             dispatcher=dispatcher,
             policy=policy,
             publish=publisher.publish if publisher is not None else None,
+            replay_limit=settings.replay_max_events,
         )
         subscriptions = SubscriptionService(stores.subscriptions, stores.event_types, settings)
         verifier = EndpointVerifier(

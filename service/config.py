@@ -304,6 +304,9 @@ class Settings:
     verify_timeout_seconds: float = _setting(
         10.0, _in_range(float, 0.1, 60.0), "time limit of an endpoint verification ping"
     )
+    replay_max_events: int = _setting(
+        10_000, _in_range(int, 1, 1_000_000), "most events one ReplayEvents call may send"
+    )
     endpoint_concurrency: int = _setting(
         50, _in_range(int, 1, 1000), "most simultaneous requests to one endpoint"
     )

@@ -1,12 +1,13 @@
 """Conversions between webhooks.v1 messages and domain records."""
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from service.domain.clock import epoch_parts
+from service.domain.clock import epoch_parts, utcnow
 from service.domain.models import (
     EventType,
     Payload,
@@ -227,3 +228,31 @@ def delivery_filter_from_pb(request: pb.ListDeliveriesRequest) -> DeliveryFilter
 
 
 _KNOWN_STATUSES = {int(s) for s in DeliveryStatus}
+_RECOVERABLE = (DeliveryStatus.FAILED, DeliveryStatus.SUCCEEDED)
+
+
+def time_window(request: Any) -> tuple[datetime, datetime]:
+    """[since, until) of a RecoverDeliveries or ReplayEvents request: since is required,
+    until defaults to now."""
+    if not request.HasField("since"):
+        raise invalid("since", "is required", "FIELD_REQUIRED")
+    since = moment(request.since, "since")
+    until = moment(request.until, "until") if request.HasField("until") else utcnow()
+    if since >= until:
+        raise invalid("until", "must be after since", "EMPTY_TIME_RANGE")
+    return since, until
+
+
+def recover_statuses(values: Sequence[int]) -> tuple[DeliveryStatus, ...]:
+    """The statuses RecoverDeliveries re-queues: FAILED unless it names them."""
+    unknown = [v for v in values if v not in _KNOWN_STATUSES]
+    if unknown:
+        raise invalid("statuses", f"unknown or unspecified statuses: {unknown}", "UNKNOWN_STATUS")
+    statuses = tuple(dict.fromkeys(DeliveryStatus(v) for v in values)) or (DeliveryStatus.FAILED,)
+    if any(s not in _RECOVERABLE for s in statuses):
+        raise invalid(
+            "statuses",
+            "only FAILED and SUCCEEDED deliveries are recovered",
+            "STATUS_NOT_RECOVERABLE",
+        )
+    return statuses

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from kafka.codec import event_from_proto
 from service.api import convert
 from service.api.status import INTERNAL, to_status
-from service.domain import pagination
+from service.domain import event_patterns, pagination
 from service.domain.access import (
     CATALOG,
     READ,
@@ -38,7 +38,7 @@ from service.store.runner import StoreRunner
 from service.usecases import catalog, subscriptions
 from service.usecases.catalog import CatalogService
 from service.usecases.deliveries import DeliveryService, invalid_event
-from service.usecases.subscriptions import SubscriptionService
+from service.usecases.subscriptions import MAX_REQUEST_ID, SubscriptionService
 from service.usecases.verification import VerifiedWrites
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
@@ -386,12 +386,37 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self, request: pb.RecoverDeliveriesRequest, principal: Principal
     ) -> pb.RecoverDeliveriesResponse:
         subscription_id = _required_id(request.subscription_id, "subscription_id")
-        if not request.HasField("since"):
-            raise invalid("since", "is required", "FIELD_REQUIRED")
-        count = await self._deliveries.recover(
-            principal, subscription_id, convert.moment(request.since, "since")
-        )
+        window = convert.time_window(request)
+        statuses = convert.recover_statuses(request.statuses)
+        count = await self._deliveries.recover(principal, subscription_id, window, statuses)
         return pb.RecoverDeliveriesResponse(queued_count=count)
+
+    @rpc(WRITE)
+    async def ReplayEvents(
+        self, request: pb.ReplayEventsRequest, principal: Principal
+    ) -> pb.ReplayEventsResponse:
+        subscription_id = _required_id(request.subscription_id, "subscription_id")
+        window = convert.time_window(request)
+        if request.event_type and not (
+            event_patterns.is_valid_name(request.event_type)
+            or event_patterns.is_valid_pattern(request.event_type)
+        ):
+            raise invalid(
+                "event_type", "must be an event type, `*` or `prefix.*`", "MALFORMED_EVENT_TYPES"
+            )
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise invalid(
+                "request_id", f"must be at most {MAX_REQUEST_ID} characters", "FIELD_TOO_LONG"
+            )
+        fingerprint = _fingerprint(request, principal) if request.request_id else ""
+        count = await self._deliveries.replay(
+            principal,
+            subscription_id,
+            window,
+            request.event_type,
+            (request.request_id, fingerprint),
+        )
+        return pb.ReplayEventsResponse(queued_count=count)
 
 
 def _required_id(value: str, field: str = "id") -> str:

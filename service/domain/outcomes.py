@@ -41,6 +41,7 @@ class Trigger(IntEnum):
     SCHEDULED = 1
     MANUAL = 2
     TEST = 3
+    REPLAY = 4
 
 
 class DeliveryStatus(IntEnum):

@@ -1,18 +1,48 @@
 """What the API asks of deliveries: pages and single deliveries with their attempts, manual
 retry and recovery, test deliveries, and the pending count."""
 
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import peewee as pw
 
+from service.domain import event_patterns, fan_out
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
 from service.domain.models import Event
 from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 from service.domain.pipeline import AttemptRecord, DeliveryFilter, DeliveryView, Job
-from service.errors import FailedPrecondition, NotFound
+from service.errors import FailedPrecondition, NotFound, invalid
 from service.store.delivery_rows import jobs_for
-from service.store.tables import AttemptRow, DeliveryRow, EventRow, SubscriptionRow
+from service.store.subscriptions import IDEMPOTENCY_WINDOW
+from service.store.tables import (
+    AttemptRow,
+    DeliveryRow,
+    EventRow,
+    IdempotencyRow,
+    SubscriptionRow,
+)
+
+_REPLAY = "ReplayEvents"
+REPLAY_INSERT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What ReplayEvents selects: events received in [since, until) of `event_type` (a
+    name or pattern; "" = any) that the subscription takes now, at most `limit`. `key`
+    marks its deliveries; with a `request_hash`, the call is remembered by request_id."""
+
+    since: datetime
+    until: datetime
+    event_type: str
+    key: str
+    limit: int
+    required_scopes: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    request_hash: str = ""
 
 
 class DeliveryQueries:
@@ -80,31 +110,135 @@ class DeliveryQueries:
             ).where(DeliveryRow.id == delivery_id).execute()
         return self.get(tenant, delivery_id)
 
-    def recover(self, tenant: str, subscription_id: str, since: datetime) -> int:
-        """Queues every FAILED delivery of the subscription created since `since`."""
+    def recover(
+        self,
+        tenant: str,
+        subscription_id: str,
+        window: tuple[datetime, datetime],
+        statuses: Collection[DeliveryStatus],
+    ) -> int:
+        """Queues the subscription's deliveries in these statuses created in the window."""
+        since, until = window
         with self._db.atomic():
-            sub = SubscriptionRow.get_or_none(
-                (SubscriptionRow.id == subscription_id) & (SubscriptionRow.tenant == tenant)
-            )
-            if sub is None:
-                raise NotFound(
-                    f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND"
-                )
-            if not sub.enabled:
-                raise FailedPrecondition(
-                    "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
-                )
+            self._enabled(tenant, subscription_id)
             return int(
                 DeliveryRow.update(
                     status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow(), manual=True
                 )
                 .where(
                     (DeliveryRow.subscription == subscription_id)
-                    & (DeliveryRow.status == int(DeliveryStatus.FAILED))
+                    & (DeliveryRow.status.in_([int(s) for s in statuses]))
                     & (DeliveryRow.created_at >= since)
+                    & (DeliveryRow.created_at < until)
                 )
                 .execute()
             )
+
+    def replay(self, tenant: str, subscription_id: str, replay: Replay) -> int:
+        """New deliveries of the stored events the replay selects, or, when its key was
+        used before, those it made then; raises InvalidArgument above `replay.limit`."""
+        with self._db.atomic():
+            sub = self._enabled(tenant, subscription_id)
+            if replay.request_hash:
+                known = self._replayed(tenant, replay)
+                if known is not None:
+                    return self._replay_count(subscription_id, replay.key)
+            matcher = fan_out.Matcher(
+                sub.id,
+                tuple(json.loads(sub.event_types)),
+                frozenset(json.loads(sub.granted_scopes)),
+            )
+            events = []
+            query = EventRow.select(EventRow.id, EventRow.type).where(
+                (EventRow.tenant == tenant)
+                & (EventRow.received_at >= replay.since)
+                & (EventRow.received_at < replay.until)
+            )
+            if replay.event_type and not event_patterns.is_pattern(replay.event_type):
+                query = query.where(EventRow.type == replay.event_type)
+            for row in query.order_by(EventRow.received_at, EventRow.id).iterator():
+                wanted = not replay.event_type or event_patterns.pattern_matches(
+                    replay.event_type, row.type
+                )
+                scope = replay.required_scopes.get(row.type, "")
+                if wanted and fan_out.matches(matcher, row.type, scope):
+                    events.append((row.id, row.type))
+                    if len(events) > replay.limit:
+                        raise invalid(
+                            "since",
+                            f"the window holds more than {replay.limit} events to replay;"
+                            " narrow since and until",
+                            "REPLAY_TOO_LARGE",
+                        )
+            now = utcnow()
+            rows = [
+                {
+                    "id": new_id("msg"),
+                    "tenant": tenant,
+                    "subscription": subscription_id,
+                    "event": event_id,
+                    "event_type": event_type,
+                    "status": int(DeliveryStatus.PENDING),
+                    "created_at": now,
+                    "next_attempt_at": now,
+                    "replay": replay.key,
+                }
+                for event_id, event_type in events
+            ]
+            for start in range(0, len(rows), REPLAY_INSERT_BATCH):
+                chunk = rows[start : start + REPLAY_INSERT_BATCH]
+                DeliveryRow.insert_many(chunk).on_conflict_ignore().execute()
+            if replay.request_hash:
+                IdempotencyRow.create(
+                    tenant=tenant,
+                    method=_REPLAY,
+                    request_id=replay.request_id,
+                    request_hash=replay.request_hash,
+                    resource_id=subscription_id,
+                    result_encrypted=b"",
+                    created_at=now,
+                )
+            return self._replay_count(subscription_id, replay.key)
+
+    def _enabled(self, tenant: str, subscription_id: str) -> SubscriptionRow:
+        sub = SubscriptionRow.get_or_none(
+            (SubscriptionRow.id == subscription_id) & (SubscriptionRow.tenant == tenant)
+        )
+        if sub is None:
+            raise NotFound(
+                f"subscription {subscription_id!r} not found", reason="SUBSCRIPTION_NOT_FOUND"
+            )
+        if not sub.enabled:
+            raise FailedPrecondition(
+                "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
+            )
+        return sub
+
+    def _replayed(self, tenant: str, replay: Replay) -> IdempotencyRow | None:
+        """The record of an earlier call with the request_id; REQUEST_ID_REUSED when that
+        call asked something else."""
+        row = IdempotencyRow.get_or_none(
+            (IdempotencyRow.tenant == tenant)
+            & (IdempotencyRow.method == _REPLAY)
+            & (IdempotencyRow.request_id == replay.request_id)
+        )
+        if row is None:
+            return None
+        if row.created_at < utcnow() - IDEMPOTENCY_WINDOW:
+            row.delete_instance()
+            return None
+        if row.request_hash != replay.request_hash:
+            raise invalid(
+                "request_id", "was already used for a different request", "REQUEST_ID_REUSED"
+            )
+        return row
+
+    def _replay_count(self, subscription_id: str, key: str) -> int:
+        return int(
+            DeliveryRow.select()
+            .where((DeliveryRow.subscription == subscription_id) & (DeliveryRow.replay == key))
+            .count()
+        )
 
     def create_test_delivery(
         self, tenant: str, subscription_id: str, event: Event, lease: timedelta

@@ -74,4 +74,6 @@ def jobs_for(
 def _trigger(row: DeliveryRow) -> Trigger:
     if row.test:
         return Trigger.TEST
-    return Trigger.MANUAL if row.manual else Trigger.SCHEDULED
+    if row.manual:
+        return Trigger.MANUAL
+    return Trigger.REPLAY if row.replay and not row.attempt_count else Trigger.SCHEDULED

@@ -99,6 +99,21 @@ def _payload_formats(db: pw.Database) -> None:
             db.execute_sql(f"ALTER TABLE subscriptions ADD COLUMN {name} {kind}")  # type: ignore[no-untyped-call]
 
 
+def _replays(db: pw.Database) -> None:
+    # An event may have one delivery per subscription from ingest (replay "") and one per
+    # ReplayEvents call: the unique index takes the replay key in.
+    if "replay" not in {c.name for c in db.get_columns("deliveries")}:
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "ALTER TABLE deliveries ADD COLUMN replay VARCHAR(40) NOT NULL DEFAULT ''"
+        )
+    for statement in (
+        "CREATE UNIQUE INDEX IF NOT EXISTS deliveries_subscription_id_event_id_replay"
+        " ON deliveries (subscription_id, event_id, replay)",
+        "DROP INDEX IF EXISTS deliveries_subscription_id_event_id",
+    ):
+        db.execute_sql(statement)  # type: ignore[no-untyped-call]
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -110,6 +125,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (8, "last attempt latency per delivery", _delivery_latency),
     (9, "subscription names unique per creator in the database", _names_per_creator),
     (10, "payload format per subscription", _payload_formats),
+    (11, "deliveries made by replays", _replays),
 )
 
 

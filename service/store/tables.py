@@ -138,6 +138,9 @@ class DeliveryRow(BaseModel):
     test = pw.BooleanField(default=False)
     # Set by RetryDelivery/RecoverDeliveries: the next attempt is recorded as MANUAL.
     manual = pw.BooleanField(default=False)
+    # Made by ReplayEvents: the replay's key (else ""), so an event can have one delivery
+    # per subscription from ingest and one per replay. A database default too (migration 11).
+    replay = pw.CharField(max_length=40, default="", constraints=[pw.SQL("DEFAULT ''")])
     created_at = pw.DateTimeField(index=True)  # retention prunes by age
     last_attempt_at = pw.DateTimeField(null=True)
     next_attempt_at = pw.DateTimeField(null=True, index=True)
@@ -145,7 +148,7 @@ class DeliveryRow(BaseModel):
     class Meta:
         table_name = "deliveries"
         indexes = (
-            (("subscription", "event"), True),
+            (("subscription", "event", "replay"), True),
             (("tenant", "created_at"), False),
         )
 

@@ -1,8 +1,9 @@
 """Delivery and event use cases: list, inspect, retry, recover, test events and publishing.
 Unlike the other use cases these are async: they reach the dispatcher and the broker."""
 
+import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 
 from service.domain.access import Principal, require_owner_or_admin, require_scope
@@ -10,6 +11,7 @@ from service.domain.clock import utcnow
 from service.domain.event_rules import EVENT_ID_REUSED, EventRejected, check_event
 from service.domain.ids import new_id
 from service.domain.models import Event, Subscription
+from service.domain.outcomes import DeliveryStatus
 from service.domain.pipeline import DeliveryFilter, DeliveryView
 from service.engine.dispatcher import DeliveryPolicy, Dispatcher
 from service.errors import (
@@ -20,7 +22,7 @@ from service.errors import (
     Unavailable,
     invalid,
 )
-from service.store.delivery_queries import DeliveryQueries
+from service.store.delivery_queries import DeliveryQueries, Replay
 from service.store.event_types import EventTypeStore
 from service.store.ingest import IngestStore
 from service.store.runner import StoreRunner
@@ -42,6 +44,15 @@ _FIELD_OF_REASON = {
 }
 
 
+def replay_key(principal: Principal, request_id: str) -> str:
+    """What marks a replay's deliveries: the same for the same caller's request_id, so a
+    retry adds none; a new one without."""
+    if not request_id:
+        return new_id("rpl")
+    digest = hashlib.sha256("\0".join((principal.tenant, principal.name, request_id)).encode())
+    return "rpl_" + digest.hexdigest()[:32]
+
+
 def invalid_event(rejected: EventRejected) -> InvalidArgument:
     """The INVALID_ARGUMENT for a published event refused by the ingest rules, naming the
     field the rule is about."""
@@ -61,7 +72,9 @@ class DeliveryService:
         dispatcher: Dispatcher,
         policy: DeliveryPolicy,
         publish: Publish | None,
+        replay_limit: int = 10_000,
     ) -> None:
+        self._replay_limit = replay_limit
         self._run = runner.call
         self._store = queries
         self._ingest = ingest
@@ -91,9 +104,43 @@ class DeliveryService:
         await self._owned(principal, view.subscription_id)
         return await self._run(self._store.retry, principal.tenant, delivery_id)
 
-    async def recover(self, principal: Principal, subscription_id: str, since: datetime) -> int:
+    async def recover(
+        self,
+        principal: Principal,
+        subscription_id: str,
+        window: tuple[datetime, datetime],
+        statuses: Collection[DeliveryStatus],
+    ) -> int:
+        """Queued for the scheduler's next pass, each next attempt MANUAL."""
         await self._owned(principal, subscription_id)
-        return await self._run(self._store.recover, principal.tenant, subscription_id, since)
+        return await self._run(
+            self._store.recover, principal.tenant, subscription_id, window, statuses
+        )
+
+    async def replay(
+        self,
+        principal: Principal,
+        subscription_id: str,
+        window: tuple[datetime, datetime],
+        event_type: str,
+        request: tuple[str, str] = ("", ""),
+    ) -> int:
+        """New deliveries of the window's stored events for the subscription, queued for the
+        scheduler's next pass. `request` is (request_id, its fingerprint)."""
+        await self._owned(principal, subscription_id)
+        request_id, request_hash = request
+        catalog = await self._run(self._event_types.catalog)
+        replay = Replay(
+            since=window[0],
+            until=window[1],
+            event_type=event_type,
+            key=replay_key(principal, request_id),
+            limit=self._replay_limit,
+            required_scopes={name: t.required_scope for name, t in catalog.items()},
+            request_id=request_id,
+            request_hash=request_hash if request_id else "",
+        )
+        return await self._run(self._store.replay, principal.tenant, subscription_id, replay)
 
     async def _owned(self, principal: Principal, subscription_id: str) -> Subscription:
         subscription = await self._run(self._subscriptions.get, principal.tenant, subscription_id)

@@ -89,6 +89,8 @@ class _AttemptTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Attemp
     """Asked for by RetryDelivery or RecoverDeliveries."""
     ATTEMPT_TRIGGER_TEST: _AttemptTrigger.ValueType  # 3
     """A test event from SendTestEvent."""
+    ATTEMPT_TRIGGER_REPLAY: _AttemptTrigger.ValueType  # 4
+    """The first attempt of a delivery made by ReplayEvents."""
 
 class AttemptTrigger(_AttemptTrigger, metaclass=_AttemptTriggerEnumTypeWrapper):
     """AttemptTrigger says why an attempt was made."""
@@ -101,6 +103,8 @@ ATTEMPT_TRIGGER_MANUAL: AttemptTrigger.ValueType  # 2
 """Asked for by RetryDelivery or RecoverDeliveries."""
 ATTEMPT_TRIGGER_TEST: AttemptTrigger.ValueType  # 3
 """A test event from SendTestEvent."""
+ATTEMPT_TRIGGER_REPLAY: AttemptTrigger.ValueType  # 4
+"""The first attempt of a delivery made by ReplayEvents."""
 Global___AttemptTrigger: _TypeAlias = AttemptTrigger  # noqa: Y015
 
 class _ErrorKind:

@@ -1349,27 +1349,41 @@ Global___RetryDeliveryResponse: _TypeAlias = RetryDeliveryResponse  # noqa: Y015
 
 @_typing.final
 class RecoverDeliveriesRequest(_message.Message):
-    """RecoverDeliveriesRequest asks to re-queue failed deliveries."""
+    """RecoverDeliveriesRequest asks to re-queue finished deliveries."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
     subscription_id: _builtins.str
-    """The subscription whose failed deliveries are re-queued."""
+    """The subscription whose deliveries are re-queued."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only deliveries created at or after this time; required."""
+
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_events_pb2.DeliveryStatus.ValueType]:
+        """Which deliveries: FAILED, SUCCEEDED or both; empty means FAILED. (PENDING
+        ones are queued already.)
+        """
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only deliveries created before this time; unset means now."""
 
     def __init__(
         self,
         *,
         subscription_id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        statuses: _abc.Iterable[_events_pb2.DeliveryStatus.ValueType] | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "statuses", b"statuses", "subscription_id", b"subscription_id", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1383,7 +1397,7 @@ class RecoverDeliveriesResponse(_message.Message):
 
     QUEUED_COUNT_FIELD_NUMBER: _builtins.int
     queued_count: _builtins.int
-    """How many FAILED deliveries are PENDING again."""
+    """How many deliveries are PENDING again, their next attempt due now."""
     def __init__(
         self,
         *,
@@ -1396,3 +1410,72 @@ class RecoverDeliveriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecoverDeliveriesResponse: _TypeAlias = RecoverDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class ReplayEventsRequest(_message.Message):
+    """ReplayEventsRequest asks to send stored events again to one subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """The subscription that receives them; enabled."""
+    event_type: _builtins.str
+    """An exact event type or a pattern (`*`, `prefix.*`) narrowing the events;
+    empty means every type the subscription takes. Never widens it: an event
+    the subscription would not receive now is not replayed.
+    """
+    request_id: _builtins.str
+    """Makes retries safe: the same request_id with the same request queues
+    nothing more and answers the same count, for 24 hours.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Events received at or after this time; required."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Events received before this time; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        event_type: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "request_id", b"request_id", "since", b"since", "subscription_id", b"subscription_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayEventsRequest: _TypeAlias = ReplayEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayEventsResponse(_message.Message):
+    """ReplayEventsResponse says how many deliveries the replay made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_COUNT_FIELD_NUMBER: _builtins.int
+    queued_count: _builtins.int
+    """New PENDING deliveries, one per event, their first attempt due now."""
+    def __init__(
+        self,
+        *,
+        queued_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued_count", b"queued_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayEventsResponse: _TypeAlias = ReplayEventsResponse  # noqa: Y015

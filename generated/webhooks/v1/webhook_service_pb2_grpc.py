@@ -85,6 +85,8 @@ class WebhookServiceStub:
     SECRET_PROOF_REQUIRED        the operator requires secret_proof
     INVALID_SECRET               secret_proof is not the current secret
     EVENT_TOO_LARGE              a published event is over the size limit
+    STATUS_NOT_RECOVERABLE       only FAILED and SUCCEEDED deliveries are recovered
+    REPLAY_TOO_LARGE             the window holds more events than one call replays
     and the ingest rules' reasons, which PublishEvent answers and dead
     letters carry in their `reason` header (the first line only on dead
     letters, for records that do not decode):
@@ -209,6 +211,11 @@ class WebhookServiceStub:
                 request_serializer=webhooks_dot_v1_dot_webhook__service__pb2.RecoverDeliveriesRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.RecoverDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.ReplayEvents = channel.unary_unary(
+                '/webhooks.v1.WebhookService/ReplayEvents',
+                request_serializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsRequest.SerializeToString,
+                response_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsResponse.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -271,6 +278,8 @@ class WebhookServiceServicer:
     SECRET_PROOF_REQUIRED        the operator requires secret_proof
     INVALID_SECRET               secret_proof is not the current secret
     EVENT_TOO_LARGE              a published event is over the size limit
+    STATUS_NOT_RECOVERABLE       only FAILED and SUCCEEDED deliveries are recovered
+    REPLAY_TOO_LARGE             the window holds more events than one call replays
     and the ingest rules' reasons, which PublishEvent answers and dead
     letters carry in their `reason` header (the first line only on dead
     letters, for records that do not decode):
@@ -432,8 +441,17 @@ class WebhookServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecoverDeliveries(self, request, context):
-        """Queues every FAILED delivery of a subscription created since a time.
-        Needs `webhooks:write`.
+        """Queues the FAILED (or SUCCEEDED) deliveries of a subscription created in a
+        time window for another attempt. Needs `webhooks:write`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayEvents(self, request, context):
+        """Sends the stored events of a time window to one subscription as new
+        deliveries (trigger REPLAY), even events older than the subscription
+        (backfill). Idempotent by request_id. Needs `webhooks:write`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -527,6 +545,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     request_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.RecoverDeliveriesRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_webhook__service__pb2.RecoverDeliveriesResponse.SerializeToString,
             ),
+            'ReplayEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayEvents,
+                    request_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsRequest.FromString,
+                    response_serializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'webhooks.v1.WebhookService', rpc_method_handlers)
@@ -595,6 +618,8 @@ class WebhookService:
     SECRET_PROOF_REQUIRED        the operator requires secret_proof
     INVALID_SECRET               secret_proof is not the current secret
     EVENT_TOO_LARGE              a published event is over the size limit
+    STATUS_NOT_RECOVERABLE       only FAILED and SUCCEEDED deliveries are recovered
+    REPLAY_TOO_LARGE             the window holds more events than one call replays
     and the ingest rules' reasons, which PublishEvent answers and dead
     letters carry in their `reason` header (the first line only on dead
     letters, for records that do not decode):
@@ -1077,6 +1102,33 @@ class WebhookService:
             '/webhooks.v1.WebhookService/RecoverDeliveries',
             webhooks_dot_v1_dot_webhook__service__pb2.RecoverDeliveriesRequest.SerializeToString,
             webhooks_dot_v1_dot_webhook__service__pb2.RecoverDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/webhooks.v1.WebhookService/ReplayEvents',
+            webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsRequest.SerializeToString,
+            webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,8 @@ class WebhookServiceStub:
       SECRET_PROOF_REQUIRED        the operator requires secret_proof
       INVALID_SECRET               secret_proof is not the current secret
       EVENT_TOO_LARGE              a published event is over the size limit
+      STATUS_NOT_RECOVERABLE       only FAILED and SUCCEEDED deliveries are recovered
+      REPLAY_TOO_LARGE             the window holds more events than one call replays
       and the ingest rules' reasons, which PublishEvent answers and dead
       letters carry in their `reason` header (the first line only on dead
       letters, for records that do not decode):
@@ -183,8 +185,13 @@ class WebhookServiceStub:
     Needs `webhooks:write`.
     """
     RecoverDeliveries: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.RecoverDeliveriesRequest, _webhook_service_pb2.RecoverDeliveriesResponse]
-    """Queues every FAILED delivery of a subscription created since a time.
-    Needs `webhooks:write`.
+    """Queues the FAILED (or SUCCEEDED) deliveries of a subscription created in a
+    time window for another attempt. Needs `webhooks:write`.
+    """
+    ReplayEvents: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.ReplayEventsRequest, _webhook_service_pb2.ReplayEventsResponse]
+    """Sends the stored events of a time window to one subscription as new
+    deliveries (trigger REPLAY), even events older than the subscription
+    (backfill). Idempotent by request_id. Needs `webhooks:write`.
     """
 
 @_typing.type_check_only
@@ -248,6 +255,8 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
       SECRET_PROOF_REQUIRED        the operator requires secret_proof
       INVALID_SECRET               secret_proof is not the current secret
       EVENT_TOO_LARGE              a published event is over the size limit
+      STATUS_NOT_RECOVERABLE       only FAILED and SUCCEEDED deliveries are recovered
+      REPLAY_TOO_LARGE             the window holds more events than one call replays
       and the ingest rules' reasons, which PublishEvent answers and dead
       letters carry in their `reason` header (the first line only on dead
       letters, for records that do not decode):
@@ -342,8 +351,13 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     Needs `webhooks:write`.
     """
     RecoverDeliveries: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.RecoverDeliveriesRequest, _webhook_service_pb2.RecoverDeliveriesResponse]  # type: ignore[assignment]
-    """Queues every FAILED delivery of a subscription created since a time.
-    Needs `webhooks:write`.
+    """Queues the FAILED (or SUCCEEDED) deliveries of a subscription created in a
+    time window for another attempt. Needs `webhooks:write`.
+    """
+    ReplayEvents: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.ReplayEventsRequest, _webhook_service_pb2.ReplayEventsResponse]  # type: ignore[assignment]
+    """Sends the stored events of a time window to one subscription as new
+    deliveries (trigger REPLAY), even events older than the subscription
+    (backfill). Idempotent by request_id. Needs `webhooks:write`.
     """
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -406,6 +420,8 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
       SECRET_PROOF_REQUIRED        the operator requires secret_proof
       INVALID_SECRET               secret_proof is not the current secret
       EVENT_TOO_LARGE              a published event is over the size limit
+      STATUS_NOT_RECOVERABLE       only FAILED and SUCCEEDED deliveries are recovered
+      REPLAY_TOO_LARGE             the window holds more events than one call replays
       and the ingest rules' reasons, which PublishEvent answers and dead
       letters carry in their `reason` header (the first line only on dead
       letters, for records that do not decode):
@@ -600,8 +616,19 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _webhook_service_pb2.RecoverDeliveriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_service_pb2.RecoverDeliveriesResponse, _abc.Awaitable[_webhook_service_pb2.RecoverDeliveriesResponse]]:
-        """Queues every FAILED delivery of a subscription created since a time.
-        Needs `webhooks:write`.
+        """Queues the FAILED (or SUCCEEDED) deliveries of a subscription created in a
+        time window for another attempt. Needs `webhooks:write`.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayEvents(
+        self,
+        request: _webhook_service_pb2.ReplayEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_service_pb2.ReplayEventsResponse, _abc.Awaitable[_webhook_service_pb2.ReplayEventsResponse]]:
+        """Sends the stored events of a time window to one subscription as new
+        deliveries (trigger REPLAY), even events older than the subscription
+        (backfill). Idempotent by request_id. Needs `webhooks:write`.
         """
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
