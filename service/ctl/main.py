@@ -393,12 +393,29 @@ def deliveries_retry(stub: Stub, args: argparse.Namespace) -> tuple[Message, str
 
 
 def deliveries_recover(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
-    reply = stub.RecoverDeliveries(
-        pb.RecoverDeliveriesRequest(
-            subscription_id=args.subscription, since=_timestamp(args.since, "--since")
-        )
+    request = pb.RecoverDeliveriesRequest(
+        subscription_id=args.subscription,
+        since=_timestamp(args.since, "--since"),
+        statuses=[STATUSES[s] for s in args.status or []],
     )
-    return reply, f"queued {reply.queued_count} failed deliveries again"
+    if args.until:
+        request.until.CopyFrom(_timestamp(args.until, "--until"))
+    reply = stub.RecoverDeliveries(request)
+    which = " or ".join(args.status or ["failed"])
+    return reply, f"queued {reply.queued_count} {which} deliveries again"
+
+
+def events_replay(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
+    request = pb.ReplayEventsRequest(
+        subscription_id=args.subscription,
+        since=_timestamp(args.since, "--since"),
+        event_type=args.event_type or "",
+        request_id=args.request_id or "",
+    )
+    if args.until:
+        request.until.CopyFrom(_timestamp(args.until, "--until"))
+    reply = stub.ReplayEvents(request)
+    return reply, f"queued {reply.queued_count} events as new deliveries (trigger REPLAY)"
 
 
 # --- events ------------------------------------------------------------------------------
@@ -505,11 +522,20 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--until", help="ISO 8601 time")
     _id_arg(_command(deliveries, "get", deliveries_get, "show a delivery and its attempts"))
     _id_arg(_command(deliveries, "retry", deliveries_retry, "attempt a delivery again now"))
-    recover = _command(deliveries, "recover", deliveries_recover, "retry failed deliveries")
+    recover = _command(
+        deliveries,
+        "recover",
+        deliveries_recover,
+        "queue finished deliveries of a time window again",
+    )
     recover.add_argument("--subscription", required=True)
-    recover.add_argument("--since", required=True, help="ISO 8601 time")
+    recover.add_argument("--since", required=True, help="ISO 8601 time (created at or after)")
+    recover.add_argument("--until", help="ISO 8601 time (created before; default now)")
+    recover.add_argument(
+        "--status", action="append", choices=["failed", "succeeded"], help="default: failed"
+    )
 
-    events = _group(groups, "events", "publish domain events")
+    events = _group(groups, "events", "publish domain events, replay stored ones")
     publish = _command(events, "publish", events_publish, "publish an event to the ingest topic")
     publish.add_argument("--type", required=True)
     publish.add_argument("--data", default="{}", help="JSON payload")
@@ -517,6 +543,14 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--tenant", help="default: the caller's tenant")
     publish.add_argument("--source", default="webhookctl")
     publish.add_argument("--subject")
+    replay = _command(
+        events, "replay", events_replay, "send stored events to a subscription again (backfill)"
+    )
+    replay.add_argument("--subscription", required=True)
+    replay.add_argument("--since", required=True, help="ISO 8601 time (received at or after)")
+    replay.add_argument("--until", help="ISO 8601 time (received before; default now)")
+    replay.add_argument("--event-type", help="a type or pattern narrowing the events")
+    replay.add_argument("--request-id", help="makes a retry of the call safe")
 
     test = _group(groups, "test-event", "send a test event")
     send = _command(test, "send", test_event_send, "deliver the type's example now")

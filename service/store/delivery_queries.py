@@ -149,10 +149,15 @@ class DeliveryQueries:
                 frozenset(json.loads(sub.granted_scopes)),
             )
             events = []
+            test_events = DeliveryRow.select(DeliveryRow.id).where(
+                (DeliveryRow.event == EventRow.id) & (DeliveryRow.test == True)  # noqa: E712
+            )
             query = EventRow.select(EventRow.id, EventRow.type).where(
                 (EventRow.tenant == tenant)
                 & (EventRow.received_at >= replay.since)
                 & (EventRow.received_at < replay.until)
+                # SendTestEvent's samples are stored as events too; they are not replayed.
+                & ~pw.fn.EXISTS(test_events)
             )
             if replay.event_type and not event_patterns.is_pattern(replay.event_type):
                 query = query.where(EventRow.type == replay.event_type)

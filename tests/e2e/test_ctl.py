@@ -205,6 +205,33 @@ def test_publish_list_get_retry_and_test_event(
     assert sent["test"] is True and sent["status"] == "DELIVERY_STATUS_SUCCEEDED"
     assert receiver.wait_for("/cli", 3)[-1].json["test"] is True
 
+    # Recover by status, and a backfill to a subscription made after the event.
+    subscription = created["subscription"]["id"]
+    out = ctl("deliveries", "recover", "--subscription", subscription, "--since", "2026-01-01")
+    assert out.strip() == "queued 0 failed deliveries again"
+    recovered = ctl.json(
+        "deliveries",
+        "recover",
+        "--subscription",
+        subscription,
+        "--since",
+        "2026-01-01",
+        "--status",
+        "succeeded",
+    )
+    assert recovered["queued_count"] == 2  # the event's delivery and the test delivery
+    later = ctl.json("subscriptions", "create", "--name", "later", "--url", receiver.url("/late"))
+    args = ["--subscription", later["subscription"]["id"], "--since", "2026-01-01"]
+    out = ctl("events", "replay", *args, "--event-type", "invoice.*", "--request-id", "r-1")
+    assert out.strip() == "queued 1 events as new deliveries (trigger REPLAY)"  # not the test one
+    assert receiver.wait_for("/late", 1)[0].json["data"] == {"invoice": 7}
+    assert (
+        ctl.json("events", "replay", *args, "--request-id", "r-1", "--event-type", "invoice.*")[
+            "queued_count"
+        ]
+        == 1
+    )
+
 
 def test_console_script_reads_address_and_key_from_environment(api: Api) -> None:
     env = dict(os.environ, WEBHOOKCTL_ADDRESS=api.address, WEBHOOKCTL_API_KEY=KEYS["reader"])
