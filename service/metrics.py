@@ -49,7 +49,7 @@ class Metrics:
         self.deliveries_deferred = Counter(
             "webhooks_deliveries_deferred_total",
             "Deliveries handed back to the store to be sent later without an attempt, by"
-            " reason (endpoint_backlog: more than its lane holds; circuit_open)",
+            " reason (endpoint_backlog: more than its lane holds)",
             ["reason"],
             registry=registry,
         )

@@ -49,10 +49,6 @@ class CircuitBreaker:
         self.probing = True
         return True
 
-    def retry_at(self) -> float:
-        """When a deferred send should be tried again."""
-        return self.open_until
-
     def record(self, success: bool, now: float) -> None:
         was_probe, self.probing = self.probing, False
         if success:

@@ -98,43 +98,52 @@ class AttemptMaker:
     def finish(
         self, job: Job, target: Target, result: AttemptResult, started: datetime
     ) -> RecordedAttempt:
-        """What follows from the endpoint's answer, ready to store and to audit."""
-        settings = self._settings
-        now = utcnow()
-        attempt_number = job.attempts_made + 1
-        decision = decide(
-            result,
-            attempts_made=attempt_number,
-            schedule=settings.schedule,
-            jitter=settings.jitter,
-            random=random.random(),
-            now=now,
-            failing_since=target.failing_since,
-            disable_after=settings.disable_after,
-            test=job.test,
-        )
-        record = AttemptRecord(
-            attempt_id=new_id("att"),
-            delivery_id=job.delivery_id,
-            subscription_id=job.subscription_id,
-            event_id=job.event_id,
-            tenant=job.tenant,
-            event_type=job.event_type,
-            attempt_number=attempt_number,
-            url=target.url,
-            trigger=job.trigger,
-            attempt_time=started,
-            latency_ms=result.latency_ms,
-            http_status=result.http_status,
-            error_kind=result.error_kind,
-            error_message=result.error_message,
-            response_body=result.response_body,
-            outcome=decision.outcome,
-            next_attempt_time=now + timedelta(seconds=decision.delay)
-            if decision.delay is not None
-            else None,
-            test=job.test,
-        )
-        return RecordedAttempt(
-            record, decision.disable, settings.audit_topic, settings.encode_audit(record)
-        )
+        return settle(self._settings, job, target, result, started)
+
+    def skip(self, job: Job, target: Target, result: AttemptResult) -> RecordedAttempt:
+        """An attempt made without a request (the endpoint's circuit is open)."""
+        return settle(self._settings, job, target, result, utcnow())
+
+
+def settle(
+    settings: AttemptSettings, job: Job, target: Target, result: AttemptResult, started: datetime
+) -> RecordedAttempt:
+    """What follows from an attempt's result, ready to store and to audit."""
+    now = utcnow()
+    attempt_number = job.attempts_made + 1
+    decision = decide(
+        result,
+        attempts_made=attempt_number,
+        schedule=settings.schedule,
+        jitter=settings.jitter,
+        random=random.random(),
+        now=now,
+        failing_since=target.failing_since,
+        disable_after=settings.disable_after,
+        test=job.test,
+    )
+    record = AttemptRecord(
+        attempt_id=new_id("att"),
+        delivery_id=job.delivery_id,
+        subscription_id=job.subscription_id,
+        event_id=job.event_id,
+        tenant=job.tenant,
+        event_type=job.event_type,
+        attempt_number=attempt_number,
+        url=target.url,
+        trigger=job.trigger,
+        attempt_time=started,
+        latency_ms=result.latency_ms,
+        http_status=result.http_status,
+        error_kind=result.error_kind,
+        error_message=result.error_message,
+        response_body=result.response_body,
+        outcome=decision.outcome,
+        next_attempt_time=now + timedelta(seconds=decision.delay)
+        if decision.delay is not None
+        else None,
+        test=job.test,
+    )
+    return RecordedAttempt(
+        record, decision.disable, settings.audit_topic, settings.encode_audit(record)
+    )

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from service.domain.clock import utcnow
-from service.domain.outcomes import Outcome
+from service.domain.outcomes import AttemptResult, ErrorKind, Outcome
 from service.domain.pipeline import Ingested, Job, RecordedAttempt, Target
 from service.engine.ahead_ledger import AheadLedger
 from service.engine.attempt_writer import AttemptWriter
@@ -55,6 +55,8 @@ class Attempts(Protocol):
     async def make(self, job: Job, target: Target) -> RecordedAttempt: ...
 
     def attempt(self, job: Job, target: Target) -> "asyncio.Future[RecordedAttempt]": ...
+
+    def skip(self, job: Job, target: Target, result: AttemptResult) -> RecordedAttempt: ...
 
     async def close(self) -> None: ...
 
@@ -203,11 +205,12 @@ class Dispatcher:
                     continue
                 now = loop.time()
                 if not lane.breaker.allow(now):
+                    # The circuit is open: each due job is an attempt made without a request,
+                    # so its delivery moves along the retry schedule and ends FAILED when it
+                    # runs out, as if the endpoint had been called and failed.
                     lane.slots.release()
-                    jobs = list(lane.queue)
-                    lane.queue.clear()
-                    self._counters.deferred("circuit_open", len(jobs))
-                    await self._handed_back(jobs, seconds=max(1.0, lane.breaker.retry_at() - now))
+                    while lane.queue:
+                        self._skip(lane.queue.popleft(), target)
                     continue
                 rate = target.rate_limit_per_second or self._policy.default_rate_limit
                 wait = lane.rate_wait(rate, now)
@@ -256,7 +259,19 @@ class Dispatcher:
         recorded = made.result()
         attempt = recorded.attempt
         lane.sent(attempt.latency_ms / 1000, attempt.outcome == Outcome.SUCCEEDED, now)
-        self._counters.attempt(job, attempt, utcnow())
+        self._finished(job, recorded)
+
+    def _skip(self, job: Job, target: Target) -> None:
+        skipped = AttemptResult(
+            error_kind=ErrorKind.CIRCUIT_OPEN,
+            error_message="the endpoint's circuit is open after repeated failures; no request",
+        )
+        self._finished(job, self._attempts.skip(job, target, skipped))
+
+    def _finished(self, job: Job, recorded: RecordedAttempt) -> None:
+        """Counts the attempt, applies what it decided and hands it to be audited and
+        stored (its lane capacity is freed once it is written)."""
+        self._counters.attempt(job, recorded.attempt, utcnow())
         if recorded.disable is not None:
             self.invalidate(job.subscription_id)
             log.warning(

@@ -20,8 +20,10 @@ from typing import Any
 import uvloop
 
 from service import logs, runtime
+from service.domain.clock import utcnow
+from service.domain.outcomes import AttemptResult
 from service.domain.pipeline import Job, RecordedAttempt, Target
-from service.engine.attempts import AttemptMaker, AttemptSettings
+from service.engine.attempts import AttemptMaker, AttemptSettings, settle
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,10 @@ class DeliveryWorker:
         if self._frames is None:
             return asyncio.ensure_future(self.make(job, target))
         return self._request(self._frames, job, target)
+
+    def skip(self, job: Job, target: Target, result: AttemptResult) -> RecordedAttempt:
+        """An attempt made without a request: judged here, nothing to send."""
+        return settle(self._settings, job, target, result, utcnow())
 
     def _request(
         self, frames: _Frames, job: Job, target: Target

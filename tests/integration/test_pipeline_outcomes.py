@@ -216,6 +216,14 @@ def test_rate_limit_spaces_deliveries(pipeline: Pipeline, receiver: Receiver) ->
     assert times[-1] - times[0] >= 0.5, times
 
 
+def _eventually(predicate: Any, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.1)
+    return value
+
+
 def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: Receiver) -> None:
     pipeline = make_pipeline(
         WEBHOOKS_CIRCUIT_FAILURES="3",
@@ -239,11 +247,28 @@ def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: 
         pb.ListDeliveriesRequest(subscription_id=dead.subscription.id, page_size=100),
     ).deliveries
     assert len(listed) == 20
-    attempts = sum(d.attempt_count for d in listed)
-    # Without the breaker: 20 deliveries x 4 attempts. With it, the first concurrent wave
-    # (4) fails, the circuit opens, and the rest wait for the cooldown without an attempt.
-    assert attempts <= 4, attempts
-    assert all(d.status == E.DELIVERY_STATUS_PENDING for d in listed)
+
+    # Without the breaker: 20 deliveries x 4 requests. With it, the first concurrent wave
+    # (4) fails and the circuit opens; the rest keep to the schedule with attempts made
+    # without a request (CIRCUIT_OPEN) and end FAILED when it runs out.
+    def all_failed() -> list[Any]:
+        found = pipeline.api.call(
+            "ListDeliveries",
+            pb.ListDeliveriesRequest(subscription_id=dead.subscription.id, page_size=100),
+        ).deliveries
+        return list(found) if all(d.status == E.DELIVERY_STATUS_FAILED for d in found) else []
+
+    finished = _eventually(all_failed)
+    assert all(d.attempt_count == 4 for d in finished)
+    kinds = [
+        attempt.error_kind
+        for d in finished
+        for attempt in pipeline.api.call(
+            "GetDelivery", pb.GetDeliveryRequest(id=d.id)
+        ).delivery.attempts
+    ]
+    requests = [k for k in kinds if k != E.ERROR_KIND_CIRCUIT_OPEN]
+    assert len(kinds) == 80 and len(requests) <= 4, len(requests)
 
 
 def test_duplicate_events_are_delivered_once(pipeline: Pipeline, receiver: Receiver) -> None:

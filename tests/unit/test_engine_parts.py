@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from service.config import Settings
-from service.domain.outcomes import ErrorKind, Outcome, Trigger
+from service.domain.outcomes import AttemptResult, ErrorKind, Outcome, Trigger
 from service.domain.pipeline import AttemptRecord, Ingested, Job, RecordedAttempt, Target
 from service.engine.ahead_ledger import AheadLedger
 from service.engine.attempt_writer import WRITE_BATCH, AttemptWriter
@@ -103,6 +103,7 @@ class FakeAttempts:
 
     def __init__(self, outcome: Outcome = Outcome.SUCCEEDED) -> None:
         self.made: list[str] = []
+        self.skipped: list[str] = []
         self.outcome = outcome
         self.closed = False
 
@@ -114,6 +115,10 @@ class FakeAttempts:
         future: asyncio.Future[RecordedAttempt] = asyncio.get_running_loop().create_future()
         future.set_result(_recorded(job, self.outcome))
         return future
+
+    def skip(self, job: Job, target: Target, result: AttemptResult) -> RecordedAttempt:
+        self.skipped.append(job.delivery_id)
+        return _recorded(job, Outcome.RETRY_SCHEDULED)
 
     async def close(self) -> None:
         self.closed = True
@@ -368,7 +373,10 @@ def test_a_disabled_subscriptions_jobs_fail_without_an_attempt() -> None:
     assert attempts.made == [] and store.failed_disabled == ["msg_1", "msg_2"]
 
 
-def test_an_open_circuit_hands_the_lanes_jobs_back_to_the_store() -> None:
+def test_an_open_circuit_skips_due_jobs_as_attempts_on_the_schedule() -> None:
+    """Jobs due while the circuit is open become attempts without a request (CIRCUIT_OPEN),
+    recorded like any failure, so their deliveries keep to the retry schedule."""
+
     async def run() -> tuple[FakeStore, FakeAttempts]:
         store, attempts = FakeStore(), FakeAttempts(Outcome.RETRY_SCHEDULED)
         dispatcher = _dispatcher(store, attempts, circuit_failures=2, endpoint_concurrency=1)
@@ -380,7 +388,9 @@ def test_an_open_circuit_hands_the_lanes_jobs_back_to_the_store() -> None:
 
     store, attempts = asyncio.run(run())
     assert attempts.made == ["msg_0", "msg_1"]  # two failures open the circuit
-    assert store.deferred == [f"msg_{n}" for n in range(2, 6)]
+    assert attempts.skipped == [f"msg_{n}" for n in range(2, 6)]
+    assert store.deferred == []  # none handed back without an attempt
+    assert sorted(i for ids, _ in store.written for i in ids) == [f"msg_{n}" for n in range(6)]
 
 
 # -- the composition root ------------------------------------------------------------------

@@ -130,7 +130,9 @@ class _ErrorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorKind.V
     ERROR_KIND_REDIRECT: _ErrorKind.ValueType  # 7
     """The endpoint answered with a redirect, which is never followed."""
     ERROR_KIND_CIRCUIT_OPEN: _ErrorKind.ValueType  # 8
-    """The endpoint's circuit breaker was open; no request was sent."""
+    """The endpoint's circuit breaker was open; no request was sent. It counts as
+    an attempt, so the delivery keeps to its retry schedule.
+    """
     ERROR_KIND_INTERNAL: _ErrorKind.ValueType  # 9
     """The service could not make the request (a stored value it cannot send, or a
     fault of its own); retried on the schedule like any other failure.
@@ -156,7 +158,9 @@ ERROR_KIND_SSRF_BLOCKED: ErrorKind.ValueType  # 6
 ERROR_KIND_REDIRECT: ErrorKind.ValueType  # 7
 """The endpoint answered with a redirect, which is never followed."""
 ERROR_KIND_CIRCUIT_OPEN: ErrorKind.ValueType  # 8
-"""The endpoint's circuit breaker was open; no request was sent."""
+"""The endpoint's circuit breaker was open; no request was sent. It counts as
+an attempt, so the delivery keeps to its retry schedule.
+"""
 ERROR_KIND_INTERNAL: ErrorKind.ValueType  # 9
 """The service could not make the request (a stored value it cannot send, or a
 fault of its own); retried on the schedule like any other failure.
