@@ -1,5 +1,7 @@
 """The ledger of jobs sent ahead of their ingest transaction: which transaction each waits
-for, and which of them it did not store (nothing may be written of those)."""
+for, which of them it did not store (nothing may be written of those), and which waited for
+a transaction that failed (the database went away): their records are read again and
+stored under the same delivery ids, so their attempts wait for that."""
 
 import asyncio
 from collections import OrderedDict
@@ -16,6 +18,7 @@ class AheadLedger:
     def __init__(self) -> None:
         self._storing: dict[asyncio.Future[Ingested], list[str]] = {}
         self._not_stored: OrderedDict[str, None] = OrderedDict()
+        self._failed: OrderedDict[str, None] = OrderedDict()
 
     def track(self, stored: "asyncio.Future[Ingested]", jobs: Sequence[Job]) -> None:
         """The jobs were sent ahead of the transaction that `stored` ends with."""
@@ -27,13 +30,14 @@ class AheadLedger:
         ids = self._storing.pop(stored, None)
         if ids is None:
             return
-        missing: Sequence[str] = ids  # a failed transaction stored none of them
-        if not stored.cancelled() and stored.exception() is None:
-            missing = list(stored.result().not_stored)
+        if stored.cancelled() or stored.exception() is not None:
+            remembered, missing = self._failed, ids  # stored none of them, yet
+        else:
+            remembered, missing = self._not_stored, list(stored.result().not_stored)
         for delivery_id in missing:
-            self._not_stored[delivery_id] = None
-        while len(self._not_stored) > NOT_STORED_REMEMBERED:
-            self._not_stored.popitem(last=False)
+            remembered[delivery_id] = None
+        while len(remembered) > NOT_STORED_REMEMBERED:
+            remembered.popitem(last=False)
 
     async def unstored(self, delivery_ids: Iterable[str]) -> set[str]:
         """Those of the deliveries whose jobs were sent ahead of a transaction that did not
@@ -44,9 +48,18 @@ class AheadLedger:
             await asyncio.wait(ending)
             for stored in ending:
                 self._ended(stored)
-        if not self._not_stored:
-            return set()
-        missing = {i for i in delivery_ids if i in self._not_stored}
-        for delivery_id in missing:
-            del self._not_stored[delivery_id]
-        return missing
+        return _take(self._not_stored, delivery_ids)
+
+    def take_failed(self, delivery_ids: Iterable[str]) -> set[str]:
+        """Those of the deliveries whose jobs were sent ahead of a transaction that failed
+        (forgotten here from now on); ask after `unstored`."""
+        return _take(self._failed, delivery_ids)
+
+
+def _take(remembered: "OrderedDict[str, None]", delivery_ids: Iterable[str]) -> set[str]:
+    if not remembered:
+        return set()
+    found = {i for i in delivery_ids if i in remembered}
+    for delivery_id in found:
+        del remembered[delivery_id]
+    return found

@@ -2,7 +2,9 @@
 records' outbox rows, in batches of one transaction each."""
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Collection
 
 from service.domain.pipeline import RecordedAttempt
@@ -17,6 +19,10 @@ log = logging.getLogger(__name__)
 # At most this many results per transaction: a larger batch holds the GIL on the store
 # thread long enough to delay every HTTP answer.
 WRITE_BATCH = 100
+# The results of jobs sent ahead of an ingest transaction that failed wait this long for
+# their deliveries (stored when the records are read again), looked for this often.
+HOLD_SECONDS = 600.0
+HOLD_CHECK_SECONDS = 0.5
 
 
 class AttemptWriter:
@@ -41,6 +47,10 @@ class AttemptWriter:
         self._after_outbox_write = after_outbox_write
         self._results: list[RecordedAttempt] = []
         self._audited: set[str] = set()  # attempt ids whose audit record the broker acked
+        # Results waiting for their delivery to be stored, with when they give up; they
+        # were `finished` when put here (their capacity is not held meanwhile).
+        self._held: list[tuple[float, RecordedAttempt]] = []
+        self._released: set[str] = set()  # attempt ids `finished` already
         self._ready = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
@@ -48,7 +58,7 @@ class AttemptWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._results)
+        return len(self._results) + len(self._held)
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._write_loop(), name="attempt-writer")
@@ -75,14 +85,48 @@ class AttemptWriter:
                 )
                 return
         await self._flush(tries=5)
+        if self._held:
+            log.warning(
+                "attempts sent ahead of a failed ingest transaction not recorded; their"
+                " records are read again after the restart",
+                extra={"pending": len(self._held)},
+            )
 
     async def _write_loop(self) -> None:
         while not self._stopping:
-            await self._ready.wait()
+            if self._held:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), HOLD_CHECK_SECONDS)
+                await self._release_held()
+            else:
+                await self._ready.wait()
             if self._stopping:
                 return
             await asyncio.sleep(0.002)  # let a burst of results gather into one transaction
             await self._flush()
+
+    async def _release_held(self) -> None:
+        """Held results whose deliveries are stored now go to be written; those that waited
+        too long are given up (counted as unrecorded)."""
+        try:
+            stored = await self._runner.call(
+                self._store.stored, [r.attempt.delivery_id for _, r in self._held]
+            )
+        except Unavailable:
+            stored = set()
+        now = time.monotonic()
+        keep = []
+        for until, held in self._held:
+            if held.attempt.delivery_id in stored:
+                self._results.append(held)
+                self._ready.set()
+            elif now > until:
+                self._audited.discard(held.attempt.attempt_id)
+                self._released.discard(held.attempt.attempt_id)
+                self._counters.unrecorded(1)
+            else:
+                keep.append((until, held))
+        self._held = keep
 
     async def _flush(self, tries: int | None = None) -> None:
         """Writes every pending result; while the database is down it keeps retrying
@@ -115,7 +159,10 @@ class AttemptWriter:
             del self._results[: len(batch)]
             self._audited -= audited
             for done in batch:
-                self._finished(done)
+                if done.attempt.attempt_id in self._released:
+                    self._released.discard(done.attempt.attempt_id)
+                else:
+                    self._finished(done)
             self._counters.audited("direct", len(audited))
             if len(audited) < len(batch):
                 self._counters.audited("outbox", len(batch) - len(audited))
@@ -124,8 +171,18 @@ class AttemptWriter:
 
     async def _recordable(self, batch: list[RecordedAttempt]) -> list[RecordedAttempt]:
         """The batch without the attempts of jobs sent ahead and not stored: made (and
-        audited, if that went out directly) but never recorded, having no delivery."""
+        audited, if that went out directly) but never recorded, having no delivery. Those
+        whose transaction failed are held until their records are stored again."""
         missing = await self._ledger.unstored(r.attempt.delivery_id for r in batch)
+        waiting = self._ledger.take_failed(r.attempt.delivery_id for r in batch)
+        if waiting:
+            until = time.monotonic() + HOLD_SECONDS
+            for held in [r for r in batch if r.attempt.delivery_id in waiting]:
+                self._results.remove(held)
+                self._held.append((until, held))
+                self._released.add(held.attempt.attempt_id)
+                self._finished(held)
+            batch = [r for r in batch if r.attempt.delivery_id not in waiting]
         if not missing:
             return batch
         for lost in [r for r in batch if r.attempt.delivery_id in missing]:

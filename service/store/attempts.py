@@ -84,6 +84,10 @@ class AttemptStore:
         self._db = db
         self._box = box
 
+    def stored(self, delivery_ids: Sequence[str]) -> set[str]:
+        """Those of the ids that name a stored delivery."""
+        return stored_delivery_ids(self._db, delivery_ids)
+
     def claim_due(self, limit: int, lease: timedelta) -> list[Job]:
         """Takes up to `limit` due deliveries, leasing them so no other claimer takes them too."""
         now = utcnow()

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import peewee as pw
 import pytest
 from google.protobuf import field_mask_pb2
 
@@ -198,3 +199,33 @@ def test_a_large_batch_is_left_to_its_transaction(api: Api) -> None:
     size = ahead_module.AHEAD_MAX_EVENTS
     small, large = _plan(api, [_event() for _ in range(size)], [_event() for _ in range(size + 1)])
     assert len(small) == size and large == []
+
+
+def test_attempts_sent_ahead_of_a_failed_transaction_are_recorded_once_it_is_stored(
+    pipeline: Pipeline, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails the ingest transaction after the batch's jobs were sent ahead:
+    the records are read again and stored under the same delivery ids, and the first
+    attempts, held meanwhile, are recorded beside the second ones."""
+    app = pipeline.api.app
+    assert app is not None
+    store = app.stores.ingest
+    ingest = store.ingest
+    failed: list[int] = []
+
+    def failing_once(*args: object, **kwargs: object) -> Ingested:
+        if not failed:
+            failed.append(1)
+            raise pw.OperationalError("the connection was cut")
+        return ingest(*args, **kwargs)  # type: ignore[arg-type]
+
+    pipeline.api.create(url=receiver.url("/held"), event_types=["person.created"])
+    monkeypatch.setattr(store, "ingest", failing_once)
+    pipeline.send(structured(cloud_event("person.created", {"n": 1})))
+    first, second = receiver.wait_for("/held", 2)
+    assert failed and first.headers["webhook-id"] == second.headers["webhook-id"]
+    deadline = time.monotonic() + 10
+    while len((delivery := pipeline.delivery(first.headers["webhook-id"])).attempts) < 2:
+        assert time.monotonic() < deadline, f"{len(delivery.attempts)} attempts recorded"
+        time.sleep(0.1)
+    assert app.metrics.attempts_unrecorded._value.get() == 0

@@ -15,7 +15,7 @@ from service.config import Settings
 from service.domain.outcomes import AttemptResult, ErrorKind, Outcome, Trigger
 from service.domain.pipeline import AttemptRecord, Ingested, Job, RecordedAttempt, Target
 from service.engine.ahead_ledger import AheadLedger
-from service.engine.attempt_writer import WRITE_BATCH, AttemptWriter
+from service.engine.attempt_writer import HOLD_CHECK_SECONDS, WRITE_BATCH, AttemptWriter
 from service.engine.audit import AuditPublisher
 from service.engine.counters import DeliveryCounters
 from service.engine.dispatcher import DeliveryPolicy, Dispatcher
@@ -77,6 +77,7 @@ class FakeStore:
         self.written: list[tuple[list[str], set[str]]] = []
         self.deferred: list[str] = []
         self.failed_disabled: list[str] = []
+        self.present: set[str] = set()  # delivery ids `stored` finds
         self.fail_next: Exception | None = None
         self._targets = targets if targets is not None else {"sub_1": _target()}
 
@@ -90,6 +91,9 @@ class FakeStore:
 
     def targets(self, ids: Iterable[str]) -> dict[str, Target]:
         return {i: self._targets[i] for i in ids if i in self._targets}
+
+    def stored(self, ids: Sequence[str]) -> set[str]:
+        return self.present & set(ids)
 
     def defer(self, ids: Sequence[str], until: datetime) -> None:
         self.deferred.extend(ids)
@@ -220,13 +224,15 @@ def test_the_ledger_reports_jobs_their_transaction_did_not_store_once() -> None:
     asyncio.run(run())
 
 
-def test_a_failed_transaction_stored_none_of_its_jobs() -> None:
+def test_a_failed_transaction_leaves_its_jobs_waiting_not_dropped() -> None:
     async def run() -> None:
         ledger = AheadLedger()
         stored: asyncio.Future[Ingested] = asyncio.get_running_loop().create_future()
         ledger.track(stored, [_job(1), _job(2)])
         stored.set_exception(Unavailable("database down"))
-        assert await ledger.unstored(["msg_1", "msg_2", "msg_3"]) == {"msg_1", "msg_2"}
+        assert await ledger.unstored(["msg_1", "msg_2", "msg_3"]) == set()
+        assert ledger.take_failed(["msg_1", "msg_2", "msg_3"]) == {"msg_1", "msg_2"}
+        assert ledger.take_failed(["msg_1"]) == set()  # forgotten once taken
 
     asyncio.run(run())
 
@@ -267,6 +273,33 @@ def test_the_writer_stores_in_batches_and_skips_jobs_not_stored() -> None:
     audited = set().union(*(a for _, a in store.written))
     assert audited == {"att_msg_1", "att_msg_2"}  # their records need no outbox row
     assert sorted(finished) == sorted(f"msg_{n}" for n in range(WRITE_BATCH + 5))
+
+
+def test_results_of_a_failed_transaction_wait_for_their_deliveries() -> None:
+    """The database went away during the ingest transaction that jobs were sent ahead of:
+    their results free their capacity at once and are written once the records, read
+    again, have stored their deliveries."""
+
+    async def run() -> tuple[FakeStore, list[str], list[str]]:
+        store, ledger, finished = FakeStore(), AheadLedger(), list[str]()
+        stored: asyncio.Future[Ingested] = asyncio.get_running_loop().create_future()
+        ledger.track(stored, [_job(0), _job(1)])
+        stored.set_exception(Unavailable("database down"))
+        writer = _writer(store, ledger, finished)
+        writer.start()
+        writer.add([_recorded(_job(n)) for n in range(3)])
+        await asyncio.sleep(0.1)
+        written_before = [d for batch, _ in store.written for d in batch]
+        assert sorted(finished) == ["msg_0", "msg_1", "msg_2"] and writer.pending == 2
+        store.present.update({"msg_0", "msg_1"})  # the batch was read again and stored
+        await asyncio.sleep(HOLD_CHECK_SECONDS + 0.2)
+        await writer.stop(grace=1)
+        return store, finished, written_before
+
+    store, finished, written_before = asyncio.run(run())
+    assert written_before == ["msg_2"]
+    assert sorted(d for batch, _ in store.written for d in batch) == ["msg_0", "msg_1", "msg_2"]
+    assert sorted(finished) == ["msg_0", "msg_1", "msg_2"]  # each once
 
 
 def test_the_writer_retries_a_failed_write() -> None:
