@@ -15,8 +15,8 @@ from service.domain.models import Event
 from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 from service.domain.pipeline import AttemptRecord, DeliveryFilter, DeliveryView, Job
 from service.errors import FailedPrecondition, NotFound, invalid
+from service.store import idempotency
 from service.store.delivery_rows import jobs_for
-from service.store.subscriptions import IDEMPOTENCY_WINDOW
 from service.store.tables import (
     AttemptRow,
     DeliveryRow,
@@ -140,7 +140,9 @@ class DeliveryQueries:
         with self._db.atomic():
             sub = self._enabled(tenant, subscription_id)
             if replay.request_hash:
-                known = self._replayed(tenant, replay)
+                known = idempotency.remembered(
+                    tenant, _REPLAY, replay.request_id, replay.request_hash
+                )
                 if known is not None:
                     return self._replay_count(subscription_id, replay.key)
             matcher = fan_out.Matcher(
@@ -218,25 +220,6 @@ class DeliveryQueries:
                 "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
             )
         return sub
-
-    def _replayed(self, tenant: str, replay: Replay) -> IdempotencyRow | None:
-        """The record of an earlier call with the request_id; REQUEST_ID_REUSED when that
-        call asked something else."""
-        row = IdempotencyRow.get_or_none(
-            (IdempotencyRow.tenant == tenant)
-            & (IdempotencyRow.method == _REPLAY)
-            & (IdempotencyRow.request_id == replay.request_id)
-        )
-        if row is None:
-            return None
-        if row.created_at < utcnow() - IDEMPOTENCY_WINDOW:
-            row.delete_instance()
-            return None
-        if row.request_hash != replay.request_hash:
-            raise invalid(
-                "request_id", "was already used for a different request", "REQUEST_ID_REUSED"
-            )
-        return row
 
     def _replay_count(self, subscription_id: str, key: str) -> int:
         return int(

@@ -18,16 +18,13 @@ from service.domain.signing_secrets import MAX_LIVE_SECRETS, secret_prefix
 from service.errors import (
     AlreadyExists,
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     NotFound,
     QuotaExceeded,
 )
-from service.store import bulk
+from service.store import bulk, idempotency
 from service.store.tables import IdempotencyRow, SigningSecretRow, SubscriptionRow, Tenant
 
 # How long a request_id is remembered for CreateSubscription retries.
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 _CREATE = "CreateSubscription"
 
 
@@ -306,26 +303,9 @@ class SubscriptionStore:
     def _replay(
         self, tenant: str, request_id: str, request_hash: str
     ) -> tuple[Subscription, str] | None:
-        row = IdempotencyRow.get_or_none(
-            (IdempotencyRow.tenant == tenant)
-            & (IdempotencyRow.method == _CREATE)
-            & (IdempotencyRow.request_id == request_id)
-        )
+        row = idempotency.remembered(tenant, _CREATE, request_id, request_hash)
         if row is None:
             return None
-        if row.created_at < utcnow() - IDEMPOTENCY_WINDOW:
-            row.delete_instance()
-            return None
-        if row.request_hash != request_hash:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "request_id",
-                        "was already used for a different request",
-                        "REQUEST_ID_REUSED",
-                    )
-                ]
-            )
         return self._load(tenant, row.resource_id), self._box.decrypt(row.result_encrypted)
 
     def _count(self, tenant: str) -> int:

@@ -8,9 +8,9 @@ import peewee as pw
 
 from service.domain.clock import utcnow
 from service.metrics import Metrics
+from service.store.idempotency import IDEMPOTENCY_WINDOW
 from service.store.retention import prune_batch
 from service.store.runner import StoreRunner
-from service.store.subscriptions import IDEMPOTENCY_WINDOW
 
 log = logging.getLogger(__name__)
 PRUNE_BATCH = 1000

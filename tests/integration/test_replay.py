@@ -94,8 +94,10 @@ def test_replay_backfills_a_new_subscription_once_per_request_id(
     # Made after the events: a backfill of the types it takes, as new deliveries.
     later = api.create(url=receiver.url("/later"), event_types=["person.*"]).subscription
 
+    since = _ago(600)  # one value: a retry must be the same request
+
     def replay(subscription_id: str = later.id, **fields: Any) -> Any:
-        request = pb.ReplayEventsRequest(subscription_id=subscription_id, since=_ago(600), **fields)
+        request = pb.ReplayEventsRequest(subscription_id=subscription_id, since=since, **fields)
         return api.call("ReplayEvents", request)
 
     assert replay(request_id="backfill-1").queued_count == 4
