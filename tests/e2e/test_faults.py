@@ -151,12 +151,14 @@ def test_sick_endpoints_end_per_schedule_and_leave_a_healthy_one_alone(
         delivery = pipeline.delivery(summary.id)
         numbers = [a.attempt_number for a in delivery.attempts]
         assert sorted(numbers) == list(range(1, len(numbers) + 1)), delivery
+        # While a circuit is open an attempt is made without a request (and counts).
+        requested = [a for a in delivery.attempts if a.error_kind != E.ERROR_KIND_CIRCUIT_OPEN]
         if path_of[delivery.subscription_id] in ("/dead", "/random"):
             # A keep-alive connection reset before any answer is retried by libcurl on
             # another connection within the same attempt (same webhook-id): README.
-            assert len(numbers) <= sent[delivery.id] <= 6 * len(numbers)
+            assert len(requested) <= sent[delivery.id] <= 6 * len(requested)
         else:
-            assert sent[delivery.id] == len(numbers), "every request made is recorded, once"
+            assert sent[delivery.id] == len(requested), "every request made is recorded, once"
         last = max(delivery.attempts, key=lambda a: a.attempt_number)
         if delivery.status == E.DELIVERY_STATUS_SUCCEEDED:
             assert 200 <= last.http_status < 300 and len(numbers) <= attempts_allowed
