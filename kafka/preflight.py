@@ -26,8 +26,8 @@ from kafka.failures import TIMEOUT_SECONDS, login_failure
 from service.errors import StartupError
 
 # Kafka's AclOperation codes, as bits of an "authorized operations" field.
-READ, WRITE, CREATE, DESCRIBE = 3, 4, 5, 8
-OPERATION_NAMES = {READ: "READ", WRITE: "WRITE", CREATE: "CREATE", DESCRIBE: "DESCRIBE"}
+READ, WRITE = 3, 4
+OPERATION_NAMES = {READ: "READ", WRITE: "WRITE"}
 # The field's value when the broker did not compute it (tansu, for one): nothing to check.
 NOT_PROVIDED = -(2**31)
 TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED, UNKNOWN_TOPIC = 29, 30, 3
@@ -36,12 +36,11 @@ TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED, UNKNOWN_TOPIC = 29, 30, 
 @dataclass(frozen=True)
 class Needs:
     """What the service does on the cluster: consume `read` topics in `group`, produce to
-    `write` topics, and with `create` make the topics first (kafka-init)."""
+    `write` topics."""
 
     read: Sequence[str]
     write: Sequence[str]
     group: str | None
-    create: bool = False
 
     @property
     def topics(self) -> list[str]:
@@ -132,7 +131,7 @@ async def _access_problems(connection: KafkaConnection, needs: Needs) -> list[st
             f"Kafka ACLs do not allow {', '.join(denied)}; grant them to the service's"
             " principal (README: Running on your Kafka)"
         )
-    if missing and not needs.create:
+    if missing:
         problems.append(
             f"Kafka topics missing: {', '.join(missing)}; create them with"
             " `webhook-service kafka-init`"
