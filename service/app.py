@@ -60,6 +60,7 @@ class Stoppable(Protocol):
 def delivery_policy(settings: Settings) -> DeliveryPolicy:
     return DeliveryPolicy(
         endpoint_concurrency=settings.endpoint_concurrency,
+        host_concurrency=settings.host_concurrency,
         default_rate_limit=settings.default_rate_limit,
         circuit_failures=settings.circuit_failures,
         circuit_cooldown=settings.circuit_cooldown_seconds,

@@ -310,6 +310,11 @@ class Settings:
     endpoint_concurrency: int = _setting(
         50, _in_range(int, 1, 1000), "most simultaneous requests to one endpoint"
     )
+    host_concurrency: int = _setting(
+        100,
+        _in_range(int, 1, 10_000),
+        "most simultaneous requests to one host, however many subscriptions share it",
+    )
     default_rate_limit: int = _setting(
         0, _in_range(int, 0, 100_000), "requests/s per endpoint without its own; 0 = none"
     )

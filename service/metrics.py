@@ -96,6 +96,17 @@ class Metrics:
             "1 while a Kafka broker answers the service's metadata requests (every 2 s), else 0",
             registry=registry,
         )
+        self.requests_in_flight = Gauge(
+            "webhooks_requests_in_flight",
+            "Requests at endpoints now (each host takes at most WEBHOOKS_HOST_CONCURRENCY)",
+            registry=registry,
+        )
+        self.deliveries_held = Gauge(
+            "webhooks_deliveries_held",
+            "Deliveries held in memory: queued in lanes, at endpoints or waiting for their"
+            " result's write (at most WEBHOOKS_MAX_IN_FLIGHT; beyond, ingest waits)",
+            registry=registry,
+        )
         self.database_up = Gauge(
             "webhooks_database_up",
             "1 while the database answers a probe within 2 s (every second), else 0",

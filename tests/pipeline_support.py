@@ -65,6 +65,8 @@ class Receiver:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._lock = threading.Lock()
         self.port = 0
+        self._active = 0
+        self.max_active = 0  # most requests being answered at once
 
     def start(self) -> "Receiver":
         self._thread.start()
@@ -102,8 +104,13 @@ class Receiver:
                     else ("", 0),
                 )
             )
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        self._active += 1  # on the receiver's loop: no lock needed
+        self.max_active = max(self.max_active, self._active)
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        finally:
+            self._active -= 1
         if reply.reset and request.transport is not None:
             sock = request.transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

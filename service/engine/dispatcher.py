@@ -47,6 +47,8 @@ class DeliveryPolicy:
     attempt_timeout: float
     # How long a claimed delivery stays with this process before others may take it.
     lease: timedelta
+    # Most requests at once to one host (scheme, name, port), however many subscriptions.
+    host_concurrency: int = 100
 
 
 class Attempts(Protocol):
@@ -79,13 +81,17 @@ class Dispatcher:
         self._store = store
         self._attempts = attempts
         self._policy = policy
-        self._counters = DeliveryCounters(metrics or Metrics())
+        metrics = metrics or Metrics()
+        self._counters = DeliveryCounters(metrics)
         self._lanes = Lanes(
             max_in_flight=policy.max_in_flight,
             endpoint_concurrency=policy.endpoint_concurrency,
             circuit_failures=policy.circuit_failures,
             circuit_cooldown=policy.circuit_cooldown,
+            host_concurrency=policy.host_concurrency,
         )
+        metrics.requests_in_flight.set_function(lambda: self._lanes.requests)
+        metrics.deliveries_held.set_function(lambda: self._lanes.held)
         self._targets = TargetCache(runner, store)
         self._ledger = AheadLedger()
         self._writer = AttemptWriter(
@@ -102,6 +108,11 @@ class Dispatcher:
         # Deliveries whose recorded attempt someone awaits (deliver_soon).
         self._waiting: dict[str, asyncio.Future[None]] = {}
         self._stopping = False
+
+    @property
+    def pending_results(self) -> int:
+        """Attempt results not written yet (held ones included)."""
+        return self._writer.pending
 
     @property
     def free(self) -> int:
@@ -224,19 +235,30 @@ class Dispatcher:
                     lanes.release()
                     log.info("claim expired before sending", extra={"delivery_id": job.delivery_id})
                     continue
+                host = lanes.host(target.url)
+                await host.acquire()  # at once unless the host has all it may take
+                lanes.requests += 1
                 lane.sending += 1
                 lane.queue.popleft()
                 # A callback, not a task per send: thousands a second.
                 made = self._attempts.attempt(job, target)
                 self._sending.add(made)
-                made.add_done_callback(functools.partial(self._sent, job, lane))
+                made.add_done_callback(functools.partial(self._sent, job, lane, host))
         except Exception:
             log.exception("lane failed", extra={"subscription_id": subscription_id})
         finally:
             lane.task = None
             lanes.forget_if_idle(subscription_id, loop.time())
 
-    def _sent(self, job: Job, lane: Lane, made: "asyncio.Future[RecordedAttempt]") -> None:
+    def _sent(
+        self,
+        job: Job,
+        lane: Lane,
+        host: asyncio.Semaphore,
+        made: "asyncio.Future[RecordedAttempt]",
+    ) -> None:
+        host.release()
+        self._lanes.requests -= 1
         self._sending.discard(made)
         now = asyncio.get_running_loop().time()
         if made.cancelled():

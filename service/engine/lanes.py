@@ -4,6 +4,7 @@ endpoint's queue, concurrency slots, circuit breaker, rate bucket and smoothed l
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from service.domain.limits import CircuitBreaker, TokenBucket, lane_limit, smoothed
 from service.domain.pipeline import Job
@@ -65,14 +66,38 @@ class Lanes:
         endpoint_concurrency: int,
         circuit_failures: int,
         circuit_cooldown: float,
+        host_concurrency: int = 100,
     ) -> None:
         self._max_in_flight = max_in_flight
+        self._host_concurrency = host_concurrency
+        # Requests at endpoints per host (scheme, host, port), whatever subscriptions share it.
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._host_of: dict[str, str] = {}  # url -> its host key
+        self.requests = 0  # at endpoints now, for the gauge
         self._concurrency = endpoint_concurrency
         self._failures = circuit_failures
         self._cooldown = circuit_cooldown
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._held = 0
         self._lanes: dict[str, Lane] = {}
+
+    @property
+    def held(self) -> int:
+        """Jobs held in memory: queued, being sent or waiting for their result's write."""
+        return self._held
+
+    def host(self, url: str) -> asyncio.Semaphore:
+        """The semaphore bounding requests to the URL's host."""
+        key = self._host_of.get(url)
+        if key is None:
+            if len(self._host_of) >= 100_000:
+                self._host_of.clear()
+            parts = urlsplit(url)
+            key = self._host_of[url] = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
+        semaphore = self._hosts.get(key)
+        if semaphore is None:
+            semaphore = self._hosts[key] = asyncio.Semaphore(self._host_concurrency)
+        return semaphore
 
     @property
     def free(self) -> int:

@@ -6,6 +6,7 @@ lost, and reports the duplicates at the end of the run."""
 import asyncio
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -122,7 +123,10 @@ def _kafka_health(service: ServiceProcess) -> int:
 
 def _consumed(metrics_port: int) -> float:
     """Events an instance accepted from Kafka, from its metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    except urllib.error.URLError:  # health says SERVING a moment before metrics listen
+        return 0.0
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.decode().splitlines()

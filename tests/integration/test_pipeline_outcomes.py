@@ -271,6 +271,34 @@ def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: 
     assert len(kinds) == 80 and len(requests) <= 4, len(requests)
 
 
+def test_a_host_gets_at_most_its_concurrency_however_many_subscriptions_share_it(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    pipeline = make_pipeline(WEBHOOKS_HOST_CONCURRENCY="4", WEBHOOKS_ENDPOINT_CONCURRENCY="10")
+    # Six subscriptions on one host, each endpoint slow: up to 60 requests at once without
+    # the host's limit.
+    for n in range(6):
+        pipeline.api.create(url=receiver.reply(f"/shared-{n}", Reply(delay=0.3)))
+    pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(5)])
+    for n in range(6):
+        receiver.wait_for(f"/shared-{n}", 5, timeout=30)
+    assert 2 <= receiver.max_active <= 4, receiver.max_active
+    # The gauges count down to nothing once every result is written.
+    assert pipeline.api.app is not None
+    metrics = pipeline.api.app.metrics
+
+    def gauges() -> tuple[float, float]:
+        return tuple(
+            g.collect()[0].samples[0].value
+            for g in (metrics.requests_in_flight, metrics.deliveries_held)
+        )
+
+    deadline = time.monotonic() + 10
+    while gauges() != (0, 0):
+        assert time.monotonic() < deadline, gauges()
+        time.sleep(0.1)
+
+
 def test_duplicate_events_are_delivered_once(pipeline: Pipeline, receiver: Receiver) -> None:
     pipeline.api.create(url=receiver.url("/dup"))
     event = cloud_event("person.created", {"n": 1}, event_id="same-id")

@@ -137,7 +137,15 @@ def test_service_prunes_history_in_the_background(make_pipeline: Any, receiver: 
         time.sleep(0.1)
     if _exists(pipeline, done_id):
         left = pipeline.api.call("GetDelivery", pb.GetDeliveryRequest(id=done_id))
-        raise AssertionError(f"the finished delivery was never pruned: {left}")
+        app = pipeline.api.app
+        assert app is not None and app.dispatcher is not None
+        metrics = app.metrics
+        raise AssertionError(
+            f"the finished delivery was never pruned: {left}; requests at /ok:"
+            f" {len(receiver.at('/ok'))}; results waiting to be written:"
+            f" {app.dispatcher.pending_results}; unrecorded:"
+            f" {metrics.attempts_unrecorded._value.get()}"
+        )
     # Still owed: kept whatever its age.
     assert _exists(pipeline, pending_id), f"gone, after {receiver.at('/down')} at /down"
     assert api.app is not None
