@@ -134,9 +134,11 @@ class IngestConsumer:
             return False
         try:
             await self._commit_pending()
+            if self._to_commit:  # the commit failed: they stay to commit
+                return False
             partitions = consumer.assignment()
-            if self._to_commit or not partitions:  # the commit failed, or nothing is ours
-                return not self._to_commit
+            if not partitions:
+                return True
             committed = await consumer.seek_to_committed(*partitions)
             # Nothing committed yet: from the start, as auto_offset_reset says.
             fresh = [partition for partition, offset in committed.items() if not offset]

@@ -49,7 +49,6 @@ class Needs:
 
 async def check(connection: KafkaConnection, needs: Needs) -> None:
     """Raises StartupError naming the first thing that stops the service working."""
-    check_client_certificate(connection)
     await check_login(connection)
     try:
         async with asyncio.timeout(TIMEOUT_SECONDS * 2):
@@ -89,7 +88,8 @@ def check_client_certificate(connection: KafkaConnection) -> None:
 
 async def check_login(connection: KafkaConnection) -> None:
     """Connects and logs in to the bootstrap servers in turn until one accepts; raises
-    StartupError with the cause the first one gave."""
+    StartupError with the cause the first one gave (an expired client certificate first)."""
+    check_client_certificate(connection)
     options = connection.options()
     first: str | None = None
     for host, port in connection.servers:

@@ -126,7 +126,7 @@ def _migrate(settings: Settings) -> int:
 
 
 def _kafka_init(settings: Settings) -> int:
-    from kafka.preflight import check_client_certificate, check_login
+    from kafka.preflight import check_login
     from kafka.provisioning import TopicLayout, TopicsUnavailable, create_topics, service_topics
     from service.app import kafka_connection
 
@@ -142,7 +142,6 @@ def _kafka_init(settings: Settings) -> int:
     connection = kafka_connection(settings)
 
     async def provision() -> list[str]:
-        check_client_certificate(connection)
         await check_login(connection)
         return await create_topics(connection, names, layout)
 

@@ -51,20 +51,14 @@ def _in_range(cast: Callable[[str], N], low: N, high: N) -> Callable[[str], N]:
     return parse
 
 
-def _one_of(*choices: str) -> Callable[[str], str]:
+def _one_of(*choices: str, case: Callable[[str], str] = str.lower) -> Callable[[str], str]:
+    """One of `choices`, compared and returned in `case` (lower unless told)."""
+
     def parse(value: str) -> str:
-        if value.strip().lower() not in choices:
+        chosen = case(value.strip())
+        if chosen not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
-        return value.strip().lower()
-
-    return parse
-
-
-def _upper_one_of(*choices: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value.strip().upper() not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value.strip().upper()
+        return chosen
 
     return parse
 
@@ -203,7 +197,9 @@ class Settings:
         topics.DEAD_LETTER_TOPIC, str, "topic of the records ingest could not accept"
     )
     kafka_security_protocol: str = _setting(
-        "PLAINTEXT", _upper_one_of(*PROTOCOLS), "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+        "PLAINTEXT",
+        _one_of(*PROTOCOLS, case=str.upper),
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
     )
     kafka_ssl_ca_file: Path | None = _setting(
         None,
@@ -220,7 +216,9 @@ class Settings:
         True, _bool, "the broker's certificate must name the host connected to"
     )
     kafka_sasl_mechanism: str = _setting(
-        "", _upper_one_of(*MECHANISMS), "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
+        "",
+        _one_of(*MECHANISMS, case=str.upper),
+        "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
     )
     kafka_sasl_username: str = _setting(
         "", str, "SASL user name (OAUTHBEARER with a token URL: the OAuth client id)"

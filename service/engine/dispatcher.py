@@ -237,7 +237,6 @@ class Dispatcher:
                     continue
                 host = lanes.host(target.url)
                 await host.acquire()  # at once unless the host has all it may take
-                lanes.requests += 1
                 lane.sending += 1
                 lane.queue.popleft()
                 # A callback, not a task per send: thousands a second.
@@ -258,7 +257,6 @@ class Dispatcher:
         made: "asyncio.Future[RecordedAttempt]",
     ) -> None:
         host.release()
-        self._lanes.requests -= 1
         self._sending.discard(made)
         now = asyncio.get_running_loop().time()
         if made.cancelled():

@@ -73,13 +73,17 @@ class Lanes:
         # Requests at endpoints per host (scheme, host, port), whatever subscriptions share it.
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._host_of: dict[str, str] = {}  # url -> its host key
-        self.requests = 0  # at endpoints now, for the gauge
         self._concurrency = endpoint_concurrency
         self._failures = circuit_failures
         self._cooldown = circuit_cooldown
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._held = 0
         self._lanes: dict[str, Lane] = {}
+
+    @property
+    def requests(self) -> int:
+        """Requests at endpoints now (a lane is forgotten only when none is)."""
+        return sum(lane.sending for lane in self._lanes.values())
 
     @property
     def held(self) -> int:
