@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,15 @@ PRINCIPALS: dict[str, tuple[str, list[str]]] = {
     "operator": ("ops", ["webhooks:catalog", "webhooks:read"]),
 }
 KEYS = {name: new_api_key() for name in PRINCIPALS}
+
+
+def eventually(predicate: Callable[[], Any], timeout: float = 15) -> Any:
+    """The first truthy value of `predicate`, polled every 0.05 s for `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
+    return value
 
 
 def write_keys_file(path: Path) -> Path:

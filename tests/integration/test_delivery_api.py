@@ -13,22 +13,11 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.pipeline_support import Pipeline, Receiver, Reply, audit_records, cloud_event, structured
 from tests.pki import cert, key_pem, pem
-from tests.support import expect_error
+from tests.support import eventually, expect_error
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
 E = events_pb2
-
-
-def _wait(predicate: Any, timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        time.sleep(0.05)
 
 
 def _list(pipeline: Pipeline, **fields: Any) -> list[Any]:
@@ -45,8 +34,8 @@ def test_list_deliveries_filters_and_pages(pipeline: Pipeline, receiver: Receive
     bad = api.create(url=receiver.reply("/bad", Reply(500)), event_types=["lead.*"]).subscription
     pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(5)])
     pipeline.send(*[structured(cloud_event("lead.updated", {"n": n})) for n in range(2)])
-    _wait(lambda: len(_list(pipeline, statuses=[E.DELIVERY_STATUS_FAILED])) == 2)
-    _wait(lambda: len(_list(pipeline, statuses=[E.DELIVERY_STATUS_SUCCEEDED])) == 7)
+    eventually(lambda: len(_list(pipeline, statuses=[E.DELIVERY_STATUS_FAILED])) == 2)
+    eventually(lambda: len(_list(pipeline, statuses=[E.DELIVERY_STATUS_SUCCEEDED])) == 7)
 
     everything = _list(pipeline, page_size=100)
     assert len(everything) == 9
@@ -102,14 +91,14 @@ def test_retry_and_recover_failed_deliveries(pipeline: Pipeline, receiver: Recei
         structured(cloud_event("person.created", {"n": 1})),
         structured(cloud_event("person.created", {"n": 2})),
     )
-    failed = _wait(
+    failed = eventually(
         lambda: (d := _list(pipeline, statuses=[E.DELIVERY_STATUS_FAILED])) and len(d) == 2 and d
     )
     # The endpoint is fixed now: retry one by hand, recover the other.
     receiver.reply("/later", Reply(200))
     retried = api.call("RetryDelivery", pb.RetryDeliveryRequest(id=failed[0].id)).delivery
     assert retried.status == E.DELIVERY_STATUS_PENDING
-    done = _wait(
+    done = eventually(
         lambda: (
             (d := api.call("GetDelivery", pb.GetDeliveryRequest(id=failed[0].id)).delivery).status
             == E.DELIVERY_STATUS_SUCCEEDED
@@ -124,7 +113,7 @@ def test_retry_and_recover_failed_deliveries(pipeline: Pipeline, receiver: Recei
         "RecoverDeliveries", pb.RecoverDeliveriesRequest(subscription_id=sub.id, since=since)
     )
     assert recovered.queued_count == 1
-    _wait(lambda: len(_list(pipeline, statuses=[E.DELIVERY_STATUS_SUCCEEDED])) == 2)
+    eventually(lambda: len(_list(pipeline, statuses=[E.DELIVERY_STATUS_SUCCEEDED])) == 2)
     expect_error(
         grpc.StatusCode.INVALID_ARGUMENT,
         api.call,

@@ -10,6 +10,7 @@ import pytest
 
 from service.domain.clock import utcnow
 from tests.pipeline_support import Pipeline, Receiver, Reply, audit_records, cloud_event, structured
+from tests.support import eventually
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
@@ -216,14 +217,6 @@ def test_rate_limit_spaces_deliveries(pipeline: Pipeline, receiver: Receiver) ->
     assert times[-1] - times[0] >= 0.5, times
 
 
-def _eventually(predicate: Any, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.1)
-    return value
-
-
 def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: Receiver) -> None:
     pipeline = make_pipeline(
         WEBHOOKS_CIRCUIT_FAILURES="3",
@@ -258,7 +251,7 @@ def test_circuit_breaker_isolates_a_dead_endpoint(make_pipeline: Any, receiver: 
         ).deliveries
         return list(found) if all(d.status == E.DELIVERY_STATUS_FAILED for d in found) else []
 
-    finished = _eventually(all_failed)
+    finished = eventually(all_failed, timeout=20)
     assert all(d.attempt_count == 4 for d in finished)
     kinds = [
         attempt.error_kind

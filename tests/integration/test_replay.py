@@ -8,19 +8,11 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from tests.pipeline_support import Pipeline, Receiver, cloud_event, structured
-from tests.support import expect_error
+from tests.support import eventually, expect_error
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
 E = events_pb2
-
-
-def _wait(predicate: Any, timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
-    return value
 
 
 def _ago(seconds: int) -> timestamp_pb2.Timestamp:
@@ -44,7 +36,7 @@ def test_recover_takes_statuses_and_a_window(pipeline: Pipeline, receiver: Recei
     sub = api.create(url=receiver.url("/done")).subscription
     pipeline.send(*[structured(cloud_event("person.created", {"n": n})) for n in range(3)])
     receiver.wait_for("/done", 3)
-    _wait(
+    eventually(
         lambda: all(d.status == E.DELIVERY_STATUS_SUCCEEDED for d in _deliveries(pipeline, sub.id))
     )
 
@@ -60,7 +52,7 @@ def test_recover_takes_statuses_and_a_window(pipeline: Pipeline, receiver: Recei
     assert sorted(r.headers["webhook-id"] for r in again[3:]) == sorted(
         r.headers["webhook-id"] for r in again[:3]
     )
-    done = _wait(
+    done = eventually(
         lambda: (
             all(len(_triggers(pipeline, d.id)) == 2 for d in _deliveries(pipeline, sub.id))
             and _deliveries(pipeline, sub.id)
@@ -105,7 +97,7 @@ def test_replay_backfills_a_new_subscription_once_per_request_id(
     assert sorted(r.json["id"] for r in got) == sorted(e["id"] for e in people)
     first_ids = {r.headers["webhook-id"] for r in receiver.at("/first")}
     assert not first_ids & {r.headers["webhook-id"] for r in got}
-    made = _wait(
+    made = eventually(
         lambda: (
             (d := _deliveries(pipeline, later.id))
             and all(x.status == E.DELIVERY_STATUS_SUCCEEDED for x in d)
