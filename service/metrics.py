@@ -40,6 +40,13 @@ class Metrics:
             "Deliveries created from consumed events (one per matching subscription)",
             registry=registry,
         )
+        self.deliveries_filtered = Counter(
+            "webhooks_deliveries_filtered_total",
+            "Deliveries not created because the subscription's filter refused the event, by"
+            " result (false, or error: evaluating it failed, e.g. a field absent from data)",
+            ["result"],
+            registry=registry,
+        )
         self.deliveries_finished = Counter(
             "webhooks_deliveries_finished_total",
             "Deliveries that reached a final state, by outcome (succeeded or failed)",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 
 from kafka.embedded import free_port
 from service.app import App
@@ -151,6 +153,26 @@ class Api:
         request = pb.CreateSubscriptionRequest(subscription=pb.Subscription(**fields))
         response: pb.CreateSubscriptionResponse = self.call("CreateSubscription", request, as_=as_)
         return response
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(api: Api) -> Samples:
+    """The server's Prometheus metrics, read over HTTP."""
+    assert api.app is not None and api.app.metrics_port
+    url = f"http://127.0.0.1:{api.app.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def error_details(error: grpc.RpcError) -> dict[str, Any]:

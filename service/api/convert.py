@@ -84,6 +84,7 @@ def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
         rate_limit_per_second=message.rate_limit_per_second,
         visible_headers=tuple(message.visible_headers),
         payload=Payload(_payload_format(message.payload_format), message.payload_template),
+        filter=message.filter,
     )
 
 
@@ -134,6 +135,8 @@ def subscription_fields(sub: Subscription) -> dict[str, Any]:
     if spec.payload.format != PayloadFormat.ENVELOPE:
         fields["payload_format"] = int(spec.payload.format)
         fields["payload_template"] = spec.payload.template
+    if spec.filter:
+        fields["filter"] = spec.filter
     if sub.last_delivery_time is not None:
         fields["last_delivery_time"] = timestamp(sub.last_delivery_time)
     if sub.previous_secret_expire_time is not None:

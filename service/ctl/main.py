@@ -144,6 +144,7 @@ def _subscription_text(s: pb.Subscription, secret: str = "") -> str:
         ("visible headers", list(s.visible_headers)),
         ("rate limit/s", s.rate_limit_per_second or "default"),
         ("payload", _payload_text(s)),
+        ("filter", s.filter or "none"),
         ("secret prefix", s.secret_prefix),
         ("created", output.when(s.create_time)),
         ("updated", output.when(s.update_time)),
@@ -218,6 +219,9 @@ def _subscription_from_flags(args: argparse.Namespace) -> tuple[pb.Subscription,
     if args.payload_template is not None:
         s.payload_template = args.payload_template
         paths.append("payload_template")
+    if args.filter is not None:
+        s.filter = args.filter
+        paths.append("filter")
     return s, paths
 
 
@@ -614,6 +618,9 @@ def _subscription_flags(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--rate-limit", type=int, help="requests per second")
     parser.add_argument("--payload-format", choices=sorted(PAYLOAD_FORMATS))
     parser.add_argument("--payload-template", help="JSON with {{placeholders}} (see the proto)")
+    parser.add_argument(
+        "--filter", help="CEL the event must satisfy, e.g. 'data.amount > 100' (\"\" = none)"
+    )
     parser.add_argument(
         "--verify",
         action="store_true",

@@ -3,7 +3,7 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from service.domain import event_patterns, payloads
+from service.domain import event_patterns, filters, payloads
 from service.domain.ids import derived_id, new_id
 from service.domain.models import Event, Payload
 from service.domain.outcomes import Trigger
@@ -21,6 +21,16 @@ class Matcher:
     event_types: tuple[str, ...]
     granted_scopes: frozenset[str]
     payload: Payload = Payload()
+    filter: filters.Filter | None = None
+
+
+@dataclass
+class Plan:
+    """The jobs of a batch, and how many pairs filters kept from being jobs."""
+
+    jobs: list[Job]
+    refused: int = 0  # the filter was false
+    failed: int = 0  # evaluating the filter failed
 
 
 def matches(sub: Matcher, event_type: str, scope: str) -> bool:
@@ -38,14 +48,15 @@ def plan_jobs(
     required_scopes: Mapping[str, str],
     lease_until: float,
     planned: Mapping[Pair, Job] | None = None,
-) -> list[Job]:
-    """One job per (event, matching subscription) pair, each pair once even when an event
-    comes twice. A pair found in `planned` keeps that job (its id and body)."""
+) -> Plan:
+    """One job per (event, matching subscription) pair whose filter passes the event, each
+    pair once even when an event comes twice. A pair found in `planned` keeps that job (its
+    id and body): its filter passed the event then."""
     planned = planned or {}
+    plan = Plan([])
     # Which subscriptions of a tenant take a type: the same few pairs recur per batch.
     targets: dict[tuple[str, str], list[Matcher]] = {}
     seen: set[tuple[str, str]] = set()
-    jobs: list[Job] = []
     for event in events:
         if (event.tenant, event.id) in seen:
             continue
@@ -59,10 +70,20 @@ def plan_jobs(
                 if matches(sub, event.type, scope)
             ]
         bodies: dict[Payload, bytes] = {}  # one body per event and format, shared
+        view: filters.EventView | None = None
         for sub in targets[key]:
             subscription_id = sub.id
             job = planned.get((event.tenant, event.id, subscription_id))
             if job is None:
+                if sub.filter is not None:
+                    view = view or filters.EventView(event)
+                    verdict = view.verdict(sub.filter)
+                    if verdict is not filters.Verdict.PASSED:
+                        if verdict is filters.Verdict.REFUSED:
+                            plan.refused += 1
+                        else:
+                            plan.failed += 1
+                        continue
                 body = bodies.get(sub.payload)
                 if body is None:
                     body = bodies[sub.payload] = payloads.render(sub.payload, event)
@@ -79,8 +100,8 @@ def plan_jobs(
                     lease_until=lease_until,
                     content_type=sub.payload.content_type,
                 )
-            jobs.append(job)
-    return jobs
+            plan.jobs.append(job)
+    return plan
 
 
 def delivery_id(event: Event, subscription_id: str) -> str:

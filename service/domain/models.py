@@ -56,6 +56,8 @@ class SubscriptionSpec:
     # Headers whose values reads show; every other value is write-only.
     visible_headers: tuple[str, ...] = ()
     payload: Payload = Payload()
+    # A CEL expression an event must satisfy (service.domain.filters); "" = every event.
+    filter: str = ""
 
 
 @dataclass(slots=True)

@@ -128,11 +128,14 @@ class RecordedAttempt:
 class Ingested:
     """What an ingest transaction stored: jobs for the deliveries it created that were not
     sent ahead, the ids of the jobs sent ahead whose deliveries it did not store, and the
-    positions in the batch of the events refused because their id names another event."""
+    positions in the batch of the events refused because their id names another event;
+    `filtered` counts the pairs whose subscription's filter refused the event (false,
+    failed)."""
 
     jobs: list[Job]
     not_stored: frozenset[str]
     reused_ids: tuple[int, ...] = ()
+    filtered: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ class AheadPlanner:
             self._release(keys)
             raise
         lease_until = unix_time(utcnow() + self._lease)
-        jobs = fan_out.plan_jobs(unseen, subscriptions, self._required_scopes(), lease_until)
+        jobs = fan_out.plan_jobs(unseen, subscriptions, self._required_scopes(), lease_until).jobs
         # Events that no subscription takes send nothing ahead: nothing to keep apart.
         self._release(keys - {(j.tenant, j.event_id) for j in jobs})
         return jobs

@@ -64,6 +64,11 @@ class BatchStorer:
         self._metrics.deliveries_created.inc(
             len(ahead) - len(ingested.not_stored) + len(ingested.jobs)
         )
+        refused, failed = ingested.filtered
+        if refused:
+            self._metrics.deliveries_filtered.labels("false").inc(refused)
+        if failed:
+            self._metrics.deliveries_filtered.labels("error").inc(failed)
         return StoredBatch(
             lambda: dispatcher.submit(ingested.jobs),
             [(index, EVENT_ID_REUSED) for index in ingested.reused_ids],

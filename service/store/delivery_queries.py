@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import peewee as pw
 
-from service.domain import event_patterns, fan_out
+from service.domain import event_patterns, fan_out, filters
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
 from service.domain.models import Event
@@ -16,7 +16,7 @@ from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 from service.domain.pipeline import AttemptRecord, DeliveryFilter, DeliveryView, Job
 from service.errors import FailedPrecondition, NotFound, invalid
 from service.store import idempotency
-from service.store.delivery_rows import jobs_for
+from service.store.delivery_rows import event_of, jobs_for
 from service.store.tables import (
     AttemptRow,
     DeliveryRow,
@@ -150,11 +150,16 @@ class DeliveryQueries:
                 tuple(json.loads(sub.event_types)),
                 frozenset(json.loads(sub.granted_scopes)),
             )
+            rule = filters.stored(sub.filter_expression)
             events = []
             test_events = DeliveryRow.select(DeliveryRow.id).where(
                 (DeliveryRow.event == EventRow.id) & (DeliveryRow.test == True)  # noqa: E712
             )
-            query = EventRow.select(EventRow.id, EventRow.type).where(
+            columns = [EventRow.id, EventRow.type]
+            if rule is not None:
+                columns += [EventRow.event_id, EventRow.tenant, EventRow.occurred_at]
+                columns += [EventRow.data, EventRow.source, EventRow.subject]
+            query = EventRow.select(*columns).where(
                 (EventRow.tenant == tenant)
                 & (EventRow.received_at >= replay.since)
                 & (EventRow.received_at < replay.until)
@@ -168,7 +173,9 @@ class DeliveryQueries:
                     replay.event_type, row.type
                 )
                 scope = replay.required_scopes.get(row.type, "")
-                if wanted and fan_out.matches(matcher, row.type, scope):
+                if not (wanted and fan_out.matches(matcher, row.type, scope)):
+                    continue
+                if rule is None or filters.EventView(event_of(row)).passes(rule):
                     events.append((row.id, row.type))
                     if len(events) > replay.limit:
                         raise invalid(

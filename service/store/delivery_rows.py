@@ -43,15 +43,7 @@ def jobs_for(
         payload = payloads.stored(
             row.subscription.payload_format, row.subscription.payload_template
         )
-        stored_event = Event(
-            event.event_id,
-            event.type,
-            event.tenant,
-            event.occurred_at,
-            bytes(event.data),
-            event.source,
-            event.subject,
-        )
+        stored_event = event_of(event)
         jobs.append(
             Job(
                 delivery_id=row.id,
@@ -69,6 +61,19 @@ def jobs_for(
             )
         )
     return jobs
+
+
+def event_of(row: EventRow) -> Event:
+    """The stored event as ingest saw it (without its Kafka record time)."""
+    return Event(
+        row.event_id,
+        row.type,
+        row.tenant,
+        row.occurred_at,
+        bytes(row.data),
+        row.source,
+        row.subject,
+    )
 
 
 def _trigger(row: DeliveryRow) -> Trigger:

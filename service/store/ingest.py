@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import peewee as pw
 
-from service.domain import fan_out, payloads
+from service.domain import fan_out, filters, payloads
 from service.domain.clock import unix_time, utcnow
 from service.domain.models import Event
 from service.domain.outcomes import DeliveryStatus
@@ -50,7 +50,8 @@ _DELIVERY_PAIRS = "SELECT subscription_id, event_id FROM deliveries WHERE event_
 # Plain SQL: run per ingest batch, where the ORM's query building is a visible share of
 # the service's CPU.
 _ENABLED_SUBSCRIPTIONS = (
-    "SELECT id, tenant, event_types, granted_scopes, payload_format, payload_template"
+    "SELECT id, tenant, event_types, granted_scopes, payload_format, payload_template,"
+    " filter_expression"
     " FROM subscriptions"
     " WHERE enabled = ? AND tenant IN ({})"
 )
@@ -90,14 +91,14 @@ class IngestStore:
             # Only events stored before (a re-consumed batch) can have deliveries already.
             existing = self._existing_pairs([event_rows[k] for k in known])
             lease_end = now + lease
-            planned = fan_out.plan_jobs(
+            plan = fan_out.plan_jobs(
                 accepted, subscriptions, required_scopes, unix_time(lease_end), ahead
             )
             pending = int(DeliveryStatus.PENDING)
             created, leased = bulk.moment(self._db, now), bulk.moment(self._db, lease_end)
             jobs: list[Job] = []
             rows: list[tuple[object, ...]] = []
-            for job in planned:
+            for job in plan.jobs:
                 event_pk = event_rows[(job.tenant, job.event_id)]
                 if (job.subscription_id, event_pk) in existing:
                     continue
@@ -124,6 +125,7 @@ class IngestStore:
             [job for job in jobs if fan_out.pair(job) not in ahead],
             frozenset(job.delivery_id for job in sent_ahead if job.delivery_id not in kept),
             tuple(sorted(reused)),
+            (plan.refused, plan.failed),
         )
 
     def reuses_id(self, event: Event) -> bool:
@@ -192,7 +194,7 @@ class IngestStore:
     def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
         """The enabled subscriptions of the tenants, as matching needs them."""
         out: dict[str, list[fan_out.Matcher]] = {}
-        for subscription_id, tenant, types, scopes, kind, template in bulk.rows_in(
+        for subscription_id, tenant, types, scopes, kind, template, rule in bulk.rows_in(
             self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True
         ):
             matcher = fan_out.Matcher(
@@ -200,6 +202,7 @@ class IngestStore:
                 tuple(json.loads(types)),
                 frozenset(json.loads(scopes)),
                 payloads.stored(kind, template),
+                filters.stored(rule),
             )
             out.setdefault(tenant, []).append(matcher)
         return out

@@ -114,6 +114,13 @@ def _replays(db: pw.Database) -> None:
         db.execute_sql(statement)  # type: ignore[no-untyped-call]
 
 
+def _filters(db: pw.Database) -> None:
+    if "filter_expression" not in {c.name for c in db.get_columns("subscriptions")}:
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "ALTER TABLE subscriptions ADD COLUMN filter_expression TEXT NOT NULL DEFAULT ''"
+        )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -126,6 +133,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (9, "subscription names unique per creator in the database", _names_per_creator),
     (10, "payload format per subscription", _payload_formats),
     (11, "deliveries made by replays", _replays),
+    (12, "payload filter per subscription", _filters),
 )
 
 

@@ -41,7 +41,8 @@ class Change:
 _SUBSCRIPTION_COLUMNS = (
     "id, tenant, name, url, description, event_types, enabled, headers_encrypted,"
     " rate_limit_per_second, disabled_reason, created_by, created_at, updated_at,"
-    " last_delivery_at, last_delivery_status, visible_headers, payload_format, payload_template"
+    " last_delivery_at, last_delivery_status, visible_headers, payload_format, payload_template,"
+    " filter_expression"
 )
 # What the API shows of the secrets, in the same statement as the row: the newest live
 # secret's prefix and when the older live ones expire. Each `?` is the current time. One
@@ -77,6 +78,7 @@ class _SubscriptionRead(NamedTuple):
     visible_headers: str
     payload_format: int
     payload_template: str
+    filter_expression: str
     secret_prefix: str | None
     previous_secret_expires_at: datetime | str | None
 
@@ -356,6 +358,7 @@ class SubscriptionStore:
             "visible_headers": json.dumps(list(spec.visible_headers)),
             "payload_format": int(spec.payload.format),
             "payload_template": spec.payload.template,
+            "filter_expression": spec.filter,
         }
 
     def _add_secret(self, subscription_id: str, secret: str, now: datetime) -> None:
@@ -404,6 +407,7 @@ class SubscriptionStore:
                 rate_limit_per_second=row.rate_limit_per_second,
                 visible_headers=_event_types(row.visible_headers),
                 payload=payloads.stored(row.payload_format, row.payload_template),
+                filter=row.filter_expression,
             ),
             disabled_reason=_DISABLED_REASONS[row.disabled_reason],
             secret_prefix=row.secret_prefix or "",

@@ -52,6 +52,8 @@ class SubscriptionRow(BaseModel):
     # PayloadFormat and, for TEMPLATE, the template. Database defaults as migration 10 gave.
     payload_format = pw.SmallIntegerField(default=1, constraints=[pw.SQL("DEFAULT 1")])
     payload_template = pw.TextField(default="", constraints=[pw.SQL("DEFAULT ''")])
+    # CEL text (service.domain.filters); "" = every event. Database default as migration 12.
+    filter_expression = pw.TextField(default="", constraints=[pw.SQL("DEFAULT ''")])
     created_by = pw.CharField(max_length=255)
     created_at = pw.DateTimeField()
     updated_at = pw.DateTimeField()

@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from service.config import Settings
-from service.domain import event_patterns, payloads
+from service.domain import event_patterns, filters, payloads
 from service.domain.access import (
     Principal,
     missing_subscribe_scopes,
@@ -36,6 +36,7 @@ UPDATABLE = (
     "rate_limit_per_second",
     "payload_format",
     "payload_template",
+    "filter",
 )
 OUTPUT_ONLY = (
     "id",
@@ -253,6 +254,7 @@ class SubscriptionService:
                 allow_cidrs=self._settings.ssrf_allow_cidrs,
             ),
             *payloads.validate(spec.payload),
+            *filters.violations(spec.filter),
         ]
 
 

@@ -124,6 +124,14 @@ def test_payload_formats_proofs_skip_and_verification(
         ]
         == "PAYLOAD_FORMAT_DATA"
     )
+    err = ctl("subscriptions", "update", sub_id, "--filter", "data.n >", code=1)
+    assert err.startswith("webhookctl: INVALID_ARGUMENT") and "1:9: Syntax error" in err
+    assert len(err.strip().splitlines()) == 1
+    ctl("subscriptions", "update", sub_id, "--filter", "data.n > 1")
+    [shown_filter] = [
+        line for line in ctl("subscriptions", "get", sub_id).splitlines() if "filter" in line
+    ]
+    assert shown_filter.split()[-3:] == ["data.n", ">", "1"]
     assert ctl("subscriptions", "delete", sub_id).strip() == f"deleted {sub_id}"
     # --verify pings first: nothing listens on port 1.
     err = ctl(

@@ -4,14 +4,12 @@ the logs of that traffic carry ids and never a secret or an API key."""
 import asyncio
 import logging
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import App
 from service.config import Settings
@@ -26,28 +24,11 @@ from tests.pipeline_support import (
     cloud_event,
     structured,
 )
-from tests.support import KEYS, Api, base_env, expect_error
+from tests.support import KEYS, Api, Samples, base_env, expect_error, scrape, value
 from webhooks.v1 import events_pb2
 from webhooks.v1 import webhook_service_pb2 as pb
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 AUDITED = "webhooks_audit_records_total"
-
-
-def scrape(api: Api) -> Samples:
-    assert api.app is not None and api.app.metrics_port
-    url = f"http://127.0.0.1:{api.app.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def wait_until(api: Api, check: Callable[[Samples], bool], timeout: float = 15.0) -> Samples:

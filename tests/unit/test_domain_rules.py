@@ -75,7 +75,7 @@ def test_plan_jobs_makes_one_job_per_pair_and_keeps_planned_ones() -> None:
         "globex": [fan_out.Matcher("g", (), frozenset())],
     }
     events = [_event("1"), _event("1"), _event("2", "invoice.paid"), _event("3", tenant="globex")]
-    jobs = fan_out.plan_jobs(events, subs, {}, lease_until=10.0)
+    jobs = fan_out.plan_jobs(events, subs, {}, lease_until=10.0).jobs
     assert [fan_out.pair(j) for j in jobs] == [
         ("acme", "1", "a"),
         ("acme", "1", "b"),
@@ -83,7 +83,8 @@ def test_plan_jobs_makes_one_job_per_pair_and_keeps_planned_ones() -> None:
         ("globex", "3", "g"),
     ]
     assert len({j.delivery_id for j in jobs}) == 4 and jobs[0].body is jobs[1].body
-    again = fan_out.plan_jobs(events, subs, {}, 10.0, planned={fan_out.pair(jobs[1]): jobs[1]})
+    planned = {fan_out.pair(jobs[1]): jobs[1]}
+    again = fan_out.plan_jobs(events, subs, {}, 10.0, planned=planned).jobs
     assert again[1] is jobs[1] and again[0].delivery_id != jobs[0].delivery_id
 
 

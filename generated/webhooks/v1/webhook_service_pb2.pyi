@@ -132,6 +132,7 @@ class Subscription(_message.Message):
     VISIBLE_HEADERS_FIELD_NUMBER: _builtins.int
     PAYLOAD_FORMAT_FIELD_NUMBER: _builtins.int
     PAYLOAD_TEMPLATE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. `sub_01J...`. Output only; required in updates."""
     name: _builtins.str
@@ -167,6 +168,18 @@ class Subscription(_message.Message):
     attempt's time in Unix seconds) and {{sent_at_rfc3339}}. Example:
     `{"type": "{{type}}", "body": "{{data}}", "sent_at": "{{sent_at}}"}`.
     The body signed is the body sent.
+    """
+    filter: _builtins.str
+    """Optional payload filter: a CEL expression (https://cel.dev, at most 4096
+    characters) that an event must make true to reach this endpoint. It sees
+    `event`, the event as a DomainEvent (`event.type`, `event.source`,
+    `event.subject`, `event.tenant`, `event.id`, `event.time` a timestamp), and
+    `data`, the event's JSON payload. Example: `data.amount > 100 &&
+    data.currency in ["EUR", "USD"]`. Checked when set (INVALID_FILTER with
+    line and column). An event it refuses, or whose evaluation fails (a field
+    absent from data: test with `has(data.field)`), gets no delivery. A
+    comprehension's body (`data.lines.exists(l, l.sku == "a")`) may use only its
+    own variable. Empty: every event of event_types. Test events ignore it.
     """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -230,10 +243,11 @@ class Subscription(_message.Message):
         visible_headers: _abc.Iterable[_builtins.str] | None = ...,
         payload_format: Global___PayloadFormat.ValueType = ...,
         payload_template: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "enabled", b"enabled", "last_delivery_time", b"last_delivery_time", "previous_secret_expire_time", b"previous_secret_expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "payload_format", b"payload_format", "payload_template", b"payload_template", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url", "visible_headers", b"visible_headers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "payload_format", b"payload_format", "payload_template", b"payload_template", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url", "visible_headers", b"visible_headers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -449,7 +463,8 @@ class UpdateSubscriptionRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: name, description, url, event_types, enabled, headers,
-        rate_limit_per_second, or `*` for all of them. When empty, every field set
+        visible_headers, rate_limit_per_second, payload_format, payload_template,
+        filter, or `*` for all of them. When empty, every field set
         to a non-default value in `subscription` is changed.
         """
 

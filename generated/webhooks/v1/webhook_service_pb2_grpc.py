@@ -62,6 +62,7 @@ class WebhookServiceStub:
     UNUSED_TEMPLATE              a payload_template without format TEMPLATE
     INVALID_TEMPLATE             the template is not a JSON object or array
     UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+    INVALID_FILTER               the filter is not a bool CEL expression here
     BAD_EVENT_TYPE_NAME          an event type name is malformed
     BAD_SCOPE                    a scope is not `domain:action`
     BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -255,6 +256,7 @@ class WebhookServiceServicer:
     UNUSED_TEMPLATE              a payload_template without format TEMPLATE
     INVALID_TEMPLATE             the template is not a JSON object or array
     UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+    INVALID_FILTER               the filter is not a bool CEL expression here
     BAD_EVENT_TYPE_NAME          an event type name is malformed
     BAD_SCOPE                    a scope is not `domain:action`
     BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -595,6 +597,7 @@ class WebhookService:
     UNUSED_TEMPLATE              a payload_template without format TEMPLATE
     INVALID_TEMPLATE             the template is not a JSON object or array
     UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+    INVALID_FILTER               the filter is not a bool CEL expression here
     BAD_EVENT_TYPE_NAME          an event type name is malformed
     BAD_SCOPE                    a scope is not `domain:action`
     BAD_JSON_SCHEMA              the JSON Schema is not a valid schema

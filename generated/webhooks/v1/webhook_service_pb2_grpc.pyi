@@ -63,6 +63,7 @@ class WebhookServiceStub:
       UNUSED_TEMPLATE              a payload_template without format TEMPLATE
       INVALID_TEMPLATE             the template is not a JSON object or array
       UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+      INVALID_FILTER               the filter is not a bool CEL expression here
       BAD_EVENT_TYPE_NAME          an event type name is malformed
       BAD_SCOPE                    a scope is not `domain:action`
       BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -232,6 +233,7 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
       UNUSED_TEMPLATE              a payload_template without format TEMPLATE
       INVALID_TEMPLATE             the template is not a JSON object or array
       UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+      INVALID_FILTER               the filter is not a bool CEL expression here
       BAD_EVENT_TYPE_NAME          an event type name is malformed
       BAD_SCOPE                    a scope is not `domain:action`
       BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -397,6 +399,7 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
       UNUSED_TEMPLATE              a payload_template without format TEMPLATE
       INVALID_TEMPLATE             the template is not a JSON object or array
       UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
+      INVALID_FILTER               the filter is not a bool CEL expression here
       BAD_EVENT_TYPE_NAME          an event type name is malformed
       BAD_SCOPE                    a scope is not `domain:action`
       BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
