@@ -56,11 +56,12 @@ def pipeline_runs(
     reference: Callable[[], float],
     broker_kind: str = "tansu",
     template: str = "",
+    filtered: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     stack = e2e.Stack.start(work / name, database_url, broker_kind)
     try:
-        stack.subscribe(receiver.url, template)
+        stack.subscribe(receiver.url, template, filtered)
         e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
         out["throughput"] = paired_runs(
             args.runs,
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        help="template, apache (its rows), latency, postgres, backlog, grpc",
+        help="template, filter, apache (its rows), latency, postgres, backlog, grpc",
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--smoke", action="store_true", help="a few hundred events, one run")
@@ -258,6 +259,16 @@ def main(argv: list[str] | None = None) -> int:
                     work,
                     reference,
                     template=TEMPLATE,
+                )
+            if "filter" not in args.skip:
+                report["sqlite_filtered"] = pipeline_runs(
+                    "sqlite-filtered",
+                    f"sqlite:///{work / 'bench-filtered.db'}",
+                    args,
+                    receiver,
+                    work,
+                    reference,
+                    filtered=True,
                 )
             if "apache" not in args.skip:
                 report["sqlite_apache"] = pipeline_runs(
@@ -332,6 +343,20 @@ def table(report: dict[str, Any]) -> str:
             f"{t['deliveries_per_s']:,.0f}",
             t["ratio"] / default["ratio"],
             ">= 0.95 x default format",
+        )
+        add(
+            f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"
+            f" {default['ratio']:.3f}",
+            f"{t['reference']:,.0f}",
+        )
+    if "sqlite_filtered" in report:
+        t, default = report["sqlite_filtered"]["throughput"], report["sqlite"]["throughput"]
+        add(
+            f"end to end sqlite, every subscription filtered ({t['events']:,} events; runs"
+            f" {t['runs']})",
+            f"{t['deliveries_per_s']:,.0f}",
+            t["ratio"] / default["ratio"],
+            ">= 0.9 x no filters",
         )
         add(
             f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"

@@ -43,6 +43,15 @@ LAYOUT: dict[str, list[list[str]]] = {
 }
 TYPES = ["person.created", "invoice.paid"]
 PAD = "x" * 960  # with the other fields, about 1 KB of data per event
+# Payload filters of the kinds users write (attributes, data fields, both), each true for
+# every bench event: the row measures their cost, not fewer deliveries.
+FILTERS = [
+    "has(data.sent) && data.sent >= 0.0",
+    'event.source == "bench" && size(data.pad) > 100',
+    'event.type.startsWith("person.") || event.type.startsWith("invoice.")',
+    '!has(data.test) && data.pad.startsWith("x")',
+    'event.tenant in ["acme", "globex", "initech"] && data.sent >= 0.0',
+]
 
 
 def fan_out(tenant: str, event_type: str) -> int:
@@ -142,13 +151,15 @@ class Stack:
         service = ServiceProcess(env, workdir / "service.log").start(timeout=60)
         return cls(workdir, database_url, broker, service, keys, topic)
 
-    def subscribe(self, receiver_url: str, template: str = "") -> None:
-        """The LAYOUT's subscriptions; with `template`, each sends that payload template."""
+    def subscribe(self, receiver_url: str, template: str = "", filtered: bool = False) -> None:
+        """The LAYOUT's subscriptions; with `template`, each sends that payload template;
+        `filtered`: each has one of FILTERS."""
         payload: dict[str, Any] = (
             {"payload_format": pb.PAYLOAD_FORMAT_TEMPLATE, "payload_template": template}
             if template
             else {}
         )
+        made = 0
         with grpc.insecure_channel(f"127.0.0.1:{self.service.port}") as channel:
             stub = pb_grpc.WebhookServiceStub(channel)
             for tenant, subscriptions in LAYOUT.items():
@@ -159,12 +170,14 @@ class Stack:
                                 name=f"{tenant}-{n}",
                                 url=f"{receiver_url}/hook",
                                 event_types=patterns,
+                                filter=FILTERS[made % len(FILTERS)] if filtered else "",
                                 **payload,
                             )
                         ),
                         metadata=(("authorization", f"Bearer {self.keys[tenant]}"),),
                         timeout=10,
                     )
+                    made += 1
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
