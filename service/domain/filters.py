@@ -16,13 +16,15 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from enum import Enum
 from functools import lru_cache
 
 import cel_expr_python.cel as cel
 import orjson
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, timestamp_pb2
 
+from service.domain.clock import epoch_parts
 from service.domain.models import Event
 from service.errors import FieldViolation
 from webhooks.v1 import events_pb2
@@ -133,15 +135,19 @@ class EventView:
 
 
 def _activation(event: Event) -> cel.Activation:
+    moment = event.time
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    seconds, nanos = epoch_parts(moment)
     message = events_pb2.DomainEvent(
         id=event.id,
         type=event.type,
         source=event.source,
         subject=event.subject,
         tenant=event.tenant,
+        time=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
         data=event.data,
     )
-    message.time.FromDatetime(event.time)
     return _ENV.Activation({"event": message, "data": _data(event.data)})
 
 

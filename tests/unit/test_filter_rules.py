@@ -128,3 +128,10 @@ def test_fan_out_skips_refused_pairs_and_counts_them() -> None:
     subs["acme"][1] = matcher("big", "false")
     again = fan_out.plan_jobs([EVENT], subs, {}, lease_until=10.0, planned=ahead)
     assert plan.jobs[1] in again.jobs
+
+
+@pytest.mark.parametrize("moment", [datetime(2026, 3, 1, 12), datetime(2026, 3, 1, 12, tzinfo=UTC)])
+def test_event_time_is_the_same_instant_naive_utc_or_aware(moment: datetime) -> None:
+    event = Event("e", "invoice.paid", "acme", moment, b"{}")
+    rule = filters.compiled('event.time == timestamp("2026-03-01T12:00:00Z")')
+    assert filters.EventView(event).verdict(rule) is Verdict.PASSED
