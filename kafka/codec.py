@@ -17,6 +17,7 @@ from service.domain.event_rules import (
     strict_json,
 )
 from service.domain.models import Event
+from service.domain.ordering import ordering_key
 from service.domain.pipeline import AttemptRecord
 from webhooks.v1 import events_pb2
 
@@ -133,6 +134,7 @@ def _structured(value: bytes, default_tenant: str) -> tuple[Event, object]:
         tenant=_text(document.get("tenant")) or default_tenant,
         time=_time(document.get("time")),
         data=data,
+        ordering_key=ordering_key(_text(document.get("partitionkey"))),
     )
     return event, parsed
 
@@ -151,6 +153,7 @@ def _binary(value: bytes, headers: Headers, content_type: str, default_tenant: s
         tenant=header(headers, "ce_tenant") or default_tenant,
         time=_time(header(headers, "ce_time")),
         data=value,
+        ordering_key=ordering_key(header(headers, "ce_partitionkey")),
     )
 
 

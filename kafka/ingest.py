@@ -18,6 +18,7 @@ from kafka.failures import running_failure
 from kafka.producer import Producer
 from service.domain.event_rules import EventRejected
 from service.domain.models import Event
+from service.domain.ordering import ordering_key
 from service.domain.pipeline import StoredBatch
 from service.errors import Unavailable
 from service.logs import Outage
@@ -337,10 +338,13 @@ class IngestConsumer:
         except Exception as exc:
             log.exception("event could not be decoded", extra={"offset": record.offset})
             raise EventRejected("DECODE_FAILED", f"unexpected {type(exc).__name__}") from exc
+        changes: dict[str, Any] = {}
+        if not event.ordering_key and record.key:
+            changes["ordering_key"] = ordering_key(record.key)  # no partitionkey: the record's
         if record.timestamp and record.timestamp > 0:
             # Read again after a crash, the record gives its deliveries the same ids.
-            return dataclasses.replace(event, record_time_ms=record.timestamp)
-        return event
+            changes["record_time_ms"] = record.timestamp
+        return dataclasses.replace(event, **changes) if changes else event
 
     async def hand_over(self) -> None:
         """Before partitions go to another member (one joins or leaves): the batches in flight

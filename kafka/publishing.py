@@ -22,7 +22,8 @@ class EventPublisher:
         self._limit = max_event_bytes
 
     async def publish(self, event: Event) -> tuple[str, int, int]:
-        """Returns (topic, partition, offset) once the broker acked; raises Unavailable."""
+        """Returns (topic, partition, offset) once the broker acked; raises Unavailable. The
+        record key is the event's ordering key, else its id."""
         value = event_to_proto(event).SerializeToString()
         if len(value) > self._limit:  # ingest would dead-letter it: refuse it now instead
             raise invalid(
@@ -31,7 +32,7 @@ class EventPublisher:
                 "EVENT_TOO_LARGE",
             )
         [(partition, offset)] = await self._producer.send_all(
-            [(self._topic, event.id.encode(), value, PROTOBUF_HEADERS)]
+            [(self._topic, (event.ordering_key or event.id).encode(), value, PROTOBUF_HEADERS)]
         )
         return self._topic, partition, offset
 

@@ -223,12 +223,16 @@ class App:
             if producer is not None
             else None
         )
+        # Set when ordered deliveries are stored or finished: the scheduler looks for the
+        # next of their keys at once.
+        ordered_ready = asyncio.Event()
         self.dispatcher = dispatcher = Dispatcher(
             runner=runner,
             store=stores.attempts,
             attempts=self._attempts or AttemptMaker(attempt_settings(settings)),
             policy=policy,
             after_write=self._outbox.notify if self._outbox is not None else lambda: None,
+            after_ordered_write=ordered_ready.set,
             publish_audit=AuditSender(producer).publish if producer is not None else None,
             metrics=metrics,
         )
@@ -242,6 +246,7 @@ class App:
             dispatcher=dispatcher,
             policy=policy,
             interval=settings.scheduler_interval_seconds,
+            wake=ordered_ready,
         )
         await self._scheduler.start()
         gauges = BacklogGauges(
@@ -280,6 +285,7 @@ class App:
                     required_scopes=catalog.required_scopes,
                     lease=policy.lease,
                     metrics=metrics,
+                    after_ordered=ordered_ready.set,
                 ),
                 check=catalog,
                 default_tenant=settings.default_tenant,
@@ -311,6 +317,7 @@ class App:
             policy=policy,
             publish=publisher.publish if publisher is not None else None,
             replay_limit=settings.replay_max_events,
+            wake=ordered_ready.set,
         )
         subscriptions = SubscriptionService(stores.subscriptions, stores.event_types, settings)
         verifier = EndpointVerifier(

@@ -59,6 +59,8 @@ class Receiver:
         self._replies: dict[str, list[Reply]] = {}
         # Paths whose replies run per delivery (webhook-id) rather than per path.
         self._each: set[str] = set()
+        # Replies chosen by the request's JSON body, before the others (reply_if).
+        self._when: dict[str, list[tuple[Callable[[Any], bool], Reply]]] = {}
         self._counts: dict[str | tuple[str, str], int] = {}
         self._ssl = ssl_context
         self._loop = asyncio.new_event_loop()
@@ -92,6 +94,10 @@ class Receiver:
             self._counts[key] = count + 1
             replies = self._replies.get(request.path, [Reply()])
             reply = replies[min(count, len(replies) - 1)]
+            for matches, chosen in self._when.get(request.path, ()):
+                if matches(json.loads(body)):
+                    reply = chosen
+                    break
             self.requests.append(
                 Received(
                     request.path,
@@ -128,6 +134,12 @@ class Receiver:
         with self._lock:
             self._each.add(path)
         return self.reply(path, *replies)
+
+    def reply_if(self, path: str, matches: Callable[[Any], bool], reply: Reply) -> str:
+        """Requests to `path` whose JSON body `matches` get `reply`; returns its URL."""
+        with self._lock:
+            self._when.setdefault(path, []).append((matches, reply))
+        return self.url(path)
 
     def url(self, path: str) -> str:
         scheme = "https" if self._ssl else "http"

@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from service.domain.clock import epoch_parts, utcnow
 from service.domain.models import (
     EventType,
+    Ordering,
     Payload,
     PayloadFormat,
     Subscription,
@@ -85,6 +86,7 @@ def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
         visible_headers=tuple(message.visible_headers),
         payload=Payload(_payload_format(message.payload_format), message.payload_template),
         filter=message.filter,
+        ordering=_ordering(message.ordering),
     )
 
 
@@ -95,6 +97,16 @@ def _payload_format(value: int) -> PayloadFormat:
     except ValueError:
         raise invalid(
             "subscription.payload_format", f"{value} is not a PayloadFormat", "UNKNOWN_ENUM_VALUE"
+        ) from None
+
+
+def _ordering(value: int) -> Ordering:
+    """UNSPECIFIED is NONE; a number no client stub would send is refused."""
+    try:
+        return Ordering(value or Ordering.NONE)
+    except ValueError:
+        raise invalid(
+            "subscription.ordering", f"{value} is not an Ordering", "UNKNOWN_ENUM_VALUE"
         ) from None
 
 
@@ -137,6 +149,8 @@ def subscription_fields(sub: Subscription) -> dict[str, Any]:
         fields["payload_template"] = spec.payload.template
     if spec.filter:
         fields["filter"] = spec.filter
+    if spec.ordering != Ordering.NONE:
+        fields["ordering"] = int(spec.ordering)
     if sub.last_delivery_time is not None:
         fields["last_delivery_time"] = timestamp(sub.last_delivery_time)
     if sub.previous_secret_expire_time is not None:
@@ -201,6 +215,8 @@ def delivery_to_pb(view: DeliveryView) -> pb.Delivery:
         last_http_status=view.last_http_status,
         test=view.test,
         attempts=[attempt_to_pb(a) for a in view.attempts],
+        ordering_key=view.ordering_key,
+        holds_key=view.holds_key,
     )
     if view.last_latency_ms is not None:
         out.last_attempt_latency.FromMilliseconds(view.last_latency_ms)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -25,6 +26,7 @@ from service.domain.access import (
     require_scope,
 )
 from service.domain.event_rules import EventRejected
+from service.domain.ordering import MAX_KEY
 from service.domain.updates import resolve_mask
 from service.errors import (
     FieldViolation,
@@ -335,10 +337,13 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def PublishEvent(
         self, request: pb.PublishEventRequest, principal: Principal
     ) -> pb.PublishEventResponse:
+        if len(request.ordering_key) > MAX_KEY:
+            raise invalid("ordering_key", f"must be at most {MAX_KEY} characters", "FIELD_TOO_LONG")
         try:
             event = event_from_proto(request.event, principal.tenant)
         except EventRejected as rejected:
             raise invalid_event(rejected) from None
+        event = replace(event, ordering_key=request.ordering_key)
         topic, partition, offset = await self._deliveries.publish(principal, event)
         return pb.PublishEventResponse(
             event_id=event.id, topic=topic, partition=partition, offset=offset
@@ -380,6 +385,13 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     ) -> pb.RetryDeliveryResponse:
         view = await self._deliveries.retry(principal, _required_id(request.id))
         return pb.RetryDeliveryResponse(delivery=convert.delivery_to_pb(view))
+
+    @rpc(WRITE)
+    async def ReleaseDelivery(
+        self, request: pb.ReleaseDeliveryRequest, principal: Principal
+    ) -> pb.ReleaseDeliveryResponse:
+        view = await self._deliveries.release(principal, _required_id(request.id))
+        return pb.ReleaseDeliveryResponse(delivery=convert.delivery_to_pb(view))
 
     @rpc(WRITE)
     async def RecoverDeliveries(

@@ -145,6 +145,10 @@ def _subscription_text(s: pb.Subscription, secret: str = "") -> str:
         ("rate limit/s", s.rate_limit_per_second or "default"),
         ("payload", _payload_text(s)),
         ("filter", s.filter or "none"),
+        (
+            "ordering",
+            output.enum_name(pb.Ordering.Name(s.ordering or pb.ORDERING_NONE), "ORDERING_"),
+        ),
         ("secret prefix", s.secret_prefix),
         ("created", output.when(s.create_time)),
         ("updated", output.when(s.update_time)),
@@ -189,6 +193,13 @@ PAYLOAD_FORMATS = {
 }
 
 
+ORDERINGS = {
+    "none": pb.ORDERING_NONE,
+    "per-key": pb.ORDERING_PER_KEY,
+    "per-key-hold": pb.ORDERING_PER_KEY_HOLD,
+}
+
+
 def _subscription_from_flags(args: argparse.Namespace) -> tuple[pb.Subscription, list[str]]:
     """The subscription the flags describe and the field paths they set (the update mask)."""
     s = pb.Subscription()
@@ -222,6 +233,9 @@ def _subscription_from_flags(args: argparse.Namespace) -> tuple[pb.Subscription,
     if args.filter is not None:
         s.filter = args.filter
         paths.append("filter")
+    if args.ordering is not None:
+        s.ordering = ORDERINGS[args.ordering]
+        paths.append("ordering")
     return s, paths
 
 
@@ -341,6 +355,7 @@ def _delivery_text(d: pb.Delivery) -> str:
             ("subscription", d.subscription_id),
             ("event", f"{d.event_id} ({d.event_type})"),
             ("status", _status(d.status) + (" (test)" if d.test else "")),
+            ("ordering key", d.ordering_key + (" (held)" if d.holds_key else "")),
             ("attempts", d.attempt_count),
             ("created", output.when(d.create_time)),
             ("next attempt", output.when(d.next_attempt_time)),
@@ -396,6 +411,11 @@ def deliveries_retry(stub: Stub, args: argparse.Namespace) -> tuple[Message, str
     return reply, _delivery_text(reply.delivery)
 
 
+def deliveries_release(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
+    reply = stub.ReleaseDelivery(pb.ReleaseDeliveryRequest(id=args.id))
+    return reply, _delivery_text(reply.delivery)
+
+
 def deliveries_recover(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
     request = pb.RecoverDeliveriesRequest(
         subscription_id=args.subscription,
@@ -439,7 +459,9 @@ def events_publish(stub: Stub, args: argparse.Namespace) -> tuple[Message, str]:
         data=json.dumps(data, separators=(",", ":")).encode(),
     )
     event.time.GetCurrentTime()
-    reply = stub.PublishEvent(pb.PublishEventRequest(event=event))
+    reply = stub.PublishEvent(
+        pb.PublishEventRequest(event=event, ordering_key=args.ordering_key or "")
+    )
     return reply, (
         f"published {reply.event_id} to {reply.topic} "
         f"(partition {reply.partition}, offset {reply.offset})"
@@ -526,6 +548,14 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--until", help="ISO 8601 time")
     _id_arg(_command(deliveries, "get", deliveries_get, "show a delivery and its attempts"))
     _id_arg(_command(deliveries, "retry", deliveries_retry, "attempt a delivery again now"))
+    _id_arg(
+        _command(
+            deliveries,
+            "release",
+            deliveries_release,
+            "let the ordering key a FAILED delivery holds go on",
+        )
+    )
     recover = _command(
         deliveries,
         "recover",
@@ -547,6 +577,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--tenant", help="default: the caller's tenant")
     publish.add_argument("--source", default="webhookctl")
     publish.add_argument("--subject")
+    publish.add_argument("--ordering-key", help="record key: events of one key keep order")
     replay = _command(
         events, "replay", events_replay, "send stored events to a subscription again (backfill)"
     )
@@ -620,6 +651,12 @@ def _subscription_flags(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--payload-template", help="JSON with {{placeholders}} (see the proto)")
     parser.add_argument(
         "--filter", help="CEL the event must satisfy, e.g. 'data.amount > 100' (\"\" = none)"
+    )
+    parser.add_argument(
+        "--ordering",
+        choices=list(ORDERINGS),
+        help="one delivery per ordering key at a time, in order; per-key-hold: a FAILED one"
+        " holds its key until retried or released",
     )
     parser.add_argument(
         "--verify",

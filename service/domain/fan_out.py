@@ -22,6 +22,7 @@ class Matcher:
     granted_scopes: frozenset[str]
     payload: Payload = Payload()
     filter: filters.Filter | None = None
+    ordered: bool = False
 
 
 @dataclass
@@ -99,6 +100,7 @@ def plan_jobs(
                     event_time=event.time,
                     lease_until=lease_until,
                     content_type=sub.payload.content_type,
+                    ordering_key=event.ordering_key if sub.ordered else "",
                 )
             plan.jobs.append(job)
     return plan

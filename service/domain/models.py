@@ -23,6 +23,14 @@ class PayloadFormat(IntEnum):
     TEMPLATE = 4
 
 
+class Ordering(IntEnum):
+    """Matches webhooks.v1.Ordering (UNSPECIFIED = 0 is stored as NONE)."""
+
+    NONE = 1
+    PER_KEY = 2  # one delivery per key at a time; a FAILED one lets the next go
+    PER_KEY_HOLD = 3  # ... and a FAILED one holds its key until retried or released
+
+
 @dataclass(frozen=True)
 class Payload:
     """How one subscription's bodies are built (service.domain.payloads builds them)."""
@@ -58,6 +66,7 @@ class SubscriptionSpec:
     payload: Payload = Payload()
     # A CEL expression an event must satisfy (service.domain.filters); "" = every event.
     filter: str = ""
+    ordering: Ordering = Ordering.NONE
 
 
 @dataclass(slots=True)
@@ -104,3 +113,5 @@ class Event:
     # The Kafka record's timestamp in ms (0: none): the same when the record is read again,
     # so the ids of its deliveries are too (fan_out.delivery_id).
     record_time_ms: int = 0
+    # Its ordering key (service.domain.ordering): the partitionkey or the record key.
+    ordering_key: str = ""

@@ -42,6 +42,8 @@ class Job:
     # Unix time at which this process's claim on the delivery ends (inf: no claim).
     lease_until: float = math.inf
     content_type: str = "application/json"
+    # Set when the subscription keeps order: the store sends one delivery per key at a time.
+    ordering_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class DeliveryView:
     next_attempt_time: datetime | None
     test: bool
     attempts: tuple[AttemptRecord, ...] = field(default=())
+    ordering_key: str = ""
+    holds_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class RecordedAttempt:
     disable: DisabledReason | None
     audit_topic: str
     audit_value: bytes
+    ordered: bool = False  # its delivery has an ordering key: the next of its key may go
 
     @property
     def audit_key(self) -> bytes:
@@ -130,12 +135,13 @@ class Ingested:
     sent ahead, the ids of the jobs sent ahead whose deliveries it did not store, and the
     positions in the batch of the events refused because their id names another event;
     `filtered` counts the pairs whose subscription's filter refused the event (false,
-    failed)."""
+    failed); `ordered` the deliveries left to the scheduler, which sends them in order."""
 
     jobs: list[Job]
     not_stored: frozenset[str]
     reused_ids: tuple[int, ...] = ()
     filtered: tuple[int, int] = (0, 0)
+    ordered: int = 0  # deliveries stored for the scheduler to send one per key
 
 
 @dataclass(frozen=True)

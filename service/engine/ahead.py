@@ -76,7 +76,9 @@ class AheadPlanner:
             self._release(keys)
             raise
         lease_until = unix_time(utcnow() + self._lease)
-        jobs = fan_out.plan_jobs(unseen, subscriptions, self._required_scopes(), lease_until).jobs
+        planned = fan_out.plan_jobs(unseen, subscriptions, self._required_scopes(), lease_until)
+        # Ordered deliveries wait for their turn in the store: none goes ahead.
+        jobs = [job for job in planned.jobs if not job.ordering_key]
         # Events that no subscription takes send nothing ahead: nothing to keep apart.
         self._release(keys - {(j.tenant, j.event_id) for j in jobs})
         return jobs

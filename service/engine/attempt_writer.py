@@ -38,6 +38,7 @@ class AttemptWriter:
         counters: DeliveryCounters,
         finished: Callable[[RecordedAttempt], None],
         after_outbox_write: Callable[[], None],
+        after_ordered_write: Callable[[], None] = lambda: None,
     ) -> None:
         self._runner = runner
         self._store = store
@@ -45,6 +46,7 @@ class AttemptWriter:
         self._counters = counters
         self._finished = finished
         self._after_outbox_write = after_outbox_write
+        self._after_ordered_write = after_ordered_write
         self._results: list[RecordedAttempt] = []
         self._audited: set[str] = set()  # attempt ids whose audit record the broker acked
         # Results waiting for their delivery to be stored, with when they give up; they
@@ -163,6 +165,8 @@ class AttemptWriter:
                     self._released.discard(done.attempt.attempt_id)
                 else:
                     self._finished(done)
+            if any(done.ordered for done in batch):
+                self._after_ordered_write()  # the next deliveries of their keys may go
             self._counters.audited("direct", len(audited))
             if len(audited) < len(batch):
                 self._counters.audited("outbox", len(batch) - len(audited))

@@ -145,5 +145,9 @@ def settle(
         test=job.test,
     )
     return RecordedAttempt(
-        record, decision.disable, settings.audit_topic, settings.encode_audit(record)
+        record,
+        decision.disable,
+        settings.audit_topic,
+        settings.encode_audit(record),
+        ordered=bool(job.ordering_key),
     )

@@ -74,6 +74,7 @@ class Dispatcher:
         attempts: Attempts,
         policy: DeliveryPolicy,
         after_write: Callable[[], None] = lambda: None,
+        after_ordered_write: Callable[[], None] = lambda: None,
         publish_audit: PublishAudit | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -101,6 +102,7 @@ class Dispatcher:
             counters=self._counters,
             finished=self._written,
             after_outbox_write=after_write,
+            after_ordered_write=after_ordered_write,
         )
         self._audit = AuditPublisher(publish_audit, self._writer)
         self._sending: set[asyncio.Future[RecordedAttempt]] = set()

@@ -28,6 +28,7 @@ class BatchStorer:
         required_scopes: Callable[[], Mapping[str, str]],
         lease: timedelta,
         metrics: Metrics,
+        after_ordered: Callable[[], None] = lambda: None,
     ) -> None:
         self._runner = runner
         self._store = store
@@ -36,6 +37,7 @@ class BatchStorer:
         self._required_scopes = required_scopes
         self._lease = lease
         self._metrics = metrics
+        self._after_ordered = after_ordered
 
     async def __call__(self, events: list[Event]) -> StoredBatch:
         planner, dispatcher = self._planner, self._dispatcher
@@ -64,6 +66,8 @@ class BatchStorer:
         self._metrics.deliveries_created.inc(
             len(ahead) - len(ingested.not_stored) + len(ingested.jobs)
         )
+        if ingested.ordered:
+            self._after_ordered()  # stored for the scheduler, which sends them in turn
         refused, failed = ingested.filtered
         if refused:
             self._metrics.deliveries_filtered.labels("false").inc(refused)

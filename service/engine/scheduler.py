@@ -1,7 +1,6 @@
 """The retry scheduler: claims due deliveries from the store and hands them to the dispatcher."""
 
 import asyncio
-import contextlib
 import logging
 
 from service.engine.dispatcher import DeliveryPolicy, Dispatcher
@@ -15,7 +14,9 @@ CLAIM_BATCH = 500
 
 
 class RetryScheduler:
-    """Polls every `interval` seconds, or at once while it keeps finding full batches."""
+    """Polls every `interval` seconds, at once while it keeps finding full batches, and
+    when `wake` is set (ordered deliveries were stored, or finished: the next of their keys
+    may be due)."""
 
     def __init__(
         self,
@@ -25,12 +26,14 @@ class RetryScheduler:
         dispatcher: Dispatcher,
         policy: DeliveryPolicy,
         interval: float,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self._runner = runner
         self._store = store
         self._dispatcher = dispatcher
         self._policy = policy
         self._interval = interval
+        self._wake = wake or asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -51,8 +54,20 @@ class RetryScheduler:
                     claimed = len(jobs)
                     await self._dispatcher.submit(jobs)
             if claimed < limit or limit == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), self._interval)
+                await self._pause()
+
+    async def _pause(self) -> None:
+        """Until the interval passes, the scheduler is woken or stopped."""
+        waits = {
+            asyncio.ensure_future(self._stopped.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        self._wake.clear()
 
     async def stop(self, grace: float) -> None:
         """Claims nothing more; a hand-off in progress gets `grace` seconds."""

@@ -9,6 +9,7 @@ import peewee as pw
 
 from service.crypto import SecretBox
 from service.domain.clock import unix_time, utcnow
+from service.domain.models import Ordering
 from service.domain.outcomes import DeliveryStatus, Outcome
 from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
 from service.domain.signing import secret_key
@@ -89,14 +90,27 @@ class AttemptStore:
         return stored_delivery_ids(self._db, delivery_ids)
 
     def claim_due(self, limit: int, lease: timedelta) -> list[Job]:
-        """Takes up to `limit` due deliveries, leasing them so no other claimer takes them too."""
+        """Takes up to `limit` due deliveries, leasing them so no other claimer takes them too.
+        An ordered delivery is taken only when no earlier one of its key is pending (being
+        sent, or waiting for a retry) or holds the key: one per key at a time, in order."""
         now = utcnow()
+        earlier = DeliveryRow.alias("earlier")
+        blocking = earlier.select(pw.SQL("1")).where(
+            (earlier.subscription == DeliveryRow.subscription)
+            & (earlier.ordering_key == DeliveryRow.ordering_key)
+            & (earlier.event < DeliveryRow.event)
+            & (
+                (earlier.status == int(DeliveryStatus.PENDING))
+                | ((earlier.status == int(DeliveryStatus.FAILED)) & earlier.holds_key)
+            )
+        )
         with self._db.atomic():
             query = (
                 DeliveryRow.select(DeliveryRow.id)
                 .where(
                     (DeliveryRow.status == int(DeliveryStatus.PENDING))
                     & (DeliveryRow.next_attempt_at <= now)
+                    & ((DeliveryRow.ordering_key == "") | ~pw.fn.EXISTS(blocking))
                 )
                 .order_by(DeliveryRow.next_attempt_at)
                 .limit(limit)
@@ -177,6 +191,13 @@ class AttemptStore:
                 else stored_delivery_ids(self._db, list({i.attempt.delivery_id for i in items}))
             )
             live = [i for i in items if i.attempt.delivery_id in alive]
+            self._hold_keys(
+                [
+                    i.attempt.delivery_id
+                    for i in live
+                    if i.ordered and i.attempt.outcome == Outcome.FAILED
+                ]
+            )
             bulk.insert(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
             self._update_subscriptions([i for i in live if not i.attempt.test], now)
             bulk.insert(
@@ -222,7 +243,23 @@ class AttemptStore:
     def fail_disabled(self, delivery_ids: Sequence[str]) -> None:
         """Marks deliveries to a disabled subscription FAILED (RecoverDeliveries re-queues them)."""
         if delivery_ids:
-            DeliveryRow.update(status=int(DeliveryStatus.FAILED), next_attempt_at=None).where(
-                DeliveryRow.id.in_(list(delivery_ids))
-                & (DeliveryRow.status == int(DeliveryStatus.PENDING))
-            ).execute()
+            with self._db.atomic():
+                DeliveryRow.update(status=int(DeliveryStatus.FAILED), next_attempt_at=None).where(
+                    DeliveryRow.id.in_(list(delivery_ids))
+                    & (DeliveryRow.status == int(DeliveryStatus.PENDING))
+                ).execute()
+                self._hold_keys(delivery_ids)
+
+    def _hold_keys(self, delivery_ids: Sequence[str]) -> None:
+        """FAILED ordered deliveries of ORDERING_PER_KEY_HOLD subscriptions hold their keys."""
+        if not delivery_ids:
+            return
+        holding = SubscriptionRow.select(SubscriptionRow.id).where(
+            SubscriptionRow.ordering == int(Ordering.PER_KEY_HOLD)
+        )
+        DeliveryRow.update(holds_key=True).where(
+            DeliveryRow.id.in_(list(delivery_ids))
+            & (DeliveryRow.ordering_key != "")
+            & (DeliveryRow.status == int(DeliveryStatus.FAILED))
+            & DeliveryRow.subscription.in_(holding)
+        ).execute()

@@ -106,8 +106,24 @@ class DeliveryQueries:
                     "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
                 )
             DeliveryRow.update(
-                status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow(), manual=True
+                status=int(DeliveryStatus.PENDING),
+                next_attempt_at=utcnow(),
+                manual=True,
+                holds_key=False,  # pending, it holds its key back as any pending one does
             ).where(DeliveryRow.id == delivery_id).execute()
+        return self.get(tenant, delivery_id)
+
+    def release(self, tenant: str, delivery_id: str) -> DeliveryView:
+        """Lets the key a FAILED delivery holds go on; FailedPrecondition if it holds none."""
+        with self._db.atomic():
+            view = self.get(tenant, delivery_id)
+            if not view.holds_key:
+                raise FailedPrecondition(
+                    "the delivery holds no ordering key (only a FAILED delivery of an"
+                    " ORDERING_PER_KEY_HOLD subscription does)",
+                    reason="DELIVERY_NOT_HOLDING",
+                )
+            DeliveryRow.update(holds_key=False).where(DeliveryRow.id == delivery_id).execute()
         return self.get(tenant, delivery_id)
 
     def recover(
@@ -123,7 +139,10 @@ class DeliveryQueries:
             self._enabled(tenant, subscription_id)
             return int(
                 DeliveryRow.update(
-                    status=int(DeliveryStatus.PENDING), next_attempt_at=utcnow(), manual=True
+                    status=int(DeliveryStatus.PENDING),
+                    next_attempt_at=utcnow(),
+                    manual=True,
+                    holds_key=False,
                 )
                 .where(
                     (DeliveryRow.subscription == subscription_id)
@@ -286,6 +305,8 @@ def _view(row: DeliveryRow, attempts: tuple[AttemptRecord, ...] = ()) -> Deliver
         next_attempt_time=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None,
         test=row.test,
         attempts=attempts,
+        ordering_key=row.ordering_key,
+        holds_key=bool(row.holds_key) and row.status == DeliveryStatus.FAILED,
     )
 
 

@@ -58,6 +58,7 @@ def jobs_for(
                 event_time=event.occurred_at,
                 lease_until=lease_until,
                 content_type=payload.content_type,
+                ordering_key=row.ordering_key,
             )
         )
     return jobs

@@ -9,7 +9,8 @@ import peewee as pw
 
 from service.domain import fan_out, filters, payloads
 from service.domain.clock import unix_time, utcnow
-from service.domain.models import Event
+from service.domain.models import Event, Ordering
+from service.domain.ordering import is_ordered
 from service.domain.outcomes import DeliveryStatus
 from service.domain.pipeline import Ingested, Job
 from service.store import bulk
@@ -40,6 +41,7 @@ _INSERT_DELIVERY = bulk.Insert(
         ("status", "smallint"),
         ("created_at", "timestamp"),
         ("next_attempt_at", "timestamp"),
+        ("ordering_key", "text"),
     ),
     (("attempt_count", "0"), ("last_http_status", "0"), ("test", "FALSE"), ("manual", "FALSE")),
     skip_conflicts=True,
@@ -51,7 +53,7 @@ _DELIVERY_PAIRS = "SELECT subscription_id, event_id FROM deliveries WHERE event_
 # the service's CPU.
 _ENABLED_SUBSCRIPTIONS = (
     "SELECT id, tenant, event_types, granted_scopes, payload_format, payload_template,"
-    " filter_expression"
+    " filter_expression, ordering"
     " FROM subscriptions"
     " WHERE enabled = ? AND tenant IN ({})"
 )
@@ -103,7 +105,8 @@ class IngestStore:
                 if (job.subscription_id, event_pk) in existing:
                     continue
                 jobs.append(job)
-                # Leased to this process; the scheduler takes it over after a crash.
+                # Leased to this process; the scheduler takes it over after a crash. An
+                # ordered one is due now: the scheduler sends it when its turn comes.
                 rows.append(
                     (
                         job.delivery_id,
@@ -113,7 +116,8 @@ class IngestStore:
                         job.event_type,
                         pending,
                         created,
-                        leased,
+                        created if job.ordering_key else leased,
+                        job.ordering_key,
                     )
                 )
             if bulk.insert(self._db, _INSERT_DELIVERY, rows) < len(rows):
@@ -122,10 +126,11 @@ class IngestStore:
                 jobs = [job for job in jobs if job.delivery_id in stored]
         kept = {job.delivery_id for job in jobs}
         return Ingested(
-            [job for job in jobs if fan_out.pair(job) not in ahead],
+            [job for job in jobs if fan_out.pair(job) not in ahead and not job.ordering_key],
             frozenset(job.delivery_id for job in sent_ahead if job.delivery_id not in kept),
             tuple(sorted(reused)),
             (plan.refused, plan.failed),
+            sum(1 for job in jobs if job.ordering_key),
         )
 
     def reuses_id(self, event: Event) -> bool:
@@ -194,15 +199,15 @@ class IngestStore:
     def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
         """The enabled subscriptions of the tenants, as matching needs them."""
         out: dict[str, list[fan_out.Matcher]] = {}
-        for subscription_id, tenant, types, scopes, kind, template, rule in bulk.rows_in(
-            self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True
-        ):
+        rows = bulk.rows_in(self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True)
+        for subscription_id, tenant, types, scopes, kind, template, rule, order in rows:
             matcher = fan_out.Matcher(
                 subscription_id,
                 tuple(json.loads(types)),
                 frozenset(json.loads(scopes)),
                 payloads.stored(kind, template),
                 filters.stored(rule),
+                is_ordered(Ordering(order)),
             )
             out.setdefault(tenant, []).append(matcher)
         return out

@@ -121,6 +121,25 @@ def _filters(db: pw.Database) -> None:
         )
 
 
+def _ordering(db: pw.Database) -> None:
+    columns = {c.name for c in db.get_columns("subscriptions")}
+    if "ordering" not in columns:
+        db.execute_sql(  # type: ignore[no-untyped-call]
+            "ALTER TABLE subscriptions ADD COLUMN ordering SMALLINT NOT NULL DEFAULT 1"
+        )
+    columns = {c.name for c in db.get_columns("deliveries")}
+    for name, kind in (
+        ("ordering_key", "VARCHAR(255) NOT NULL DEFAULT ''"),
+        ("holds_key", "BOOLEAN NOT NULL DEFAULT FALSE"),
+    ):
+        if name not in columns:
+            db.execute_sql(f"ALTER TABLE deliveries ADD COLUMN {name} {kind}")  # type: ignore[no-untyped-call]
+    db.execute_sql(  # type: ignore[no-untyped-call]
+        "CREATE INDEX IF NOT EXISTS deliveries_ordering"
+        " ON deliveries (subscription_id, ordering_key, event_id) WHERE ordering_key <> ''"
+    )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -134,6 +153,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (10, "payload format per subscription", _payload_formats),
     (11, "deliveries made by replays", _replays),
     (12, "payload filter per subscription", _filters),
+    (13, "ordered delivery per key", _ordering),
 )
 
 

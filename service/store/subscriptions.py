@@ -13,7 +13,7 @@ from service.crypto import SecretBox
 from service.domain import payloads
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
-from service.domain.models import DisabledReason, Subscription, SubscriptionSpec
+from service.domain.models import DisabledReason, Ordering, Subscription, SubscriptionSpec
 from service.domain.signing_secrets import MAX_LIVE_SECRETS, secret_prefix
 from service.errors import (
     AlreadyExists,
@@ -22,7 +22,13 @@ from service.errors import (
     QuotaExceeded,
 )
 from service.store import bulk, idempotency
-from service.store.tables import IdempotencyRow, SigningSecretRow, SubscriptionRow, Tenant
+from service.store.tables import (
+    DeliveryRow,
+    IdempotencyRow,
+    SigningSecretRow,
+    SubscriptionRow,
+    Tenant,
+)
 
 # How long a request_id is remembered for CreateSubscription retries.
 _CREATE = "CreateSubscription"
@@ -42,7 +48,7 @@ _SUBSCRIPTION_COLUMNS = (
     "id, tenant, name, url, description, event_types, enabled, headers_encrypted,"
     " rate_limit_per_second, disabled_reason, created_by, created_at, updated_at,"
     " last_delivery_at, last_delivery_status, visible_headers, payload_format, payload_template,"
-    " filter_expression"
+    " filter_expression, ordering"
 )
 # What the API shows of the secrets, in the same statement as the row: the newest live
 # secret's prefix and when the older live ones expire. Each `?` is the current time. One
@@ -55,6 +61,17 @@ _SHOWN_KEY_COLUMNS = (
     "   WHERE k.subscription_id = subscriptions.id AND (k.expires_at IS NULL OR k.expires_at > ?)))"
 )
 _SHOWN_COLUMNS = f"{_SUBSCRIPTION_COLUMNS},{_SHOWN_KEY_COLUMNS}"
+
+
+def _reorder(subscription_id: str, ordering: Ordering) -> None:
+    """Its deliveries follow a new ordering choice: without ordering none waits for another;
+    without holding no FAILED one holds its key."""
+    changes: dict[str, object] = {"holds_key": False}
+    if ordering == Ordering.NONE:
+        changes["ordering_key"] = ""
+    DeliveryRow.update(**changes).where(
+        (DeliveryRow.subscription == subscription_id) & (DeliveryRow.ordering_key != "")
+    ).execute()
 
 
 class _SubscriptionRead(NamedTuple):
@@ -79,6 +96,7 @@ class _SubscriptionRead(NamedTuple):
     payload_format: int
     payload_template: str
     filter_expression: str
+    ordering: int
     secret_prefix: str | None
     previous_secret_expires_at: datetime | str | None
 
@@ -251,6 +269,8 @@ class SubscriptionStore:
             SubscriptionRow.update(updated_at=utcnow(), **columns).where(
                 SubscriptionRow.id == subscription_id
             ).execute()
+            if spec.ordering != current.spec.ordering:
+                _reorder(subscription_id, spec.ordering)
             return self._load(tenant, subscription_id)
 
     def delete(
@@ -359,6 +379,7 @@ class SubscriptionStore:
             "payload_format": int(spec.payload.format),
             "payload_template": spec.payload.template,
             "filter_expression": spec.filter,
+            "ordering": int(spec.ordering),
         }
 
     def _add_secret(self, subscription_id: str, secret: str, now: datetime) -> None:
@@ -408,6 +429,7 @@ class SubscriptionStore:
                 visible_headers=_event_types(row.visible_headers),
                 payload=payloads.stored(row.payload_format, row.payload_template),
                 filter=row.filter_expression,
+                ordering=Ordering(row.ordering),
             ),
             disabled_reason=_DISABLED_REASONS[row.disabled_reason],
             secret_prefix=row.secret_prefix or "",

@@ -54,6 +54,8 @@ class SubscriptionRow(BaseModel):
     payload_template = pw.TextField(default="", constraints=[pw.SQL("DEFAULT ''")])
     # CEL text (service.domain.filters); "" = every event. Database default as migration 12.
     filter_expression = pw.TextField(default="", constraints=[pw.SQL("DEFAULT ''")])
+    # webhooks.v1.Ordering (1: none). Database default as migration 13 gave.
+    ordering = pw.SmallIntegerField(default=1, constraints=[pw.SQL("DEFAULT 1")])
     created_by = pw.CharField(max_length=255)
     created_at = pw.DateTimeField()
     updated_at = pw.DateTimeField()
@@ -143,6 +145,11 @@ class DeliveryRow(BaseModel):
     # Made by ReplayEvents: the replay's key (else ""), so an event can have one delivery
     # per subscription from ingest and one per replay. A database default too (migration 11).
     replay = pw.CharField(max_length=40, default="", constraints=[pw.SQL("DEFAULT ''")])
+    # The event's ordering key when the subscription keeps order (else ""): the scheduler
+    # sends a delivery only once no earlier one of its key is pending or holds it.
+    ordering_key = pw.CharField(max_length=255, default="", constraints=[pw.SQL("DEFAULT ''")])
+    # FAILED under ORDERING_PER_KEY_HOLD: the later deliveries of its key wait.
+    holds_key = pw.BooleanField(default=False, constraints=[pw.SQL("DEFAULT FALSE")])
     created_at = pw.DateTimeField(index=True)  # retention prunes by age
     last_attempt_at = pw.DateTimeField(null=True)
     next_attempt_at = pw.DateTimeField(null=True, index=True)
@@ -153,6 +160,17 @@ class DeliveryRow(BaseModel):
             (("subscription", "event", "replay"), True),
             (("tenant", "created_at"), False),
         )
+
+
+# Earlier deliveries of a key, for the scheduler's ordering rule (ordered ones only).
+DeliveryRow.add_index(
+    DeliveryRow.index(
+        DeliveryRow.subscription,
+        DeliveryRow.ordering_key,
+        DeliveryRow.event,
+        name="deliveries_ordering",
+    ).where(DeliveryRow.ordering_key != "")
+)
 
 
 class AttemptRow(BaseModel):

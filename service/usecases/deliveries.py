@@ -73,8 +73,10 @@ class DeliveryService:
         policy: DeliveryPolicy,
         publish: Publish | None,
         replay_limit: int = 10_000,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self._replay_limit = replay_limit
+        self._wake = wake  # the scheduler, when a key may go on
         self._run = runner.call
         self._store = queries
         self._ingest = ingest
@@ -103,6 +105,14 @@ class DeliveryService:
         view = await self._run(self._store.get, principal.tenant, delivery_id)
         await self._owned(principal, view.subscription_id)
         return await self._run(self._store.retry, principal.tenant, delivery_id)
+
+    async def release(self, principal: Principal, delivery_id: str) -> DeliveryView:
+        """The next events of the key the delivery holds go (scheduler's next pass)."""
+        view = await self._run(self._store.get, principal.tenant, delivery_id)
+        await self._owned(principal, view.subscription_id)
+        released = await self._run(self._store.release, principal.tenant, delivery_id)
+        self._wake()
+        return released
 
     async def recover(
         self,

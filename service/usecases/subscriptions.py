@@ -37,6 +37,7 @@ UPDATABLE = (
     "payload_format",
     "payload_template",
     "filter",
+    "ordering",
 )
 OUTPUT_ONLY = (
     "id",

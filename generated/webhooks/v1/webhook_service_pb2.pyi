@@ -51,6 +51,53 @@ DISABLED_REASON_ENDPOINT_FAILING: DisabledReason.ValueType  # 3
 """The endpoint failed without a success for longer than the configured period."""
 Global___DisabledReason: _TypeAlias = DisabledReason  # noqa: Y015
 
+class _Ordering:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ordering.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDERING_UNSPECIFIED: _Ordering.ValueType  # 0
+    """Not set: ORDERING_NONE."""
+    ORDERING_NONE: _Ordering.ValueType  # 1
+    """Deliveries go out as they come, many at once."""
+    ORDERING_PER_KEY: _Ordering.ValueType  # 2
+    """At most one delivery per key at a time, in order. A retrying event holds
+    back the later events of its own key only; when it ends FAILED, the next
+    event of the key goes.
+    """
+    ORDERING_PER_KEY_HOLD: _Ordering.ValueType  # 3
+    """As ORDERING_PER_KEY, but an event that ends FAILED holds its key (the
+    delivery shows holds_key) until RetryDelivery sends it again or
+    ReleaseDelivery lets the key go on.
+    """
+
+class Ordering(_Ordering, metaclass=_OrderingEnumTypeWrapper):
+    """Ordering says whether a subscription's deliveries keep the events' order.
+
+    The ordering key is the CloudEvents `partitionkey` extension when the event
+    has one, else the Kafka record key (PublishEvent: its ordering_key). Kafka
+    keeps order per partition, so events of one key must be produced to one
+    partition (the default partitioner does so by record key). Events without a
+    key, test events and replays are not ordered.
+    """
+
+ORDERING_UNSPECIFIED: Ordering.ValueType  # 0
+"""Not set: ORDERING_NONE."""
+ORDERING_NONE: Ordering.ValueType  # 1
+"""Deliveries go out as they come, many at once."""
+ORDERING_PER_KEY: Ordering.ValueType  # 2
+"""At most one delivery per key at a time, in order. A retrying event holds
+back the later events of its own key only; when it ends FAILED, the next
+event of the key goes.
+"""
+ORDERING_PER_KEY_HOLD: Ordering.ValueType  # 3
+"""As ORDERING_PER_KEY, but an event that ends FAILED holds its key (the
+delivery shows holds_key) until RetryDelivery sends it again or
+ReleaseDelivery lets the key go on.
+"""
+Global___Ordering: _TypeAlias = Ordering  # noqa: Y015
+
 class _PayloadFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -133,6 +180,7 @@ class Subscription(_message.Message):
     PAYLOAD_FORMAT_FIELD_NUMBER: _builtins.int
     PAYLOAD_TEMPLATE_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    ORDERING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. `sub_01J...`. Output only; required in updates."""
     name: _builtins.str
@@ -180,6 +228,11 @@ class Subscription(_message.Message):
     absent from data: test with `has(data.field)`), gets no delivery. A
     comprehension's body (`data.lines.exists(l, l.sku == "a")`) may use only its
     own variable. Empty: every event of event_types. Test events ignore it.
+    """
+    ordering: Global___Ordering.ValueType
+    """Ordered delivery: events with the same ordering key reach this endpoint
+    one at a time, in the order they were produced to their partition.
+    Unspecified is ORDERING_NONE.
     """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -244,10 +297,11 @@ class Subscription(_message.Message):
         payload_format: Global___PayloadFormat.ValueType = ...,
         payload_template: _builtins.str = ...,
         filter: _builtins.str = ...,
+        ordering: Global___Ordering.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "enabled", b"enabled", "last_delivery_time", b"last_delivery_time", "previous_secret_expire_time", b"previous_secret_expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "payload_format", b"payload_format", "payload_template", b"payload_template", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url", "visible_headers", b"visible_headers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "id", b"id", "last_delivery_status", b"last_delivery_status", "last_delivery_time", b"last_delivery_time", "name", b"name", "ordering", b"ordering", "payload_format", b"payload_format", "payload_template", b"payload_template", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit_per_second", b"rate_limit_per_second", "secret_prefix", b"secret_prefix", "update_time", b"update_time", "url", b"url", "visible_headers", b"visible_headers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -464,7 +518,7 @@ class UpdateSubscriptionRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: name, description, url, event_types, enabled, headers,
         visible_headers, rate_limit_per_second, payload_format, payload_template,
-        filter, or `*` for all of them. When empty, every field set
+        filter, ordering, or `*` for all of them. When empty, every field set
         to a non-default value in `subscription` is changed.
         """
 
@@ -929,6 +983,12 @@ class PublishEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    ORDERING_KEY_FIELD_NUMBER: _builtins.int
+    ordering_key: _builtins.str
+    """The Kafka record key, at most 255 characters: the ordering key of the
+    event (see Ordering) and what chooses its partition. Empty: the event id
+    (no order between events).
+    """
     @_builtins.property
     def event(self) -> _events_pb2.DomainEvent:
         """The event. Its tenant must be empty or the caller's own."""
@@ -937,10 +997,11 @@ class PublishEventRequest(_message.Message):
         self,
         *,
         event: _events_pb2.DomainEvent | None = ...,
+        ordering_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "ordering_key", b"ordering_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1123,6 +1184,8 @@ class Delivery(_message.Message):
     TEST_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     LAST_ATTEMPT_LATENCY_FIELD_NUMBER: _builtins.int
+    ORDERING_KEY_FIELD_NUMBER: _builtins.int
+    HOLDS_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Delivery id; also the `webhook-id` header, stable across retries."""
     subscription_id: _builtins.str
@@ -1139,6 +1202,14 @@ class Delivery(_message.Message):
     """HTTP status of the last attempt; 0 if none or no answer."""
     test: _builtins.bool
     """Whether this is a test delivery from SendTestEvent."""
+    ordering_key: _builtins.str
+    """The event's ordering key, when the subscription orders deliveries (see
+    Ordering); the later events of this key wait for this delivery.
+    """
+    holds_key: _builtins.bool
+    """Whether this FAILED delivery holds its key (ORDERING_PER_KEY_HOLD) until it
+    is retried or released.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the delivery was created."""
@@ -1175,10 +1246,12 @@ class Delivery(_message.Message):
         test: _builtins.bool = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         last_attempt_latency: _duration_pb2.Duration | None = ...,
+        ordering_key: _builtins.str = ...,
+        holds_key: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_latency", b"last_attempt_latency", "last_attempt_time", b"last_attempt_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "create_time", b"create_time", "event_id", b"event_id", "event_type", b"event_type", "id", b"id", "last_attempt_latency", b"last_attempt_latency", "last_attempt_time", b"last_attempt_time", "last_http_status", b"last_http_status", "next_attempt_time", b"next_attempt_time", "status", b"status", "subscription_id", b"subscription_id", "test", b"test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "create_time", b"create_time", "event_id", b"event_id", "event_type", b"event_type", "holds_key", b"holds_key", "id", b"id", "last_attempt_latency", b"last_attempt_latency", "last_attempt_time", b"last_attempt_time", "last_http_status", b"last_http_status", "next_attempt_time", b"next_attempt_time", "ordering_key", b"ordering_key", "status", b"status", "subscription_id", b"subscription_id", "test", b"test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1315,6 +1388,52 @@ class GetDeliveryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeliveryResponse: _TypeAlias = GetDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseDeliveryRequest(_message.Message):
+    """ReleaseDeliveryRequest names a FAILED delivery that holds its ordering key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The delivery id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDeliveryRequest: _TypeAlias = ReleaseDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseDeliveryResponse(_message.Message):
+    """ReleaseDeliveryResponse carries the released delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery(self) -> Global___Delivery:
+        """The delivery, FAILED, no longer holding its key."""
+
+    def __init__(
+        self,
+        *,
+        delivery: Global___Delivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDeliveryResponse: _TypeAlias = ReleaseDeliveryResponse  # noqa: Y015
 
 @_typing.final
 class RetryDeliveryRequest(_message.Message):

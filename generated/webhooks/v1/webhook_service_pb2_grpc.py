@@ -63,6 +63,7 @@ class WebhookServiceStub:
     INVALID_TEMPLATE             the template is not a JSON object or array
     UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
     INVALID_FILTER               the filter is not a bool CEL expression here
+    DELIVERY_NOT_HOLDING         ReleaseDelivery: the delivery holds no key
     BAD_EVENT_TYPE_NAME          an event type name is malformed
     BAD_SCOPE                    a scope is not `domain:action`
     BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -217,6 +218,11 @@ class WebhookServiceStub:
                 request_serializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsResponse.FromString,
                 _registered_method=True)
+        self.ReleaseDelivery = channel.unary_unary(
+                '/webhooks.v1.WebhookService/ReleaseDelivery',
+                request_serializer=webhooks_dot_v1_dot_webhook__service__pb2.ReleaseDeliveryRequest.SerializeToString,
+                response_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.ReleaseDeliveryResponse.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -257,6 +263,7 @@ class WebhookServiceServicer:
     INVALID_TEMPLATE             the template is not a JSON object or array
     UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
     INVALID_FILTER               the filter is not a bool CEL expression here
+    DELIVERY_NOT_HOLDING         ReleaseDelivery: the delivery holds no key
     BAD_EVENT_TYPE_NAME          an event type name is malformed
     BAD_SCOPE                    a scope is not `domain:action`
     BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -459,6 +466,15 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseDelivery(self, request, context):
+        """Lets the ordering key held by a FAILED delivery of an
+        ORDERING_PER_KEY_HOLD subscription go on: the next events of its key are
+        sent; the delivery stays FAILED. Needs `webhooks:write`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -552,6 +568,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     request_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsResponse.SerializeToString,
             ),
+            'ReleaseDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseDelivery,
+                    request_deserializer=webhooks_dot_v1_dot_webhook__service__pb2.ReleaseDeliveryRequest.FromString,
+                    response_serializer=webhooks_dot_v1_dot_webhook__service__pb2.ReleaseDeliveryResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'webhooks.v1.WebhookService', rpc_method_handlers)
@@ -598,6 +619,7 @@ class WebhookService:
     INVALID_TEMPLATE             the template is not a JSON object or array
     UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
     INVALID_FILTER               the filter is not a bool CEL expression here
+    DELIVERY_NOT_HOLDING         ReleaseDelivery: the delivery holds no key
     BAD_EVENT_TYPE_NAME          an event type name is malformed
     BAD_SCOPE                    a scope is not `domain:action`
     BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -1132,6 +1154,33 @@ class WebhookService:
             '/webhooks.v1.WebhookService/ReplayEvents',
             webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsRequest.SerializeToString,
             webhooks_dot_v1_dot_webhook__service__pb2.ReplayEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/webhooks.v1.WebhookService/ReleaseDelivery',
+            webhooks_dot_v1_dot_webhook__service__pb2.ReleaseDeliveryRequest.SerializeToString,
+            webhooks_dot_v1_dot_webhook__service__pb2.ReleaseDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,7 @@ class WebhookServiceStub:
       INVALID_TEMPLATE             the template is not a JSON object or array
       UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
       INVALID_FILTER               the filter is not a bool CEL expression here
+      DELIVERY_NOT_HOLDING         ReleaseDelivery: the delivery holds no key
       BAD_EVENT_TYPE_NAME          an event type name is malformed
       BAD_SCOPE                    a scope is not `domain:action`
       BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -194,6 +195,11 @@ class WebhookServiceStub:
     deliveries (trigger REPLAY), even events older than the subscription
     (backfill). Idempotent by request_id. Needs `webhooks:write`.
     """
+    ReleaseDelivery: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.ReleaseDeliveryRequest, _webhook_service_pb2.ReleaseDeliveryResponse]
+    """Lets the ordering key held by a FAILED delivery of an
+    ORDERING_PER_KEY_HOLD subscription go on: the next events of its key are
+    sent; the delivery stays FAILED. Needs `webhooks:write`.
+    """
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -234,6 +240,7 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
       INVALID_TEMPLATE             the template is not a JSON object or array
       UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
       INVALID_FILTER               the filter is not a bool CEL expression here
+      DELIVERY_NOT_HOLDING         ReleaseDelivery: the delivery holds no key
       BAD_EVENT_TYPE_NAME          an event type name is malformed
       BAD_SCOPE                    a scope is not `domain:action`
       BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -361,6 +368,11 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     deliveries (trigger REPLAY), even events older than the subscription
     (backfill). Idempotent by request_id. Needs `webhooks:write`.
     """
+    ReleaseDelivery: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.ReleaseDeliveryRequest, _webhook_service_pb2.ReleaseDeliveryResponse]  # type: ignore[assignment]
+    """Lets the ordering key held by a FAILED delivery of an
+    ORDERING_PER_KEY_HOLD subscription go on: the next events of its key are
+    sent; the delivery stays FAILED. Needs `webhooks:write`.
+    """
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """WebhookService manages webhook subscriptions, the event type catalog and
@@ -400,6 +412,7 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
       INVALID_TEMPLATE             the template is not a JSON object or array
       UNKNOWN_PLACEHOLDER          the template names an unknown placeholder
       INVALID_FILTER               the filter is not a bool CEL expression here
+      DELIVERY_NOT_HOLDING         ReleaseDelivery: the delivery holds no key
       BAD_EVENT_TYPE_NAME          an event type name is malformed
       BAD_SCOPE                    a scope is not `domain:action`
       BAD_JSON_SCHEMA              the JSON Schema is not a valid schema
@@ -632,6 +645,17 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sends the stored events of a time window to one subscription as new
         deliveries (trigger REPLAY), even events older than the subscription
         (backfill). Idempotent by request_id. Needs `webhooks:write`.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseDelivery(
+        self,
+        request: _webhook_service_pb2.ReleaseDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_service_pb2.ReleaseDeliveryResponse, _abc.Awaitable[_webhook_service_pb2.ReleaseDeliveryResponse]]:
+        """Lets the ordering key held by a FAILED delivery of an
+        ORDERING_PER_KEY_HOLD subscription go on: the next events of its key are
+        sent; the delivery stays FAILED. Needs `webhooks:write`.
         """
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
