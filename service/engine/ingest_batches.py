@@ -38,8 +38,24 @@ class BatchStorer:
         self._lease = lease
         self._metrics = metrics
         self._after_ordered = after_ordered
+        # Ends when the latest batch's transaction has: the next waits for it.
+        self._last: asyncio.Future[None] | None = None
 
     async def __call__(self, events: list[Event]) -> StoredBatch:
+        # Transactions commit in batch order, so a partition's events get their rows (whose
+        # ids order ordered deliveries) in Kafka's order, and no later event's row is seen
+        # while an earlier one's transaction is open. Waited for before planning: holding
+        # nothing planned meanwhile, this batch cannot deadlock with the one before.
+        previous, turn = self._last, asyncio.get_running_loop().create_future()
+        self._last = turn
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            return await self._batch(events, turn)
+        finally:
+            _end(turn)
+
+    async def _batch(self, events: list[Event], turn: "asyncio.Future[None]") -> StoredBatch:
         planner, dispatcher = self._planner, self._dispatcher
         await self._settled(events)
         ahead = await planner.plan(events)
@@ -57,6 +73,7 @@ class BatchStorer:
                 self._store.ingest, events, self._required_scopes(), self._lease, ahead
             )
         )
+        stored.add_done_callback(lambda _: _end(turn))
         if ahead:
             stored.add_done_callback(lambda _: planner.ended(ahead))
             await dispatcher.submit(ahead, stored)
@@ -83,3 +100,8 @@ class BatchStorer:
         flight: this batch's transaction then finds those copies stored."""
         while earlier := self._planner.earlier(events):
             await asyncio.wait(earlier)
+
+
+def _end(turn: "asyncio.Future[None]") -> None:
+    if not turn.done():
+        turn.set_result(None)
