@@ -57,15 +57,17 @@ def pipeline_runs(
     broker_kind: str = "tansu",
     template: str = "",
     filtered: bool = False,
+    keys: int = 0,
 ) -> dict[str, Any]:
+    """`keys`: every subscription orders per key, and the events carry that many keys."""
     out: dict[str, Any] = {}
     stack = e2e.Stack.start(work / name, database_url, broker_kind)
     try:
-        stack.subscribe(receiver.url, template, filtered)
-        e2e.throughput(stack, receiver, min(args.events, 500), args.timeout)  # warm up
+        stack.subscribe(receiver.url, template, filtered, ordered=bool(keys))
+        e2e.throughput(stack, receiver, min(args.events, 500), args.timeout, keys)  # warm up
         out["throughput"] = paired_runs(
             args.runs,
-            lambda: e2e.throughput(stack, receiver, args.events, args.timeout),
+            lambda: e2e.throughput(stack, receiver, args.events, args.timeout, keys),
             reference,
             stack,
         )
@@ -81,6 +83,10 @@ TEMPLATE = (
     '{"type": "{{type}}", "id": "{{id}}", "tenant": "{{tenant}}", "body": "{{data}}",'
     ' "sent_at": "{{sent_at}}"}'
 )
+
+# The ordered row's events carry this many keys: one delivery per key and subscription at
+# a time, so fewer keys would measure the endpoint's round trip rather than the service.
+ORDERING_KEYS = 1000
 
 # PostgreSQL runs take ~1.5x as long as SQLite's; the backlog's seeding, gRPC and the
 # stacks' starts take about this many seconds.
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        help="template, filter, apache (its rows), latency, postgres, backlog, grpc",
+        help="template, filter, ordered, apache (its rows), latency, postgres, backlog, grpc",
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--smoke", action="store_true", help="a few hundred events, one run")
@@ -269,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
                     work,
                     reference,
                     filtered=True,
+                )
+            if "ordered" not in args.skip:
+                report["sqlite_ordered"] = pipeline_runs(
+                    "sqlite-ordered",
+                    f"sqlite:///{work / 'bench-ordered.db'}",
+                    args,
+                    receiver,
+                    work,
+                    reference,
+                    keys=ORDERING_KEYS,
                 )
             if "apache" not in args.skip:
                 report["sqlite_apache"] = pipeline_runs(
@@ -357,6 +373,20 @@ def table(report: dict[str, Any]) -> str:
             f"{t['deliveries_per_s']:,.0f}",
             t["ratio"] / default["ratio"],
             ">= 0.9 x no filters",
+        )
+        add(
+            f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"
+            f" {default['ratio']:.3f}",
+            f"{t['reference']:,.0f}",
+        )
+    if "sqlite_ordered" in report:
+        t, default = report["sqlite_ordered"]["throughput"], report["sqlite"]["throughput"]
+        add(
+            f"end to end sqlite, every subscription ordered, {ORDERING_KEYS} keys"
+            f" ({t['events']:,} events; runs {t['runs']})",
+            f"{t['deliveries_per_s']:,.0f}",
+            t["ratio"] / default["ratio"],
+            "x unordered (measured)",
         )
         add(
             f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"

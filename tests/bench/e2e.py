@@ -151,9 +151,15 @@ class Stack:
         service = ServiceProcess(env, workdir / "service.log").start(timeout=60)
         return cls(workdir, database_url, broker, service, keys, topic)
 
-    def subscribe(self, receiver_url: str, template: str = "", filtered: bool = False) -> None:
+    def subscribe(
+        self,
+        receiver_url: str,
+        template: str = "",
+        filtered: bool = False,
+        ordered: bool = False,
+    ) -> None:
         """The LAYOUT's subscriptions; with `template`, each sends that payload template;
-        `filtered`: each has one of FILTERS."""
+        `filtered`: each has one of FILTERS; `ordered`: each orders per key."""
         payload: dict[str, Any] = (
             {"payload_format": pb.PAYLOAD_FORMAT_TEMPLATE, "payload_template": template}
             if template
@@ -171,6 +177,7 @@ class Stack:
                                 url=f"{receiver_url}/hook",
                                 event_types=patterns,
                                 filter=FILTERS[made % len(FILTERS)] if filtered else "",
+                                ordering=pb.ORDERING_PER_KEY if ordered else pb.ORDERING_NONE,
                                 **payload,
                             )
                         ),
@@ -240,22 +247,24 @@ async def _producer(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
-async def produce_all(bootstrap: str, topic: str, records: list[bytes]) -> None:
+async def produce_all(bootstrap: str, topic: str, records: list[bytes], keys: int = 0) -> None:
     """Record batches appended directly, round-robin over the partitions: the producer
     shares the machine with what it measures, and a send() per record cost it ~30 us of
-    CPU per event against ~8 us."""
+    CPU per event against ~8 us. With `keys`, event n has the record key n % keys, and
+    each key one partition."""
     producer = await _producer(bootstrap)
     try:
         partitions = sorted(await producer.partitions_for(topic))
         batches = {p: producer.create_batch() for p in partitions}
         pending = []
         for n, value in enumerate(records):
-            partition = partitions[n % len(partitions)]
+            key = f"key-{n % keys}".encode() if keys else None
+            partition = partitions[(n % keys if keys else n) % len(partitions)]
             batch = batches[partition]
-            if batch.append(timestamp=None, key=None, value=value, headers=HEADERS) is None:
+            if batch.append(timestamp=None, key=key, value=value, headers=HEADERS) is None:
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = batches[partition] = producer.create_batch()
-                batch.append(timestamp=None, key=None, value=value, headers=HEADERS)
+                batch.append(timestamp=None, key=key, value=value, headers=HEADERS)
         for partition, batch in batches.items():
             if batch.record_count():
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
@@ -333,15 +342,18 @@ def wait_received(receiver: Receiver, expected: int, deadline: float) -> int:
         time.sleep(0.05)
 
 
-def throughput(stack: Stack, receiver: Receiver, count: int, timeout: float) -> dict[str, float]:
-    """Deliveries/s from the first produce until all deliveries arrived and were audited."""
+def throughput(
+    stack: Stack, receiver: Receiver, count: int, timeout: float, keys: int = 0
+) -> dict[str, float]:
+    """Deliveries/s from the first produce until all deliveries arrived and were audited;
+    `keys`: the events carry that many record keys (ordering keys)."""
     receiver.reset()
     plan = events(count)
     expected = sum(n for _, _, n in plan)
     records = [_record(tenant, event_type, 0.0) for tenant, event_type, _ in plan]
     started = time.monotonic()
     deadline = started + timeout
-    asyncio.run(produce_all(stack.broker.bootstrap, stack.topic, records))
+    asyncio.run(produce_all(stack.broker.bootstrap, stack.topic, records, keys))
     produced = time.monotonic()
     received = wait_received(receiver, expected, deadline)
     delivered = time.monotonic()

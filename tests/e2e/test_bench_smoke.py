@@ -41,7 +41,8 @@ def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path, postgres_server
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["ceiling_reference"] > 0 and report["ceiling_own_client"] > 0
-    for part in ("sqlite", "sqlite_template", "sqlite_filtered", "postgres", "sqlite_apache"):
+    parts = ("sqlite", "sqlite_template", "sqlite_filtered", "sqlite_ordered", "postgres")
+    for part in (*parts, "sqlite_apache"):
         throughput = report[part]["throughput"]
         assert throughput["deliveries"] > throughput["events"] > 0  # fan-out happened
         assert throughput["deliveries_per_s"] > 0 and 0 < report[part]["rss_mb"] < 1000
@@ -54,6 +55,7 @@ def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path, postgres_server
     assert "end to end sqlite on Apache Kafka" in done.stdout
     assert "every subscription templated" in done.stdout
     assert "every subscription filtered" in done.stdout
+    assert "every subscription ordered" in done.stdout
     backlog = report["backlog"]
     assert backlog["deliveries_per_s"] > 0
     # Paired as the empty store's runs are: compared as ratios to their own references.

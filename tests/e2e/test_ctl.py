@@ -10,7 +10,7 @@ import pytest
 
 from service.ctl.main import main
 from service.domain import signing
-from tests.pipeline_support import Pipeline, Receiver
+from tests.pipeline_support import Pipeline, Receiver, Reply
 from tests.support import KEYS, Api
 
 
@@ -239,6 +239,29 @@ def test_publish_list_get_retry_and_test_event(
         ]
         == 1
     )
+
+    # An ordered subscription holding its key after a failure, released from the CLI.
+    failing = receiver.reply("/down", Reply(500))
+    ordered = ctl.json(
+        "subscriptions",
+        "create",
+        *("--name", "ordered", "--url", failing, "--event-type", "person.created"),
+        *("--ordering", "per-key-hold"),
+    )["subscription"]
+    assert ordered["ordering"] == "ORDERING_PER_KEY_HOLD"
+    assert "per_key_hold" in ctl("subscriptions", "get", ordered["id"])
+    ctl("events", "publish", "--type", "person.created", "--ordering-key", "lead-42")
+    held = _eventually(
+        lambda: ctl.json(
+            "deliveries", "list", "--subscription", ordered["id"], "--status", "failed"
+        )
+    )["deliveries"]
+    assert held[0]["ordering_key"] == "lead-42" and held[0]["holds_key"] is True
+    assert "lead-42 (held)" in ctl("deliveries", "get", held[0]["id"])
+    released = ctl("deliveries", "release", held[0]["id"])
+    assert "lead-42" in released and "(held)" not in released
+    err = ctl("deliveries", "release", held[0]["id"], code=1)
+    assert err.startswith("webhookctl: FAILED_PRECONDITION") and "holds no ordering key" in err
 
 
 def test_console_script_reads_address_and_key_from_environment(api: Api) -> None:
