@@ -13,7 +13,7 @@ from service.domain.models import Ordering
 from service.domain.outcomes import DeliveryStatus, Outcome
 from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
 from service.domain.signing import secret_key
-from service.store import bulk
+from service.store import bulk, ordered
 from service.store.delivery_rows import jobs_for, stored_delivery_ids
 from service.store.outbox import INSERT_OUTBOX
 from service.store.subscriptions import live_secrets
@@ -92,25 +92,17 @@ class AttemptStore:
     def claim_due(self, limit: int, lease: timedelta) -> list[Job]:
         """Takes up to `limit` due deliveries, leasing them so no other claimer takes them too.
         An ordered delivery is taken only when no earlier one of its key is pending (being
-        sent, or waiting for a retry) or holds the key: one per key at a time, in order."""
+        sent, or waiting for a retry) or holds the key: one per key at a time, in order
+        (service.store.ordered)."""
         now = utcnow()
-        earlier = DeliveryRow.alias("earlier")
-        blocking = earlier.select(pw.SQL("1")).where(
-            (earlier.subscription == DeliveryRow.subscription)
-            & (earlier.ordering_key == DeliveryRow.ordering_key)
-            & (earlier.event < DeliveryRow.event)
-            & (
-                (earlier.status == int(DeliveryStatus.PENDING))
-                | ((earlier.status == int(DeliveryStatus.FAILED)) & earlier.holds_key)
-            )
-        )
         with self._db.atomic():
+            ordered.park_waiting(now, now + lease)
             query = (
                 DeliveryRow.select(DeliveryRow.id)
                 .where(
                     (DeliveryRow.status == int(DeliveryStatus.PENDING))
                     & (DeliveryRow.next_attempt_at <= now)
-                    & ((DeliveryRow.ordering_key == "") | ~pw.fn.EXISTS(blocking))
+                    & ~ordered.turn_taken()
                 )
                 .order_by(DeliveryRow.next_attempt_at)
                 .limit(limit)
@@ -198,6 +190,14 @@ class AttemptStore:
                     if i.ordered and i.attempt.outcome == Outcome.FAILED
                 ]
             )
+            ordered.next_turn(
+                [
+                    i.attempt.delivery_id
+                    for i in live
+                    if i.ordered and i.attempt.outcome != Outcome.RETRY_SCHEDULED
+                ],
+                now,
+            )
             bulk.insert(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
             self._update_subscriptions([i for i in live if not i.attempt.test], now)
             bulk.insert(
@@ -249,6 +249,7 @@ class AttemptStore:
                     & (DeliveryRow.status == int(DeliveryStatus.PENDING))
                 ).execute()
                 self._hold_keys(delivery_ids)
+                ordered.next_turn(delivery_ids, utcnow())
 
     def _hold_keys(self, delivery_ids: Sequence[str]) -> None:
         """FAILED ordered deliveries of ORDERING_PER_KEY_HOLD subscriptions hold their keys."""

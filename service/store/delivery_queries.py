@@ -15,7 +15,7 @@ from service.domain.models import Event
 from service.domain.outcomes import DeliveryStatus, ErrorKind, Outcome, Trigger
 from service.domain.pipeline import AttemptRecord, DeliveryFilter, DeliveryView, Job
 from service.errors import FailedPrecondition, NotFound, invalid
-from service.store import idempotency
+from service.store import idempotency, ordered
 from service.store.delivery_rows import event_of, jobs_for
 from service.store.tables import (
     AttemptRow,
@@ -124,6 +124,7 @@ class DeliveryQueries:
                     reason="DELIVERY_NOT_HOLDING",
                 )
             DeliveryRow.update(holds_key=False).where(DeliveryRow.id == delivery_id).execute()
+            ordered.next_turn([delivery_id], utcnow())
         return self.get(tenant, delivery_id)
 
     def recover(

@@ -13,7 +13,7 @@ from service.domain.models import Event, Ordering
 from service.domain.ordering import is_ordered
 from service.domain.outcomes import DeliveryStatus
 from service.domain.pipeline import Ingested, Job
-from service.store import bulk
+from service.store import bulk, ordered
 from service.store.delivery_rows import stored_delivery_ids
 
 _INSERT_EVENT = bulk.Insert(
@@ -100,13 +100,25 @@ class IngestStore:
             created, leased = bulk.moment(self._db, now), bulk.moment(self._db, lease_end)
             jobs: list[Job] = []
             rows: list[tuple[object, ...]] = []
-            for job in plan.jobs:
+            new = [
+                job
+                for job in plan.jobs
+                if (job.subscription_id, event_rows[(job.tenant, job.event_id)]) not in existing
+            ]
+            # Ordered ones are the scheduler's: due now at the head of their key, else parked
+            # until their turn (service.store.ordered).
+            taken = ordered.keys_waiting(
+                (job.subscription_id, job.ordering_key) for job in new if job.ordering_key
+            )
+            for job in new:
                 event_pk = event_rows[(job.tenant, job.event_id)]
-                if (job.subscription_id, event_pk) in existing:
-                    continue
                 jobs.append(job)
-                # Leased to this process; the scheduler takes it over after a crash. An
-                # ordered one is due now: the scheduler sends it when its turn comes.
+                due = leased
+                if job.ordering_key:
+                    turn = (job.subscription_id, job.ordering_key)
+                    due = leased if turn in taken else created
+                    taken.add(turn)
+                # Leased to this process; the scheduler takes it over after a crash.
                 rows.append(
                     (
                         job.delivery_id,
@@ -116,7 +128,7 @@ class IngestStore:
                         job.event_type,
                         pending,
                         created,
-                        created if job.ordering_key else leased,
+                        due,
                         job.ordering_key,
                     )
                 )

@@ -14,6 +14,7 @@ from service.domain import payloads
 from service.domain.clock import utcnow
 from service.domain.ids import new_id
 from service.domain.models import DisabledReason, Ordering, Subscription, SubscriptionSpec
+from service.domain.outcomes import DeliveryStatus
 from service.domain.signing_secrets import MAX_LIVE_SECRETS, secret_prefix
 from service.errors import (
     AlreadyExists,
@@ -21,7 +22,7 @@ from service.errors import (
     NotFound,
     QuotaExceeded,
 )
-from service.store import bulk, idempotency
+from service.store import bulk, idempotency, ordered
 from service.store.tables import (
     DeliveryRow,
     IdempotencyRow,
@@ -66,12 +67,22 @@ _SHOWN_COLUMNS = f"{_SUBSCRIPTION_COLUMNS},{_SHOWN_KEY_COLUMNS}"
 def _reorder(subscription_id: str, ordering: Ordering) -> None:
     """Its deliveries follow a new ordering choice: without ordering none waits for another;
     without holding no FAILED one holds its key."""
-    changes: dict[str, object] = {"holds_key": False}
+    now = utcnow()
+    mine = DeliveryRow.subscription == subscription_id
     if ordering == Ordering.NONE:
-        changes["ordering_key"] = ""
-    DeliveryRow.update(**changes).where(
-        (DeliveryRow.subscription == subscription_id) & (DeliveryRow.ordering_key != "")
-    ).execute()
+        DeliveryRow.update(next_attempt_at=now).where(
+            mine & (DeliveryRow.status == int(DeliveryStatus.PENDING)) & ordered.turn_taken()
+        ).execute()
+        DeliveryRow.update(ordering_key="", holds_key=False).where(
+            mine & (DeliveryRow.ordering_key != "")
+        ).execute()
+        return
+    held = [
+        row.id for row in DeliveryRow.select(DeliveryRow.id).where(mine & DeliveryRow.holds_key)
+    ]
+    if held:
+        DeliveryRow.update(holds_key=False).where(DeliveryRow.id.in_(held)).execute()
+        ordered.next_turn(held, now)
 
 
 class _SubscriptionRead(NamedTuple):
