@@ -191,6 +191,7 @@ class AttemptStore:
                 ]
             )
             ordered.next_turn(
+                db,
                 [
                     i.attempt.delivery_id
                     for i in live
@@ -249,7 +250,7 @@ class AttemptStore:
                     & (DeliveryRow.status == int(DeliveryStatus.PENDING))
                 ).execute()
                 self._hold_keys(delivery_ids)
-                ordered.next_turn(delivery_ids, utcnow())
+                ordered.next_turn(self._db, delivery_ids, utcnow())
 
     def _hold_keys(self, delivery_ids: Sequence[str]) -> None:
         """FAILED ordered deliveries of ORDERING_PER_KEY_HOLD subscriptions hold their keys."""

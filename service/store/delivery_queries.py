@@ -124,7 +124,7 @@ class DeliveryQueries:
                     reason="DELIVERY_NOT_HOLDING",
                 )
             DeliveryRow.update(holds_key=False).where(DeliveryRow.id == delivery_id).execute()
-            ordered.next_turn([delivery_id], utcnow())
+            ordered.next_turn(self._db, [delivery_id], utcnow())
         return self.get(tenant, delivery_id)
 
     def recover(

@@ -15,6 +15,7 @@ from typing import Any
 import peewee as pw
 
 from service.domain.outcomes import DeliveryStatus
+from service.store import bulk
 from service.store.tables import DeliveryRow
 
 _PENDING = int(DeliveryStatus.PENDING)
@@ -59,34 +60,27 @@ def keys_waiting(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     return {(row.subscription_id, row.ordering_key) for row in rows} & wanted
 
 
-def next_turn(delivery_ids: Sequence[str], now: datetime) -> None:
+# The next pending delivery of each finished one's key, made due; one statement per batch
+# (a peewee update per delivery cost ~40% of the service's CPU in the ordered bench).
+_NEXT_TURN = (
+    "UPDATE deliveries SET next_attempt_at = ? WHERE next_attempt_at > ? AND id IN ("
+    " SELECT (SELECT n.id FROM deliveries n"
+    "  WHERE n.subscription_id = d.subscription_id AND n.ordering_key <> ''"
+    "  AND n.ordering_key = d.ordering_key AND n.event_id > d.event_id AND n.status = ?"
+    "  ORDER BY n.event_id LIMIT 1)"
+    " FROM deliveries d"
+    " WHERE d.ordering_key <> '' AND d.status <> ? AND NOT (d.status = ? AND d.holds_key)"
+    " AND d.id IN ({}))"
+)
+
+
+def next_turn(db: pw.Database, delivery_ids: Sequence[str], now: datetime) -> None:
     """After these ordered deliveries finished (or let their key go), the next pending one
-    of each key is due now."""
-    if not delivery_ids:
-        return
-    finished = DeliveryRow.select(
-        DeliveryRow.subscription, DeliveryRow.ordering_key, DeliveryRow.event
-    ).where(
-        DeliveryRow.id.in_(list(delivery_ids))
-        & (DeliveryRow.ordering_key != "")
-        & ~waiting()  # a held key stays held
-    )
-    for row in finished:
-        following = (
-            DeliveryRow.select(DeliveryRow.id)
-            .where(
-                (DeliveryRow.subscription == row.subscription_id)
-                & (DeliveryRow.ordering_key != "")
-                & (DeliveryRow.ordering_key == row.ordering_key)
-                & (DeliveryRow.event > row.event_id)
-                & (DeliveryRow.status == _PENDING)
-            )
-            .order_by(DeliveryRow.event)
-            .limit(1)
-        )
-        DeliveryRow.update(next_attempt_at=now).where(
-            DeliveryRow.id.in_(following) & (DeliveryRow.next_attempt_at > now)
-        ).execute()
+    of each key is due now; a held key stays held."""
+    if delivery_ids:
+        when = bulk.moment(db, now)
+        params = (when, when, _PENDING, _PENDING, _FAILED)
+        bulk.execute_in(db, _NEXT_TURN, list(delivery_ids), *params)
 
 
 def park_waiting(now: datetime, until: datetime) -> None:

@@ -64,7 +64,7 @@ _SHOWN_KEY_COLUMNS = (
 _SHOWN_COLUMNS = f"{_SUBSCRIPTION_COLUMNS},{_SHOWN_KEY_COLUMNS}"
 
 
-def _reorder(subscription_id: str, ordering: Ordering) -> None:
+def _reorder(db: pw.Database, subscription_id: str, ordering: Ordering) -> None:
     """Its deliveries follow a new ordering choice: without ordering none waits for another;
     without holding no FAILED one holds its key."""
     now = utcnow()
@@ -82,7 +82,7 @@ def _reorder(subscription_id: str, ordering: Ordering) -> None:
     ]
     if held:
         DeliveryRow.update(holds_key=False).where(DeliveryRow.id.in_(held)).execute()
-        ordered.next_turn(held, now)
+        ordered.next_turn(db, held, now)
 
 
 class _SubscriptionRead(NamedTuple):
@@ -281,7 +281,7 @@ class SubscriptionStore:
                 SubscriptionRow.id == subscription_id
             ).execute()
             if spec.ordering != current.spec.ordering:
-                _reorder(subscription_id, spec.ordering)
+                _reorder(self._db, subscription_id, spec.ordering)
             return self._load(tenant, subscription_id)
 
     def delete(
