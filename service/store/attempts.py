@@ -2,6 +2,7 @@
 (with their audit records' outbox rows), deferrals; and the targets it sends to."""
 
 import json
+import time
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -78,12 +79,16 @@ def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
     )
 
 
+PARK_CHECK_SECONDS = 1.0
+
+
 class AttemptStore:
     """Every method is synchronous and runs on a store thread."""
 
     def __init__(self, db: pw.Database, box: SecretBox) -> None:
         self._db = db
         self._box = box
+        self._parks_renewed = 0.0  # monotonic time of the last park_waiting
 
     def stored(self, delivery_ids: Sequence[str]) -> set[str]:
         """Those of the ids that name a stored delivery."""
@@ -96,7 +101,11 @@ class AttemptStore:
         (service.store.ordered)."""
         now = utcnow()
         with self._db.atomic():
-            ordered.park_waiting(now, now + lease)
+            # Parks end a lease after they began: renewing them more often than every
+            # PARK_CHECK_SECONDS finds nothing new, and it probes every due delivery.
+            if time.monotonic() - self._parks_renewed > PARK_CHECK_SECONDS:
+                self._parks_renewed = time.monotonic()
+                ordered.park_waiting(now, now + lease)
             query = (
                 DeliveryRow.select(DeliveryRow.id)
                 .where(
