@@ -134,10 +134,14 @@ def _ordering(db: pw.Database) -> None:
     ):
         if name not in columns:
             db.execute_sql(f"ALTER TABLE deliveries ADD COLUMN {name} {kind}")  # type: ignore[no-untyped-call]
-    db.execute_sql(  # type: ignore[no-untyped-call]
-        "CREATE INDEX IF NOT EXISTS deliveries_ordering"
-        " ON deliveries (subscription_id, ordering_key, event_id) WHERE ordering_key <> ''"
-    )
+    for statement in (
+        "CREATE INDEX IF NOT EXISTS deliveries_ordered_pending"
+        " ON deliveries (subscription_id, ordering_key, event_id)"
+        " WHERE ordering_key <> '' AND status = 1",
+        "CREATE INDEX IF NOT EXISTS deliveries_held"
+        " ON deliveries (subscription_id, ordering_key, event_id) WHERE holds_key",
+    ):
+        db.execute_sql(statement)  # type: ignore[no-untyped-call]
 
 
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (

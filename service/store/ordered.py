@@ -20,44 +20,57 @@ from service.store.tables import DeliveryRow
 
 _PENDING = int(DeliveryStatus.PENDING)
 _FAILED = int(DeliveryStatus.FAILED)
+# Written as literals, not parameters, so that the partial indexes deliveries_ordered_pending
+# and deliveries_held match these terms (a parameter proves nothing to either planner).
+_NO_KEY = pw.SQL("''")
+_PENDING_SQL = pw.SQL(str(_PENDING))
 
 
-def waiting(row: Any = DeliveryRow) -> pw.Expression:
-    """Deliveries that keep later ones of their key waiting."""
-    expression: pw.Expression = (row.status == _PENDING) | ((row.status == _FAILED) & row.holds_key)
+def _pending(row: Any) -> pw.Expression:
+    expression: pw.Expression = (row.ordering_key != _NO_KEY) & (row.status == _PENDING_SQL)
     return expression
 
 
-def turn_taken() -> pw.Expression:
-    """True of an ordered delivery (DeliveryRow) with an earlier one of its key waiting."""
-    earlier = DeliveryRow.alias("earlier")
-    blocking = earlier.select(pw.SQL("1")).where(
-        (earlier.subscription == DeliveryRow.subscription)
-        # Stated, so the partial index deliveries_ordering is the one used.
-        & (earlier.ordering_key != "")
-        & (earlier.ordering_key == DeliveryRow.ordering_key)
-        & (earlier.event < DeliveryRow.event)
-        & waiting(earlier)
+def _earlier(state: Any, row: Any) -> pw.ColumnBase:
+    """EXISTS an earlier delivery of the (DeliveryRow's) key in `state` (on `row`)."""
+    found = row.select(pw.SQL("1")).where(
+        state
+        & (row.subscription == DeliveryRow.subscription)
+        & (row.ordering_key == DeliveryRow.ordering_key)
+        & (row.event < DeliveryRow.event)
     )
-    return (DeliveryRow.ordering_key != "") & pw.fn.EXISTS(blocking)
+    exists: pw.ColumnBase = pw.fn.EXISTS(found)
+    return exists
+
+
+def turn_taken() -> pw.Expression:
+    """True of an ordered delivery (DeliveryRow) with an earlier one of its key pending
+    (being sent, or waiting for a retry) or holding the key."""
+    pending, held = DeliveryRow.alias("earlier_pending"), DeliveryRow.alias("earlier_held")
+    expression: pw.Expression = (DeliveryRow.ordering_key != _NO_KEY) & (
+        _earlier(_pending(pending), pending) | _earlier(held.holds_key, held)
+    )
+    return expression
 
 
 def keys_waiting(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Those of the (subscription, key) pairs that have a waiting delivery."""
+    """Those of the (subscription, key) pairs that have a pending or held delivery."""
     wanted = set(pairs)
     if not wanted:
         return set()
-    rows = (
-        DeliveryRow.select(DeliveryRow.subscription, DeliveryRow.ordering_key)
-        .where(
-            DeliveryRow.subscription.in_(list({s for s, _ in wanted}))
-            & (DeliveryRow.ordering_key != "")
-            & DeliveryRow.ordering_key.in_(list({k for _, k in wanted}))
-            & waiting()
+    found: set[tuple[str, str]] = set()
+    for state in (_pending(DeliveryRow), DeliveryRow.holds_key):
+        rows = (
+            DeliveryRow.select(DeliveryRow.subscription, DeliveryRow.ordering_key)
+            .where(
+                state
+                & DeliveryRow.subscription.in_(list({s for s, _ in wanted}))
+                & DeliveryRow.ordering_key.in_(list({k for _, k in wanted}))
+            )
+            .distinct()
         )
-        .distinct()
-    )
-    return {(row.subscription_id, row.ordering_key) for row in rows} & wanted
+        found.update((row.subscription_id, row.ordering_key) for row in rows)
+    return found & wanted
 
 
 # The next pending delivery of each finished one's key, made due; one statement per batch
@@ -65,11 +78,11 @@ def keys_waiting(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
 _NEXT_TURN = (
     "UPDATE deliveries SET next_attempt_at = ? WHERE next_attempt_at > ? AND id IN ("
     " SELECT (SELECT n.id FROM deliveries n"
-    "  WHERE n.subscription_id = d.subscription_id AND n.ordering_key <> ''"
-    "  AND n.ordering_key = d.ordering_key AND n.event_id > d.event_id AND n.status = ?"
+    "  WHERE n.ordering_key <> '' AND n.status = 1 AND n.subscription_id = d.subscription_id"
+    "  AND n.ordering_key = d.ordering_key AND n.event_id > d.event_id"
     "  ORDER BY n.event_id LIMIT 1)"
     " FROM deliveries d"
-    " WHERE d.ordering_key <> '' AND d.status <> ? AND NOT (d.status = ? AND d.holds_key)"
+    " WHERE d.ordering_key <> '' AND d.status <> ? AND NOT d.holds_key"
     " AND d.id IN ({}))"
 )
 
@@ -79,7 +92,7 @@ def next_turn(db: pw.Database, delivery_ids: Sequence[str], now: datetime) -> No
     of each key is due now; a held key stays held."""
     if delivery_ids:
         when = bulk.moment(db, now)
-        params = (when, when, _PENDING, _PENDING, _FAILED)
+        params = (when, when, _PENDING)
         bulk.execute_in(db, _NEXT_TURN, list(delivery_ids), *params)
 
 

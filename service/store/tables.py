@@ -162,14 +162,23 @@ class DeliveryRow(BaseModel):
         )
 
 
-# Earlier deliveries of a key, for the scheduler's ordering rule (ordered ones only).
+# The deliveries that keep later ones of their key waiting (service.store.ordered): the
+# pending ordered ones and the held ones, each found without reading a key's history.
 DeliveryRow.add_index(
     DeliveryRow.index(
         DeliveryRow.subscription,
         DeliveryRow.ordering_key,
         DeliveryRow.event,
-        name="deliveries_ordering",
-    ).where(DeliveryRow.ordering_key != "")
+        name="deliveries_ordered_pending",
+    ).where((DeliveryRow.ordering_key != pw.SQL("''")) & (DeliveryRow.status == pw.SQL("1")))
+)
+DeliveryRow.add_index(
+    DeliveryRow.index(
+        DeliveryRow.subscription,
+        DeliveryRow.ordering_key,
+        DeliveryRow.event,
+        name="deliveries_held",
+    ).where(DeliveryRow.holds_key)
 )
 
 
