@@ -122,7 +122,7 @@ class AttemptStore:
             if not ids:
                 return []
             DeliveryRow.update(next_attempt_at=now + lease).where(DeliveryRow.id.in_(ids)).execute()
-            return jobs_for(ids, lease_until=unix_time(now + lease))
+            return jobs_for(self._db, ids, lease_until=unix_time(now + lease))
 
     def targets(self, subscription_ids: Iterable[str]) -> dict[str, Target]:
         """Where and how to send, with the live secrets decrypted; absent ids were deleted."""

@@ -119,6 +119,11 @@ def moment(db: pw.Database, value: datetime) -> datetime | str:
     return value if is_postgres(db) else value.isoformat(" ")
 
 
+def read_moment(value: datetime | str) -> datetime:
+    """A stored time as a naive-UTC datetime (SQLite hands back text)."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
 def _arrays(rows: Sequence[Sequence[object]]) -> list[list[object]]:
     """The rows as one list per column."""
     return [list(column) for column in zip(*rows, strict=True)]

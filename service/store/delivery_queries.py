@@ -288,7 +288,7 @@ class DeliveryQueries:
                 created_at=now,
                 next_attempt_at=now + lease,
             )
-        return jobs_for([delivery_id], Trigger.TEST)[0]
+        return jobs_for(self._db, [delivery_id], Trigger.TEST)[0]
 
 
 def _view(row: DeliveryRow, attempts: tuple[AttemptRecord, ...] = ()) -> DeliveryView:

@@ -147,9 +147,7 @@ def _event_types(text: str) -> tuple[str, ...]:
 _DISABLED_REASONS = {int(reason): reason for reason in DisabledReason}
 
 
-def _moment(value: datetime | str) -> datetime:
-    """A stored time as a naive-UTC datetime (SQLite hands back text)."""
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+_moment = bulk.read_moment
 
 
 class SubscriptionStore:
