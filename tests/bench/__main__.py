@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,37 @@ TEMPLATE = (
 # The ordered row's events carry this many keys: one delivery per key and subscription at
 # a time, so fewer keys would measure the endpoint's round trip rather than the service.
 ORDERING_KEYS = 1000
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A run like the SQLite one with one feature on every subscription, reported as a
+    ratio to it."""
+
+    skip: str  # its --skip name
+    key: str  # its report key
+    label: str
+    target: str
+    options: dict[str, Any]
+
+
+VARIANTS = (
+    Variant(
+        "template",
+        "sqlite_template",
+        "templated",
+        ">= 0.95 x default format",
+        {"template": TEMPLATE},
+    ),
+    Variant("filter", "sqlite_filtered", "filtered", ">= 0.9 x no filters", {"filtered": True}),
+    Variant(
+        "ordered",
+        "sqlite_ordered",
+        f"ordered, {ORDERING_KEYS} keys",
+        "x unordered (measured)",
+        {"keys": ORDERING_KEYS},
+    ),
+)
 
 # PostgreSQL runs take ~1.5x as long as SQLite's; the backlog's seeding, gRPC and the
 # stacks' starts take about this many seconds.
@@ -256,36 +288,17 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp)
             sqlite_url = f"sqlite:///{work / 'bench.db'}"
             report["sqlite"] = pipeline_runs("sqlite", sqlite_url, args, receiver, work, reference)
-            if "template" not in args.skip:
-                report["sqlite_template"] = pipeline_runs(
-                    "sqlite-template",
-                    f"sqlite:///{work / 'bench-template.db'}",
-                    args,
-                    receiver,
-                    work,
-                    reference,
-                    template=TEMPLATE,
-                )
-            if "filter" not in args.skip:
-                report["sqlite_filtered"] = pipeline_runs(
-                    "sqlite-filtered",
-                    f"sqlite:///{work / 'bench-filtered.db'}",
-                    args,
-                    receiver,
-                    work,
-                    reference,
-                    filtered=True,
-                )
-            if "ordered" not in args.skip:
-                report["sqlite_ordered"] = pipeline_runs(
-                    "sqlite-ordered",
-                    f"sqlite:///{work / 'bench-ordered.db'}",
-                    args,
-                    receiver,
-                    work,
-                    reference,
-                    keys=ORDERING_KEYS,
-                )
+            for variant in VARIANTS:
+                if variant.skip not in args.skip:
+                    report[variant.key] = pipeline_runs(
+                        variant.key,
+                        f"sqlite:///{work / f'{variant.key}.db'}",
+                        args,
+                        receiver,
+                        work,
+                        reference,
+                        **variant.options,
+                    )
             if "apache" not in args.skip:
                 report["sqlite_apache"] = pipeline_runs(
                     "sqlite-apache",
@@ -351,42 +364,16 @@ def table(report: dict[str, Any]) -> str:
         add(f"  its (a) just before; ratio of each run {t['ratios']}", f"{t['reference']:,.0f}")
         add(f"  ratio to (b), {db}", "", t["deliveries_per_s"] / own)
         add(f"  service peak RSS, {db}", f"{report[db]['rss_mb']:.0f} MB", None, "< 300 MB")
-    if "sqlite_template" in report:
-        t, default = report["sqlite_template"]["throughput"], report["sqlite"]["throughput"]
+    for variant in VARIANTS:
+        if variant.key not in report:
+            continue
+        t, default = report[variant.key]["throughput"], report["sqlite"]["throughput"]
         add(
-            f"end to end sqlite, every subscription templated ({t['events']:,} events; runs"
-            f" {t['runs']})",
+            f"end to end sqlite, every subscription {variant.label} ({t['events']:,} events;"
+            f" runs {t['runs']})",
             f"{t['deliveries_per_s']:,.0f}",
             t["ratio"] / default["ratio"],
-            ">= 0.95 x default format",
-        )
-        add(
-            f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"
-            f" {default['ratio']:.3f}",
-            f"{t['reference']:,.0f}",
-        )
-    if "sqlite_filtered" in report:
-        t, default = report["sqlite_filtered"]["throughput"], report["sqlite"]["throughput"]
-        add(
-            f"end to end sqlite, every subscription filtered ({t['events']:,} events; runs"
-            f" {t['runs']})",
-            f"{t['deliveries_per_s']:,.0f}",
-            t["ratio"] / default["ratio"],
-            ">= 0.9 x no filters",
-        )
-        add(
-            f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"
-            f" {default['ratio']:.3f}",
-            f"{t['reference']:,.0f}",
-        )
-    if "sqlite_ordered" in report:
-        t, default = report["sqlite_ordered"]["throughput"], report["sqlite"]["throughput"]
-        add(
-            f"end to end sqlite, every subscription ordered, {ORDERING_KEYS} keys"
-            f" ({t['events']:,} events; runs {t['runs']})",
-            f"{t['deliveries_per_s']:,.0f}",
-            t["ratio"] / default["ratio"],
-            "x unordered (measured)",
+            variant.target,
         )
         add(
             f"  its (a) just before; the ratio is of ratios to (a), {t['ratio']:.3f} /"
