@@ -30,7 +30,7 @@ from service.engine.dispatcher import Attempts, DeliveryPolicy, Dispatcher
 from service.engine.ingest_batches import BatchStorer
 from service.engine.pinger import EndpointPinger
 from service.engine.scheduler import RetryScheduler
-from service.engine.worker import DeliveryWorker
+from service.engine.worker_pool import WorkerPool
 from service.errors import StartupError, Unavailable
 from service.metrics import BacklogGauges, Metrics, MetricsEndpoint
 from service.store.checkpoint import Checkpointer
@@ -65,6 +65,7 @@ def delivery_policy(settings: Settings) -> DeliveryPolicy:
         circuit_failures=settings.circuit_failures,
         circuit_cooldown=settings.circuit_cooldown_seconds,
         max_in_flight=settings.max_in_flight,
+        max_unwritten=settings.max_unwritten,
         attempt_timeout=settings.attempt_timeout_seconds,
         lease=timedelta(seconds=settings.delivery_lease_seconds),
     )
@@ -150,10 +151,10 @@ class App:
             if settings.kafka_enabled
             else None
         )
-        # Signs and sends in a child process (WEBHOOKS_DELIVERY_WORKERS=1).
-        self.delivery_worker: DeliveryWorker | None = None
+        # Signs and sends in child processes (WEBHOOKS_DELIVERY_WORKERS).
+        self.delivery_worker: WorkerPool | None = None
         if attempts is None and settings.delivery_workers:
-            self.delivery_worker = DeliveryWorker(attempt_settings(settings))
+            self.delivery_worker = WorkerPool(attempt_settings(settings), settings.delivery_workers)
         self._attempts = attempts or self.delivery_worker
         # Built in start(), on the event loop; None until then.
         self.runner: StoreRunner | None = None

@@ -329,11 +329,19 @@ class Settings:
     )
     delivery_workers: int = _setting(
         1,
-        _in_range(int, 0, 1),
-        "child processes that sign and send (1: on a second core; 0: in the service)",
+        _in_range(int, 0, 64),
+        "child processes that sign and send (about one per core beyond the service's own;"
+        " 0: in the service)",
     )
     max_in_flight: int = _setting(
-        2000, _in_range(int, 1, 100_000), "deliveries held in memory; beyond, ingest waits"
+        2000,
+        _in_range(int, 1, 100_000),
+        "deliveries queued for or at endpoints; beyond, ingest waits",
+    )
+    max_unwritten: int = _setting(
+        2000,
+        _in_range(int, 1, 100_000),
+        "attempts' results waiting to be written; beyond, ingest waits",
     )
     scheduler_interval_seconds: float = _setting(
         1.0, _in_range(float, 0.05, 60.0), "how often due retries are looked for"

@@ -110,8 +110,14 @@ class Metrics:
         )
         self.deliveries_held = Gauge(
             "webhooks_deliveries_held",
-            "Deliveries held in memory: queued in lanes, at endpoints or waiting for their"
-            " result's write (at most WEBHOOKS_MAX_IN_FLIGHT; beyond, ingest waits)",
+            "Deliveries queued in lanes or at endpoints (at most WEBHOOKS_MAX_IN_FLIGHT;"
+            " beyond, ingest waits)",
+            registry=registry,
+        )
+        self.results_unwritten = Gauge(
+            "webhooks_results_unwritten",
+            "Attempts' results waiting to be written (at most WEBHOOKS_MAX_UNWRITTEN; beyond,"
+            " ingest waits)",
             registry=registry,
         )
         self.database_up = Gauge(

@@ -49,6 +49,8 @@ class DeliveryPolicy:
     lease: timedelta
     # Most requests at once to one host (scheme, name, port), however many subscriptions.
     host_concurrency: int = 100
+    # Most attempts' results waiting to be written (bookkeeping, apart from max_in_flight).
+    max_unwritten: int = 2000
 
 
 class Attempts(Protocol):
@@ -64,7 +66,8 @@ class Attempts(Protocol):
 
 
 class Dispatcher:
-    """`submit` waits while max_in_flight jobs are held (backpressure to the consumer)."""
+    """`submit` waits while max_in_flight jobs are queued or sent, or max_unwritten results
+    wait to be written (backpressure to the consumer)."""
 
     def __init__(
         self,
@@ -90,9 +93,11 @@ class Dispatcher:
             circuit_failures=policy.circuit_failures,
             circuit_cooldown=policy.circuit_cooldown,
             host_concurrency=policy.host_concurrency,
+            max_unwritten=policy.max_unwritten,
         )
         metrics.requests_in_flight.set_function(lambda: self._lanes.requests)
         metrics.deliveries_held.set_function(lambda: self._lanes.held)
+        metrics.results_unwritten.set_function(lambda: self._lanes.unwritten)
         self._targets = TargetCache(runner, store)
         self._ledger = AheadLedger()
         self._writer = AttemptWriter(
@@ -292,7 +297,8 @@ class Dispatcher:
 
     def _finished(self, job: Job, recorded: RecordedAttempt) -> None:
         """Counts the attempt, applies what it decided and hands it to be audited and
-        stored (its lane capacity is freed once it is written)."""
+        stored: its slot is free now, its result counts as unwritten until written."""
+        self._lanes.answered()
         self._counters.attempt(job, recorded.attempt, utcnow())
         if recorded.disable is not None:
             self.invalidate(job.subscription_id)
@@ -304,7 +310,7 @@ class Dispatcher:
 
     def _written(self, recorded: RecordedAttempt) -> None:
         """The attempt was stored (or dropped: its job was sent ahead and not stored)."""
-        self._lanes.release()
+        self._lanes.written()
         waiter = self._waiting.get(recorded.attempt.delivery_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -1,5 +1,6 @@
-"""Per-endpoint lanes and the engine's capacity: how many jobs are held in memory, each
-endpoint's queue, concurrency slots, circuit breaker, rate bucket and smoothed latency."""
+"""Per-endpoint lanes and the engine's capacity: how many jobs are queued or at endpoints,
+how many results wait to be written, each endpoint's queue, concurrency slots, circuit
+breaker, rate bucket and smoothed latency."""
 
 import asyncio
 from collections import deque
@@ -57,7 +58,9 @@ class Lane:
 
 
 class Lanes:
-    """`hold` waits while `max_in_flight` jobs are held: backpressure to ingest."""
+    """`hold` waits while `max_in_flight` jobs are queued or at endpoints, or while
+    `max_unwritten` attempts' results wait to be written: backpressure to ingest. The two are
+    apart so that a slow write does not take slots from requests."""
 
     def __init__(
         self,
@@ -67,8 +70,13 @@ class Lanes:
         circuit_failures: int,
         circuit_cooldown: float,
         host_concurrency: int = 100,
+        max_unwritten: int = 2000,
     ) -> None:
         self._max_in_flight = max_in_flight
+        self._max_unwritten = max_unwritten
+        self._unwritten = 0
+        self._room = asyncio.Event()  # set while fewer than max_unwritten results wait
+        self._room.set()
         self._host_concurrency = host_concurrency
         # Requests at endpoints per host (scheme, host, port), whatever subscriptions share it.
         self._hosts: dict[str, asyncio.Semaphore] = {}
@@ -87,8 +95,13 @@ class Lanes:
 
     @property
     def held(self) -> int:
-        """Jobs held in memory: queued, being sent or waiting for their result's write."""
+        """Jobs queued in lanes or being sent."""
         return self._held
+
+    @property
+    def unwritten(self) -> int:
+        """Attempts' results waiting to be written."""
+        return self._unwritten
 
     def host(self, url: str) -> asyncio.Semaphore:
         """The semaphore bounding requests to the URL's host."""
@@ -106,11 +119,27 @@ class Lanes:
     @property
     def free(self) -> int:
         """How many more jobs may be held without waiting."""
-        return max(0, self._max_in_flight - self._held)
+        room = self._max_unwritten - self._unwritten
+        return max(0, min(self._max_in_flight - self._held, room))
 
     async def hold(self) -> None:
+        while not self._room.is_set():
+            await self._room.wait()
         await self._capacity.acquire()
         self._held += 1
+
+    def answered(self) -> None:
+        """A held job's attempt ended: its slot is free, its result waits to be written."""
+        self.release()
+        self._unwritten += 1
+        if self._unwritten >= self._max_unwritten:
+            self._room.clear()
+
+    def written(self) -> None:
+        """A result from `answered` was written (or dropped)."""
+        self._unwritten -= 1
+        if self._unwritten < self._max_unwritten:
+            self._room.set()
 
     def release(self, count: int = 1) -> None:
         for _ in range(count):

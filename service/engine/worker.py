@@ -74,10 +74,16 @@ class DeliveryWorker:
         self._next_id = 0
         self._starting: asyncio.Lock | None = None
         self._closed = False  # once closed, no attempt may start a worker again
+        self.requested = 0  # attempts asked of this worker since the start
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts asked and not answered yet."""
+        return len(self._pending)
 
     async def start(self) -> None:
         """Starts the worker now rather than at the first attempt, whose sending (and the
@@ -102,6 +108,7 @@ class DeliveryWorker:
         self, frames: _Frames, job: Job, target: Target
     ) -> "asyncio.Future[RecordedAttempt]":
         self._next_id += 1
+        self.requested += 1
         future: asyncio.Future[RecordedAttempt] = asyncio.get_running_loop().create_future()
         self._pending[self._next_id] = future
         frames.put((self._next_id, job, target))

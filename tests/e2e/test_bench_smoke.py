@@ -42,7 +42,7 @@ def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path, postgres_server
     report = json.loads(output.read_text())
     assert report["ceiling_reference"] > 0 and report["ceiling_own_client"] > 0
     parts = ("sqlite", "sqlite_template", "sqlite_filtered", "sqlite_ordered", "postgres")
-    for part in (*parts, "sqlite_apache"):
+    for part in (*parts, "sqlite_two_workers", "sqlite_apache"):
         throughput = report[part]["throughput"]
         assert throughput["deliveries"] > throughput["events"] > 0  # fan-out happened
         assert throughput["deliveries_per_s"] > 0 and 0 < report[part]["rss_mb"] < 1000
@@ -56,6 +56,7 @@ def test_bench_smoke_runs_every_part_and_reports(tmp_path: Path, postgres_server
     assert "every subscription templated" in done.stdout
     assert "every subscription filtered" in done.stdout
     assert "every subscription ordered" in done.stdout
+    assert "two delivery workers" in done.stdout
     backlog = report["backlog"]
     assert backlog["deliveries_per_s"] > 0
     # Paired as the empty store's runs are: compared as ratios to their own references.

@@ -69,3 +69,22 @@ def test_a_killed_worker_loses_no_delivery(make_pipeline: Any, receiver: Receive
     for (delivery_id,) in webhook_ids.values():
         delivery = pipeline.wait_status(delivery_id, events_pb2.DELIVERY_STATUS_SUCCEEDED)
         assert [a.http_status for a in delivery.attempts] == [200]
+
+
+def test_attempts_spread_evenly_over_several_workers(
+    make_pipeline: Any, receiver: Receiver
+) -> None:
+    pipeline = make_pipeline(WEBHOOKS_DELIVERY_WORKERS="2")
+    # Slow answers keep attempts in flight, so the least busy worker is the other one.
+    pipeline.api.create(url=receiver.reply("/two", Reply(delay=0.05)))
+    events = [cloud_event("person.created", {"n": n}) for n in range(60)]
+    pipeline.send(*[structured(e) for e in events])
+    wait_all_delivered(receiver, "/two", [e["id"] for e in events], timeout=30)
+    assert pipeline.api.app is not None and pipeline.api.app.delivery_worker is not None
+    workers = pipeline.api.app.delivery_worker.workers
+    pids = {worker.pid for worker in workers}
+    assert len(pids) == 2 and None not in pids and os.getpid() not in pids
+    for pid in pids:
+        assert b"service.engine.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    made = [worker.requested for worker in workers]
+    assert sum(made) == 60 and min(made) >= 20, made

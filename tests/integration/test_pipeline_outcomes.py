@@ -280,14 +280,18 @@ def test_a_host_gets_at_most_its_concurrency_however_many_subscriptions_share_it
     assert pipeline.api.app is not None
     metrics = pipeline.api.app.metrics
 
-    def gauges() -> tuple[float, float]:
+    def gauges() -> tuple[float, ...]:
         return tuple(
             g.collect()[0].samples[0].value
-            for g in (metrics.requests_in_flight, metrics.deliveries_held)
+            for g in (
+                metrics.requests_in_flight,
+                metrics.deliveries_held,
+                metrics.results_unwritten,
+            )
         )
 
     deadline = time.monotonic() + 10
-    while gauges() != (0, 0):
+    while gauges() != (0, 0, 0):
         assert time.monotonic() < deadline, gauges()
         time.sleep(0.1)
 

@@ -477,3 +477,26 @@ def test_a_rate_limited_endpoint_gets_its_attempts_spaced() -> None:
     # token to the next one, so single gaps vary; the n-th send is never early.
     assert all(t - times[0] >= (n - 1) * 0.05 - 0.005 for n, t in enumerate(times[2:], 2)), gaps
     assert times[-1] - times[0] < 0.5, gaps  # and no slower than the rate
+
+
+def test_results_waiting_to_be_written_have_their_own_bound() -> None:
+    async def run() -> None:
+        lanes = Lanes(
+            max_in_flight=2,
+            endpoint_concurrency=1,
+            circuit_failures=3,
+            circuit_cooldown=1,
+            max_unwritten=1,
+        )
+        await lanes.hold()
+        await lanes.hold()
+        lanes.answered()  # one attempt ended: its request slot is free at once
+        assert (lanes.held, lanes.unwritten, lanes.free) == (1, 1, 0)
+        third = asyncio.ensure_future(lanes.hold())
+        await asyncio.sleep(0)
+        assert not third.done()  # a slot is free, but no room for another result
+        lanes.written()
+        await asyncio.wait_for(third, 1)
+        assert (lanes.held, lanes.unwritten, lanes.free) == (2, 0, 0)
+
+    asyncio.run(run())
