@@ -99,6 +99,16 @@ class AheadPlanner:
             if ending is not None and not ending.done():
                 ending.set_result(None)
 
+    def may_order(self, tenants: Iterable[str]) -> bool:
+        """Whether a subscription of these tenants may keep order: one does in the cached
+        view, or a tenant's view is not cached (or too old) to tell."""
+        now = time.monotonic()
+        for tenant in tenants:
+            seen, matchers = self._matchers.get(tenant, (-1e9, []))
+            if now - seen > MATCHERS_TTL_SECONDS or any(m.ordered for m in matchers):
+                return True
+        return False
+
     def invalidate(self) -> None:
         """Forgets every cached view (a subscription changed)."""
         self._matchers.clear()

@@ -42,20 +42,28 @@ class BatchStorer:
         self._last: asyncio.Future[None] | None = None
 
     async def __call__(self, events: list[Event]) -> StoredBatch:
-        # Transactions commit in batch order, so a partition's events get their rows (whose
-        # ids order ordered deliveries) in Kafka's order, and no later event's row is seen
-        # while an earlier one's transaction is open. Waited for before planning: holding
-        # nothing planned meanwhile, this batch cannot deadlock with the one before.
+        # A batch that may make ordered deliveries commits after every batch before it, so a
+        # partition's events get their rows (whose ids order ordered deliveries) in Kafka's
+        # order, and no later event's row is seen while an earlier one's transaction is
+        # open. Waited for before planning: holding nothing planned meanwhile, it cannot
+        # deadlock with those. Other batches do not wait (it costs latency: p50 +1.6 ms).
         previous, turn = self._last, asyncio.get_running_loop().create_future()
-        self._last = turn
-        try:
-            if previous is not None:
-                await asyncio.shield(previous)
-            return await self._batch(events, turn)
-        finally:
-            _end(turn)
+        self._last = turn  # ends once this batch's transaction and every earlier one have
 
-    async def _batch(self, events: list[Event], turn: "asyncio.Future[None]") -> StoredBatch:
+        def ended() -> None:
+            if previous is None or previous.done():
+                _end(turn)
+            else:
+                previous.add_done_callback(lambda _: _end(turn))
+
+        try:
+            if previous is not None and self._planner.may_order({e.tenant for e in events}):
+                await asyncio.shield(previous)
+            return await self._batch(events, ended)
+        finally:
+            ended()
+
+    async def _batch(self, events: list[Event], ended: Callable[[], None]) -> StoredBatch:
         planner, dispatcher = self._planner, self._dispatcher
         await self._settled(events)
         ahead = await planner.plan(events)
@@ -73,7 +81,7 @@ class BatchStorer:
                 self._store.ingest, events, self._required_scopes(), self._lease, ahead
             )
         )
-        stored.add_done_callback(lambda _: _end(turn))
+        stored.add_done_callback(lambda _: ended())
         if ahead:
             stored.add_done_callback(lambda _: planner.ended(ahead))
             await dispatcher.submit(ahead, stored)
