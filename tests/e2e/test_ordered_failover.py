@@ -123,13 +123,9 @@ def test_order_per_key_holds_when_the_survivor_takes_over(
     settings = pipeline_env(broker, topic) | {"WEBHOOKS_CIRCUIT_FAILURES": "1000"}
     env = process_env(tmp_path, postgres_url, **settings)
     instances = [
+        # Each its own gRPC port; metrics on any free port (base_env's 127.0.0.1:0).
         ServiceProcess(
-            env
-            | {
-                "WEBHOOKS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-                "WEBHOOKS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-            },
-            tmp_path / f"{name}.log",
+            env | {"WEBHOOKS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}"}, tmp_path / f"{name}.log"
         )
         for name in ("a", "b")
     ]
