@@ -2,7 +2,8 @@
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from enum import IntEnum
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -84,29 +85,27 @@ def spec_from_pb(message: pb.Subscription) -> SubscriptionSpec:
         headers=dict(message.headers),
         rate_limit_per_second=message.rate_limit_per_second,
         visible_headers=tuple(message.visible_headers),
-        payload=Payload(_payload_format(message.payload_format), message.payload_template),
+        payload=Payload(
+            _choice(
+                PayloadFormat, message.payload_format, PayloadFormat.ENVELOPE, "payload_format"
+            ),
+            message.payload_template,
+        ),
         filter=message.filter,
-        ordering=_ordering(message.ordering),
+        ordering=_choice(Ordering, message.ordering, Ordering.NONE, "ordering"),
     )
 
 
-def _payload_format(value: int) -> PayloadFormat:
-    """UNSPECIFIED is the envelope; a number no client stub would send is refused."""
-    try:
-        return PayloadFormat(value or PayloadFormat.ENVELOPE)
-    except ValueError:
-        raise invalid(
-            "subscription.payload_format", f"{value} is not a PayloadFormat", "UNKNOWN_ENUM_VALUE"
-        ) from None
+E = TypeVar("E", bound=IntEnum)
 
 
-def _ordering(value: int) -> Ordering:
-    """UNSPECIFIED is NONE; a number no client stub would send is refused."""
+def _choice(kind: type[E], value: int, unset: E, field: str) -> E:
+    """UNSPECIFIED (0) is `unset`; a number no client stub would send is refused."""
     try:
-        return Ordering(value or Ordering.NONE)
+        return kind(value or unset)
     except ValueError:
         raise invalid(
-            "subscription.ordering", f"{value} is not an Ordering", "UNKNOWN_ENUM_VALUE"
+            f"subscription.{field}", f"{value} is not a valid {kind.__name__}", "UNKNOWN_ENUM_VALUE"
         ) from None
 
 
