@@ -10,7 +10,6 @@ import peewee as pw
 
 from service.crypto import SecretBox
 from service.domain.clock import unix_time, utcnow
-from service.domain.models import Ordering
 from service.domain.outcomes import DeliveryStatus, Outcome
 from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
 from service.domain.signing import secret_key
@@ -192,7 +191,7 @@ class AttemptStore:
                 else stored_delivery_ids(self._db, list({i.attempt.delivery_id for i in items}))
             )
             live = [i for i in items if i.attempt.delivery_id in alive]
-            self._hold_keys(
+            ordered.hold_keys(
                 [
                     i.attempt.delivery_id
                     for i in live
@@ -258,19 +257,5 @@ class AttemptStore:
                     DeliveryRow.id.in_(list(delivery_ids))
                     & (DeliveryRow.status == int(DeliveryStatus.PENDING))
                 ).execute()
-                self._hold_keys(delivery_ids)
+                ordered.hold_keys(delivery_ids)
                 ordered.next_turn(self._db, delivery_ids, utcnow())
-
-    def _hold_keys(self, delivery_ids: Sequence[str]) -> None:
-        """FAILED ordered deliveries of ORDERING_PER_KEY_HOLD subscriptions hold their keys."""
-        if not delivery_ids:
-            return
-        holding = SubscriptionRow.select(SubscriptionRow.id).where(
-            SubscriptionRow.ordering == int(Ordering.PER_KEY_HOLD)
-        )
-        DeliveryRow.update(holds_key=True).where(
-            DeliveryRow.id.in_(list(delivery_ids))
-            & (DeliveryRow.ordering_key != "")
-            & (DeliveryRow.status == int(DeliveryStatus.FAILED))
-            & DeliveryRow.subscription.in_(holding)
-        ).execute()

@@ -99,12 +99,8 @@ class DeliveryQueries:
     def retry(self, tenant: str, delivery_id: str) -> DeliveryView:
         """Queues another attempt now (manual trigger), whatever the status."""
         with self._db.atomic():
-            view = self.get(tenant, delivery_id)
-            target = SubscriptionRow.get_or_none(SubscriptionRow.id == view.subscription_id)
-            if target is None or not target.enabled:
-                raise FailedPrecondition(
-                    "the subscription is disabled; enable it first", reason="SUBSCRIPTION_DISABLED"
-                )
+            # A delivery's subscription is its tenant's: deleting one deletes the other.
+            self._enabled(tenant, self.get(tenant, delivery_id).subscription_id)
             DeliveryRow.update(
                 status=int(DeliveryStatus.PENDING),
                 next_attempt_at=utcnow(),

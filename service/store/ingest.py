@@ -98,9 +98,8 @@ class IngestStore:
             )
             pending = int(DeliveryStatus.PENDING)
             created, leased = bulk.moment(self._db, now), bulk.moment(self._db, lease_end)
-            jobs: list[Job] = []
             rows: list[tuple[object, ...]] = []
-            new = [
+            jobs = [
                 job
                 for job in plan.jobs
                 if (job.subscription_id, event_rows[(job.tenant, job.event_id)]) not in existing
@@ -108,11 +107,10 @@ class IngestStore:
             # Ordered ones are the scheduler's: due now at the head of their key, else parked
             # until their turn (service.store.ordered).
             taken = ordered.keys_waiting(
-                (job.subscription_id, job.ordering_key) for job in new if job.ordering_key
+                (job.subscription_id, job.ordering_key) for job in jobs if job.ordering_key
             )
-            for job in new:
+            for job in jobs:
                 event_pk = event_rows[(job.tenant, job.event_id)]
-                jobs.append(job)
                 due = leased
                 if job.ordering_key:
                     turn = (job.subscription_id, job.ordering_key)

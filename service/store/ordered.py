@@ -14,12 +14,12 @@ from typing import Any
 
 import peewee as pw
 
+from service.domain.models import Ordering
 from service.domain.outcomes import DeliveryStatus
 from service.store import bulk
-from service.store.tables import DeliveryRow
+from service.store.tables import DeliveryRow, SubscriptionRow
 
 _PENDING = int(DeliveryStatus.PENDING)
-_FAILED = int(DeliveryStatus.FAILED)
 # Written as literals, not parameters, so that the partial indexes deliveries_ordered_pending
 # and deliveries_held match these terms (a parameter proves nothing to either planner).
 _NO_KEY = pw.SQL("''")
@@ -71,6 +71,21 @@ def keys_waiting(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         )
         found.update((row.subscription_id, row.ordering_key) for row in rows)
     return found & wanted
+
+
+def hold_keys(delivery_ids: Sequence[str]) -> None:
+    """FAILED ordered deliveries of ORDERING_PER_KEY_HOLD subscriptions hold their keys."""
+    if not delivery_ids:
+        return
+    holding = SubscriptionRow.select(SubscriptionRow.id).where(
+        SubscriptionRow.ordering == int(Ordering.PER_KEY_HOLD)
+    )
+    DeliveryRow.update(holds_key=True).where(
+        DeliveryRow.id.in_(list(delivery_ids))
+        & (DeliveryRow.ordering_key != "")
+        & (DeliveryRow.status == int(DeliveryStatus.FAILED))
+        & DeliveryRow.subscription.in_(holding)
+    ).execute()
 
 
 # The next pending delivery of each finished one's key, made due; one statement per batch
