@@ -186,19 +186,6 @@ def event_from_proto(message: events_pb2.DomainEvent, default_tenant: str) -> Ev
     )
 
 
-def event_to_proto(event: Event) -> events_pb2.DomainEvent:
-    message = events_pb2.DomainEvent(
-        id=event.id,
-        type=event.type,
-        source=event.source,
-        subject=event.subject,
-        tenant=event.tenant,
-        data=event.data,
-    )
-    message.time.FromDatetime(event.time.replace(tzinfo=UTC))
-    return message
-
-
 def _check_spec_version(value: object) -> None:
     if value != "1.0":
         raise EventRejected("UNSUPPORTED_SPEC_VERSION", f"specversion must be '1.0', not {value!r}")

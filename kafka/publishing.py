@@ -3,8 +3,8 @@ the ingest topic, and attempts' audit records."""
 
 from collections.abc import Sequence
 
-from kafka.codec import event_to_proto
 from kafka.producer import Producer
+from service.domain.event_message import event_message
 from service.domain.models import Event
 from service.domain.pipeline import RecordedAttempt
 from service.errors import invalid
@@ -24,7 +24,7 @@ class EventPublisher:
     async def publish(self, event: Event) -> tuple[str, int, int]:
         """Returns (topic, partition, offset) once the broker acked; raises Unavailable. The
         record key is the event's ordering key, else its id."""
-        value = event_to_proto(event).SerializeToString()
+        value = event_message(event).SerializeToString()
         if len(value) > self._limit:  # ingest would dead-letter it: refuse it now instead
             raise invalid(
                 "event.data",

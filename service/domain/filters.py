@@ -16,15 +16,14 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC
 from enum import Enum
 from functools import lru_cache
 
 import cel_expr_python.cel as cel
 import orjson
-from google.protobuf import descriptor_pool, timestamp_pb2
+from google.protobuf import descriptor_pool
 
-from service.domain.clock import epoch_parts
+from service.domain.event_message import event_message
 from service.domain.models import Event
 from service.errors import FieldViolation
 from webhooks.v1 import events_pb2
@@ -33,7 +32,10 @@ MAX_FILTER_CHARS = 4096
 
 _ENV = cel.NewEnv(
     descriptor_pool=descriptor_pool.Default(),
-    variables={"event": cel.Type("webhooks.v1.DomainEvent"), "data": cel.Type.DYN},
+    variables={
+        "event": cel.Type(events_pb2.DomainEvent.DESCRIPTOR.full_name),
+        "data": cel.Type.DYN,
+    },
 )
 # CEL's standard macros that loop over a list or map.
 _COMPREHENSION = re.compile(r"\.\s*(all|exists_one|exists|map|filter)\s*\(")
@@ -135,20 +137,7 @@ class EventView:
 
 
 def _activation(event: Event) -> cel.Activation:
-    moment = event.time
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    seconds, nanos = epoch_parts(moment)
-    message = events_pb2.DomainEvent(
-        id=event.id,
-        type=event.type,
-        source=event.source,
-        subject=event.subject,
-        tenant=event.tenant,
-        time=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
-        data=event.data,
-    )
-    return _ENV.Activation({"event": message, "data": _data(event.data)})
+    return _ENV.Activation({"event": event_message(event), "data": _data(event.data)})
 
 
 def _data(raw: bytes) -> object:
