@@ -23,19 +23,12 @@ EVENTS = 300
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_sigkill_mid_stream_loses_nothing(
-    store: str,
+    database_url: str,
     tmp_path: Path,
     broker: Broker,
     receiver: Receiver,
-    request: pytest.FixtureRequest,
 ) -> None:
-    database_url = (
-        f"sqlite:///{tmp_path / 'crash.db'}"
-        if store == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
     topic = new_topic(broker.bootstrap)
     env = process_env(tmp_path, database_url, **pipeline_env(broker, topic))
     first = ServiceProcess(env, tmp_path / "first.log").start()

@@ -80,19 +80,12 @@ def assert_in_order(requests: list[Received]) -> None:
             assert 200 in answered, f"{key}: {n} came before {n - 1} was delivered: {arrivals}"
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_order_per_key_holds_across_sigkill_and_restart(
-    store: str,
+    database_url: str,
     tmp_path: Path,
     broker: Broker,
     receiver: Receiver,
-    request: pytest.FixtureRequest,
 ) -> None:
-    database_url = (
-        f"sqlite:///{tmp_path / 'ordered.db'}"
-        if store == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
     topic = new_topic(broker.bootstrap)
     settings = pipeline_env(broker, topic) | {"WEBHOOKS_CIRCUIT_FAILURES": "1000"}
     env = process_env(tmp_path, database_url, **settings)
