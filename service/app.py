@@ -26,6 +26,7 @@ from service.config import Settings
 from service.crypto import SecretBox
 from service.engine.ahead import AheadPlanner
 from service.engine.attempts import AttemptMaker, AttemptSettings
+from service.engine.change_watcher import WATCH_SECONDS, ChangeWatcher
 from service.engine.dispatcher import Attempts, DeliveryPolicy, Dispatcher
 from service.engine.ingest_batches import BatchStorer
 from service.engine.pinger import EndpointPinger
@@ -241,6 +242,14 @@ class App:
         self.planner = planner = AheadPlanner(
             runner, stores.ingest, catalog.required_scopes, policy.lease
         )
+
+        def subscriptions_changed(changed: set[tuple[str, str]]) -> None:
+            for subscription_id, _ in changed:
+                dispatcher.invalidate(subscription_id)
+            planner.invalidate({tenant for _, tenant in changed})
+
+        watcher = ChangeWatcher(runner, self.database, subscriptions_changed)
+        await watcher.poll()  # where the log ends, before anything is cached
         self._scheduler = RetryScheduler(
             runner=runner,
             store=stores.attempts,
@@ -258,6 +267,7 @@ class App:
         self._periodic = [
             Periodic("catalog-refresh", CATALOG_REFRESH_SECONDS, catalog.refresh),
             Periodic("metrics-sample", settings.metrics_interval_seconds, gauges.sample),
+            Periodic("subscription-changes", WATCH_SECONDS, watcher.poll),
         ]
         if settings.retention_seconds:
             retention = timedelta(seconds=settings.retention_seconds)

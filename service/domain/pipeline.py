@@ -23,6 +23,8 @@ class Target:
     rate_limit_per_second: int
     enabled: bool
     failing_since: datetime | None
+    # When the first of its secrets expires (naive UTC): it signs without it from then on.
+    secrets_change_at: datetime | None = None
 
 
 @dataclass(frozen=True)

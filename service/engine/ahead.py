@@ -8,7 +8,6 @@ never recorded, and a pair only it matched (a subscription created meanwhile) is
 after it, as every delivery was before."""
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 
@@ -19,9 +18,8 @@ from service.domain.pipeline import Job
 from service.store.ingest import IngestStore
 from service.store.runner import StoreRunner
 
-# How long the view of a tenant's subscriptions is trusted; this instance's own changes
-# clear it at once, another instance's show within this long (and in the transaction).
-MATCHERS_TTL_SECONDS = 1.0
+# Tenants whose view is kept; beyond, the oldest half is forgotten (read again on use).
+MAX_TENANTS = 10_000
 # Larger batches are planned in their transaction, on the store thread: a batch near the
 # poll size means records were waiting, the event loop is the busiest thread, and sending a
 # few ms sooner gains little. A smaller cap sent the batches after a stall the slow way.
@@ -42,7 +40,10 @@ class AheadPlanner:
         self._store = store
         self._required_scopes = required_scopes
         self._lease = lease
-        self._matchers: dict[str, tuple[float, list[fan_out.Matcher]]] = {}
+        # Each tenant's view of its subscriptions, kept until one of them changes: this
+        # instance's changes forget it at once, another's within a second (ChangeWatcher);
+        # the ingest transaction decides in any case.
+        self._matchers: dict[str, list[fan_out.Matcher]] = {}
         self._generation = 0  # changes at every invalidate: a read begun before is not kept
         # (tenant, event id) of the events planned ahead whose transaction has not ended: a
         # copy in a later batch (a producer's retry) is left to its own transaction, which
@@ -102,33 +103,39 @@ class AheadPlanner:
     def may_order(self, tenants: Iterable[str]) -> bool:
         """Whether a subscription of these tenants may keep order: one does in the cached
         view, or a tenant's view is not cached (or too old) to tell."""
-        now = time.monotonic()
         for tenant in tenants:
-            seen, matchers = self._matchers.get(tenant, (-1e9, []))
-            if now - seen > MATCHERS_TTL_SECONDS or any(m.ordered for m in matchers):
+            matchers = self._matchers.get(tenant)
+            if matchers is None or any(m.ordered for m in matchers):
                 return True
         return False
 
-    def invalidate(self) -> None:
-        """Forgets every cached view (a subscription changed)."""
-        self._matchers.clear()
+    def invalidate(self, tenants: Iterable[str] | None = None) -> None:
+        """Forgets the cached views of these tenants (every one: None): a subscription of
+        theirs changed."""
+        if tenants is None:
+            self._matchers.clear()
+        else:
+            for tenant in tenants:
+                self._matchers.pop(tenant, None)
         self._generation += 1
 
     async def _subscriptions(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
-        now = time.monotonic()
         out: dict[str, list[fan_out.Matcher]] = {}
         stale: list[str] = []
         for tenant in tenants:
-            seen, matchers = self._matchers.get(tenant, (-1e9, []))
-            if now - seen > MATCHERS_TTL_SECONDS:
+            matchers = self._matchers.get(tenant)
+            if matchers is None:
                 stale.append(tenant)
             else:
                 out[tenant] = matchers
         if stale:
             generation = self._generation
             loaded = await self._runner.read_first(self._store.matchers, stale)
+            if len(self._matchers) + len(stale) > MAX_TENANTS:
+                for old in list(self._matchers)[: len(self._matchers) // 2]:
+                    del self._matchers[old]
             for tenant in stale:
                 out[tenant] = loaded.get(tenant, [])
                 if generation == self._generation:
-                    self._matchers[tenant] = (now, out[tenant])
+                    self._matchers[tenant] = out[tenant]
         return out

@@ -205,7 +205,9 @@ class Dispatcher:
                     await self._handed_back(shed, seconds=1.0)
                     continue
                 job = lane.queue[0]
-                target = (await self._targets.load({subscription_id}))[subscription_id]
+                known, target = self._targets.cached(subscription_id)
+                if not known:
+                    target = (await self._targets.load({subscription_id}))[subscription_id]
                 if target is None or not target.enabled:
                     lane.queue.popleft()
                     if target is not None and not await self._ledger.unstored([job.delivery_id]):
@@ -299,7 +301,11 @@ class Dispatcher:
         """Counts the attempt, applies what it decided and hands it to be audited and
         stored: its slot is free now, its result counts as unwritten until written."""
         self._lanes.answered()
-        self._counters.attempt(job, recorded.attempt, utcnow())
+        now = utcnow()
+        self._counters.attempt(job, recorded.attempt, now)
+        if not job.test:
+            succeeded = recorded.attempt.outcome == Outcome.SUCCEEDED
+            self._targets.attempted(job.subscription_id, succeeded, now)
         if recorded.disable is not None:
             self.invalidate(job.subscription_id)
             log.warning(

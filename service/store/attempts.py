@@ -13,7 +13,7 @@ from service.domain.clock import unix_time, utcnow
 from service.domain.outcomes import DeliveryStatus, Outcome
 from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
 from service.domain.signing import secret_key
-from service.store import bulk, ordered
+from service.store import bulk, changes, ordered
 from service.store.delivery_rows import jobs_for, stored_delivery_ids
 from service.store.outbox import INSERT_OUTBOX
 from service.store.subscriptions import live_secrets
@@ -131,6 +131,8 @@ class AttemptStore:
         secrets = live_secrets(self._db, ids)
         out = {}
         for row in SubscriptionRow.select().where(SubscriptionRow.id.in_(ids)):
+            live = secrets.get(row.id, ())
+            expiries = [bulk.read_moment(s.expires_at) for s in live if s.expires_at is not None]
             headers = (
                 json.loads(self._box.decrypt(row.headers_encrypted))
                 if row.headers_encrypted
@@ -141,13 +143,11 @@ class AttemptStore:
                 tenant=row.tenant,
                 url=row.url,
                 headers=headers,
-                secret_keys=tuple(
-                    secret_key(self._box.decrypt(s.secret_encrypted))
-                    for s in secrets.get(row.id, ())
-                ),
+                secret_keys=tuple(secret_key(self._box.decrypt(s.secret_encrypted)) for s in live),
                 rate_limit_per_second=row.rate_limit_per_second,
                 enabled=row.enabled,
                 failing_since=row.failing_since,
+                secrets_change_at=min(expiries, default=None),
             )
         return out
 
@@ -226,6 +226,7 @@ class AttemptStore:
         for item in items:
             by_subscription.setdefault(item.attempt.subscription_id, []).append(item)
         updates, disables = [], []
+        disabled: list[tuple[str, str]] = []
         for subscription_id, attempts in by_subscription.items():
             last = attempts[-1].attempt
             if last.outcome == Outcome.SUCCEEDED:
@@ -238,8 +239,10 @@ class AttemptStore:
             disable = next((a.disable for a in attempts if a.disable is not None), None)
             if disable is not None:
                 disables.append((int(disable), subscription_id))
+                disabled.append((subscription_id, last.tenant))
         bulk.execute_many(self._db, _UPDATE_SUBSCRIPTION, updates)
         bulk.execute_many(self._db, _DISABLE_SUBSCRIPTION, disables)
+        changes.record(self._db, disabled)
 
     def defer(self, delivery_ids: Sequence[str], until: datetime) -> None:
         """Moves leased deliveries to a later time without counting an attempt."""

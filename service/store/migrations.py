@@ -144,6 +144,10 @@ def _ordering(db: pw.Database) -> None:
         db.execute_sql(statement)  # type: ignore[no-untyped-call]
 
 
+def _subscription_changes(db: pw.Database) -> None:
+    db.create_tables([tables.SubscriptionChangeRow], safe=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (1, "initial", _initial),
     (2, "delivery age index for retention", _delivery_age_index),
@@ -158,6 +162,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[pw.Database], None]], ...] = (
     (11, "deliveries made by replays", _replays),
     (12, "payload filter per subscription", _filters),
     (13, "ordered delivery per key", _ordering),
+    (14, "subscription change log for cached targets", _subscription_changes),
 )
 
 

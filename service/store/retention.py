@@ -1,10 +1,12 @@
-"""Retention: deletes finished delivery history, events and replay records past their age."""
+"""Retention: deletes finished delivery history, events and replay records past their age,
+and the subscription change log's rows every instance has read."""
 
 from datetime import datetime
 
 import peewee as pw
 
 from service.domain.outcomes import DeliveryStatus
+from service.store import changes
 from service.store.tables import AttemptRow, DeliveryRow, EventRow, IdempotencyRow
 
 
@@ -38,9 +40,11 @@ def prune_batch(
         events = EventRow.delete().where(EventRow.id.in_(event_ids)).execute() if event_ids else 0
         # Few rows (one per Create with a request_id), so no batching needed.
         replays = IdempotencyRow.delete().where(IdempotencyRow.created_at < replay_before).execute()
+        changes_read = changes.prune(db)
     return {
         "attempts": attempts,
         "deliveries": deliveries,
         "events": events,
         "idempotency_keys": replays,
+        "subscription_changes": changes_read,
     }

@@ -22,7 +22,7 @@ from service.errors import (
     NotFound,
     QuotaExceeded,
 )
-from service.store import bulk, idempotency, ordered
+from service.store import bulk, changes, idempotency, ordered
 from service.store.tables import (
     DeliveryRow,
     IdempotencyRow,
@@ -206,6 +206,7 @@ class SubscriptionStore:
                     )
                     self._add_secret(row.id, secret, now)
                     self._counted(tenant, +1)
+                    changes.record(self._db, [(row.id, tenant)])
                     if request_id:
                         IdempotencyRow.create(
                             tenant=tenant,
@@ -280,6 +281,7 @@ class SubscriptionStore:
             ).execute()
             if spec.ordering != current.spec.ordering:
                 _reorder(self._db, subscription_id, spec.ordering)
+            changes.record(self._db, [(subscription_id, tenant)])
             return self._load(tenant, subscription_id)
 
     def delete(
@@ -290,6 +292,7 @@ class SubscriptionStore:
             check(self._load(tenant, subscription_id, lock=True))
             SubscriptionRow.delete().where(SubscriptionRow.id == subscription_id).execute()
             self._counted(tenant, -1)
+            changes.record(self._db, [(subscription_id, tenant)])
 
     def rotate_secret(
         self,
@@ -322,6 +325,7 @@ class SubscriptionStore:
             SubscriptionRow.update(updated_at=now).where(
                 SubscriptionRow.id == subscription_id
             ).execute()
+            changes.record(self._db, [(subscription_id, tenant)])
             return self._load(tenant, subscription_id)
 
     def live_secrets(self, subscription_id: str) -> list[str]:

@@ -233,6 +233,19 @@ class IdempotencyRow(BaseModel):
         primary_key = pw.CompositeKey("tenant", "method", "request_id")
 
 
+class SubscriptionChangeRow(BaseModel):
+    """A subscription created, changed or deleted: every instance reads the new rows about
+    once a second and forgets what it cached of those subscriptions (service.store.changes)."""
+
+    id = pw.BigAutoField()
+    subscription_id = pw.CharField(max_length=40)
+    tenant = pw.CharField(max_length=128)
+    changed_at = pw.DateTimeField(index=True)  # retention drops rows no instance still needs
+
+    class Meta:
+        table_name = "subscription_changes"
+
+
 # In dependency order (referenced tables first).
 ALL_TABLES: tuple[type[BaseModel], ...] = (
     Tenant,
@@ -244,4 +257,5 @@ ALL_TABLES: tuple[type[BaseModel], ...] = (
     AttemptRow,
     OutboxRow,
     IdempotencyRow,
+    SubscriptionChangeRow,
 )

@@ -89,8 +89,18 @@ def test_prune_batches_keep_pending_deliveries_and_their_events(database_url: st
                 result_encrypted=b"x",
                 created_at=now - age,
             )
+        for name, age in (("sub_read", timedelta(hours=2)), ("sub_recent", timedelta(minutes=1))):
+            tables.SubscriptionChangeRow.create(
+                subscription_id=name, tenant="t", changed_at=now - age
+            )
 
-        totals = {"attempts": 0, "deliveries": 0, "events": 0, "idempotency_keys": 0}
+        totals = {
+            "attempts": 0,
+            "deliveries": 0,
+            "events": 0,
+            "idempotency_keys": 0,
+            "subscription_changes": 0,
+        }
         rounds = 0
         while True:  # limit 1: every step is its own small transaction
             counts = prune_batch(db, now - timedelta(days=30), now - timedelta(hours=24), limit=1)
@@ -98,7 +108,13 @@ def test_prune_batches_keep_pending_deliveries_and_their_events(database_url: st
             if not any(counts.values()):
                 break
             totals = {k: totals[k] + counts[k] for k in totals}
-        assert totals == {"attempts": 2, "deliveries": 2, "events": 3, "idempotency_keys": 1}
+        assert totals == {
+            "attempts": 2,
+            "deliveries": 2,
+            "events": 3,
+            "idempotency_keys": 1,
+            "subscription_changes": 1,
+        }
         assert rounds > 2
         assert {d.id for d in tables.DeliveryRow.select()} == {kept_pending, kept_recent}
         assert tables.AttemptRow.select().count() == 2
@@ -108,6 +124,8 @@ def test_prune_batches_keep_pending_deliveries_and_their_events(database_url: st
             "unmatched-new",
         }
         assert [r.request_id for r in tables.IdempotencyRow.select()] == ["new"]
+        kept = [r.subscription_id for r in tables.SubscriptionChangeRow.select()]
+        assert kept == ["sub_recent"]
     finally:
         db.close()
 
