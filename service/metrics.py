@@ -56,7 +56,8 @@ class Metrics:
         self.deliveries_deferred = Counter(
             "webhooks_deliveries_deferred_total",
             "Deliveries handed back to the store to be sent later without an attempt, by"
-            " reason (endpoint_backlog: more than its lane holds)",
+            " reason (endpoint_backlog: more than its lane holds; tenant_share: capacity was full"
+            " and the tenant held half of it, twice its share)",
             ["reason"],
             registry=registry,
         )

@@ -80,3 +80,24 @@ def lane_limit(concurrency: int, latency: float | None, seconds: float, unknown:
 def smoothed(previous: float | None, sample: float, weight: float = 0.2) -> float:
     """An exponentially weighted moving average; the first sample starts it."""
     return sample if previous is None else previous + weight * (sample - previous)
+
+
+def crowding(held: int, capacity: int, active_tenants: int) -> bool:
+    """Whether a tenant holding `held` of a full `capacity` crowds the other active tenants
+    out: it holds at least half of it, and twice an equal share. Its further jobs then wait
+    in the store rather than in line for capacity, where they would hold up the events of
+    every other tenant behind them (a lone tenant keeps the whole capacity: waiting for it
+    is the backpressure; many tenants with a little each wait in line as well)."""
+    return active_tenants > 1 and 2 * held >= capacity and held * active_tenants >= 2 * capacity
+
+
+def backlog_delays(
+    count: int, held: int, rate: float, free_from: float, now: float
+) -> tuple[list[float], float]:
+    """Seconds until each of `count` jobs that an endpoint's lane cannot take now is due
+    again, and when the lane is free after them: at the pace it sends (`rate` per second),
+    after the `held` jobs it has and any deferred before (until `free_from`), at least a
+    second from `now`. So a long backlog comes back from the store at its endpoint's pace,
+    behind other endpoints' work, instead of all at once every second."""
+    start = max(free_from, now + held / rate, now + 1.0)
+    return [start + k / rate - now for k in range(count)], start + count / rate

@@ -50,7 +50,8 @@ class DeliveryCounters:
             )
 
     def deferred(self, reason: str, count: int) -> None:
-        self._child(self._metrics.deliveries_deferred, reason).inc(count)
+        if count:
+            self._child(self._metrics.deliveries_deferred, reason).inc(count)
 
     def audited(self, path: str, count: int) -> None:
         if count:

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -136,8 +138,10 @@ class Dispatcher:
     async def submit(
         self, jobs: Sequence[Job], stored: "asyncio.Future[Ingested] | None" = None
     ) -> None:
-        """Queues jobs in their endpoint's lane; jobs beyond a lane's limit are deferred.
-        With `stored`, the jobs were planned ahead of the ingest transaction it ends with
+        """Queues jobs in their endpoint's lane. Deferred (left in the store until their lane
+        can take them) are those beyond a lane's limit and those of a tenant crowding others
+        out (Lanes.crowding): neither waits for capacity ahead of the jobs behind it. With
+        `stored`, the jobs were planned ahead of the ingest transaction it ends with
         (AheadPlanner): they are sent at once, but nothing of them is written before it
         ended, and nothing of those it did not store."""
         if self._stopping:
@@ -146,20 +150,36 @@ class Dispatcher:
             self._ledger.track(stored, jobs)
         await self._targets.load({job.subscription_id for job in jobs})
         lanes = self._lanes
-        deferred: list[Job] = []
-        for job in jobs:
-            await lanes.hold()
-            lane = lanes.lane(job.subscription_id)
-            if len(lane.queue) >= lanes.limit(lane):
-                deferred.append(job)
-                lanes.release()
-                continue
-            lane.queue.append(job)
-            if lane.task is None:
-                lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
-        if deferred:
-            self._counters.deferred("endpoint_backlog", len(deferred))
-            await self._defer(deferred, seconds=1.0)
+        now = asyncio.get_running_loop().time()
+        arriving = Counter(job.tenant for job in jobs)
+        for tenant, count in arriving.items():
+            lanes.arriving(tenant, count, now)
+        later: dict[str, list[Job]] = {}  # jobs left to the store, per subscription
+        crowded = 0
+        try:
+            for job in jobs:
+                lanes.arriving(job.tenant, -1, now)
+                arriving[job.tenant] -= 1
+                lane = lanes.lane(job.subscription_id)
+                # Checked before waiting for capacity: a job its lane cannot take, or of a
+                # tenant crowding others out, must not hold up the jobs behind it.
+                full = len(lane.queue) >= lanes.limit(lane)
+                if full or lanes.crowding(job.tenant, asyncio.get_running_loop().time()):
+                    later.setdefault(job.subscription_id, []).append(job)
+                    crowded += not full
+                    continue
+                await lanes.hold(job.tenant)
+                lane.queue.append(job)
+                if lane.task is None:
+                    lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
+        finally:
+            for tenant, count in arriving.items():
+                lanes.arriving(tenant, -count, now)
+        if later:
+            deferred = sum(len(held) for held in later.values())
+            self._counters.deferred("endpoint_backlog", deferred - crowded)
+            self._counters.deferred("tenant_share", crowded)
+            await self._defer_backlog(later)
 
     async def deliver_soon(self, job: Job, wait: float) -> None:
         """Queues one job under its endpoint's limits like any other and waits up to `wait`
@@ -182,7 +202,7 @@ class Dispatcher:
         self._audit.close()  # attempts finishing now are stored with their outbox rows
         queued = self._lanes.take_all_queued()
         if queued:
-            await self._defer(queued, seconds=0.0)
+            await self._defer({0.0: queued})
         if self._sending or self._retrying:
             await asyncio.wait(self._sending | self._retrying, timeout=grace)
         for task in self._sending:
@@ -200,9 +220,9 @@ class Dispatcher:
                 excess = len(lane.queue) - lanes.limit(lane)
                 if excess > 0:
                     # Its endpoint slowed down: what it cannot send soon waits in the store.
-                    shed = [lane.queue.pop() for _ in range(excess)]
+                    shed = [lane.queue.pop() for _ in range(excess)][::-1]
                     self._counters.deferred("endpoint_backlog", excess)
-                    await self._handed_back(shed, seconds=1.0)
+                    await self._handed_back(shed)
                     continue
                 job = lane.queue[0]
                 known, target = self._targets.cached(subscription_id)
@@ -213,7 +233,7 @@ class Dispatcher:
                     if target is not None and not await self._ledger.unstored([job.delivery_id]):
                         # Disabled: FAILED until RecoverDeliveries.
                         await self._runner.call(self._store.fail_disabled, [job.delivery_id])
-                    lanes.release()
+                    lanes.release(job.tenant)
                     continue
                 await lane.slots.acquire()
                 if lane.breaker.failures and lane.sending:
@@ -241,7 +261,7 @@ class Dispatcher:
                     # leave it to whichever scheduler claims it next.
                     lane.queue.popleft()
                     lane.slots.release()
-                    lanes.release()
+                    lanes.release(job.tenant)
                     log.info("claim expired before sending", extra={"delivery_id": job.delivery_id})
                     continue
                 host = lanes.host(target.url)
@@ -300,7 +320,7 @@ class Dispatcher:
     def _finished(self, job: Job, recorded: RecordedAttempt) -> None:
         """Counts the attempt, applies what it decided and hands it to be audited and
         stored: its slot is free now, its result counts as unwritten until written."""
-        self._lanes.answered()
+        self._lanes.answered(job.tenant)
         now = utcnow()
         self._counters.attempt(job, recorded.attempt, now)
         if not job.test:
@@ -323,21 +343,38 @@ class Dispatcher:
 
     async def _retry_soon(self, job: Job) -> None:
         with contextlib.suppress(Unavailable):
-            await self._defer([job], seconds=1.0)
-        self._lanes.release()
+            await self._defer({1.0: [job]})
+        self._lanes.release(job.tenant)
 
-    async def _handed_back(self, jobs: Sequence[Job], seconds: float) -> None:
-        """Defers held jobs and frees their capacity, even when the store is away (they stay
-        leased there, and the scheduler sends them once the lease ends)."""
+    async def _handed_back(self, jobs: Sequence[Job]) -> None:
+        """Defers held jobs of one lane and frees their capacity, even when the store is away
+        (they stay leased there, and the scheduler sends them once the lease ends)."""
         try:
-            await self._defer(jobs, seconds)
+            await self._defer_backlog({jobs[0].subscription_id: list(jobs)})
         finally:
-            self._lanes.release(len(jobs))
+            for job in jobs:
+                self._lanes.release(job.tenant)
 
-    async def _defer(self, jobs: Sequence[Job], seconds: float) -> None:
-        until = utcnow() + timedelta(seconds=seconds)
-        ids = [job.delivery_id for job in jobs]
+    async def _defer_backlog(self, later: dict[str, list[Job]]) -> None:
+        """Defers each subscription's jobs, in order, to when its lane can take them."""
+        now = asyncio.get_running_loop().time()
+        due: dict[float, list[Job]] = {}
+        for subscription_id, jobs in later.items():
+            delays = self._lanes.backlog(self._lanes.lane(subscription_id), len(jobs), now)
+            for job, seconds in zip(jobs, delays, strict=True):
+                # Tenths of a second: a few statements per batch, not one per job.
+                due.setdefault(math.ceil(seconds * 10) / 10, []).append(job)
+        await self._defer(due)
+
+    async def _defer(self, due: dict[float, list[Job]]) -> None:
+        """Makes the jobs due again after the seconds they are listed under."""
+        now = utcnow()
+        ids = [job.delivery_id for jobs in due.values() for job in jobs]
         missing = await self._ledger.unstored(ids)
-        ids = [i for i in ids if i not in missing]
-        if ids:
-            await self._runner.call(self._store.defer, ids, until)
+        groups = {
+            now + timedelta(seconds=seconds): kept
+            for seconds, jobs in due.items()
+            if (kept := [job.delivery_id for job in jobs if job.delivery_id not in missing])
+        }
+        if groups:
+            await self._runner.call(self._store.defer, groups)

@@ -2,12 +2,13 @@
 transaction, and hands the rest of its jobs to the dispatcher."""
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 from service.domain.event_rules import EVENT_ID_REUSED
 from service.domain.models import Event
-from service.domain.pipeline import StoredBatch
+from service.domain.pipeline import Ingested, StoredBatch
 from service.engine.ahead import AheadPlanner
 from service.engine.dispatcher import Dispatcher
 from service.metrics import Metrics
@@ -82,15 +83,13 @@ class BatchStorer:
             )
         )
         stored.add_done_callback(lambda _: ended())
+        stored.add_done_callback(functools.partial(self._created, len(ahead)))
         if ahead:
             stored.add_done_callback(lambda _: planner.ended(ahead))
             await dispatcher.submit(ahead, stored)
         # Shielded: the transaction runs on whatever happens here, and the dispatcher must
         # learn how it ended.
         ingested = await asyncio.shield(stored)
-        self._metrics.deliveries_created.inc(
-            len(ahead) - len(ingested.not_stored) + len(ingested.jobs)
-        )
         if ingested.ordered:
             self._after_ordered()  # stored for the scheduler, which sends them in turn
         refused, failed = ingested.filtered
@@ -102,6 +101,15 @@ class BatchStorer:
             lambda: dispatcher.submit(ingested.jobs),
             [(index, EVENT_ID_REUSED) for index in ingested.reused_ids],
         )
+
+    def _created(self, ahead: int, stored: "asyncio.Future[Ingested]") -> None:
+        """Counts the deliveries a transaction stored when it ends, not once they are handed
+        on (a big fan-out's could wait for capacity long after)."""
+        if not stored.cancelled() and stored.exception() is None:
+            ingested = stored.result()
+            self._metrics.deliveries_created.inc(
+                ahead - len(ingested.not_stored) + len(ingested.jobs)
+            )
 
     async def _settled(self, events: list[Event]) -> None:
         """Waits until no transaction that copies of these events were sent ahead of is in

@@ -7,13 +7,22 @@ from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from service.domain.limits import CircuitBreaker, TokenBucket, lane_limit, smoothed
+from service.domain.limits import (
+    CircuitBreaker,
+    TokenBucket,
+    backlog_delays,
+    crowding,
+    lane_limit,
+    smoothed,
+)
 from service.domain.pipeline import Job
 
 # A lane holds about this many seconds of its endpoint's work in memory: a fixed count let
 # a fast endpoint's lane overflow under load, and every overflowing job detoured through
 # the store.
 LANE_SECONDS = 2.0
+# A tenant that submitted within this long counts as active when capacity is shared out.
+ACTIVE_SECONDS = 30.0
 
 
 @dataclass
@@ -30,6 +39,8 @@ class Lane:
     latency: float | None = None
     # Set whenever a send of this lane finishes.
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # When (loop time) the jobs deferred for this lane so far are due: later ones after.
+    backlog_until: float = 0.0
 
     def sent(self, seconds: float | None, succeeded: bool | None, now: float) -> None:
         """A send ended: with its time and whether it succeeded, or neither (no outcome)."""
@@ -45,7 +56,13 @@ class Lane:
         """Idle with nothing to remember (closed circuit, rate bucket refilled): forgotten
         sooner, the next send would start from a full bucket and exceed the rate."""
         refilling = self.bucket is not None and not self.bucket.full(now)
-        return not self.queue and not self.sending and not self.breaker.failures and not refilling
+        return (
+            not self.queue
+            and not self.sending
+            and not self.breaker.failures
+            and not refilling
+            and self.backlog_until <= now
+        )
 
     def rate_wait(self, rate: int, now: float) -> float:
         """Seconds to wait before the next send at `rate` per second (0: no limit)."""
@@ -60,7 +77,9 @@ class Lane:
 class Lanes:
     """`hold` waits while `max_in_flight` jobs are queued or at endpoints, or while
     `max_unwritten` attempts' results wait to be written: backpressure to ingest. The two are
-    apart so that a slow write does not take slots from requests."""
+    apart so that a slow write does not take slots from requests. Capacity is shared fairly:
+    while it is full, a tenant `crowding` the others has its further jobs deferred rather
+    than waiting in line ahead of theirs."""
 
     def __init__(
         self,
@@ -86,6 +105,10 @@ class Lanes:
         self._cooldown = circuit_cooldown
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._held = 0
+        self._by_tenant: dict[str, int] = {}  # jobs held per tenant (none: absent)
+        self._arriving: dict[str, int] = {}  # jobs being submitted per tenant
+        self._seen: dict[str, float] = {}  # when each tenant last submitted (loop time)
+        self._seen_pruned = 0.0
         self._lanes: dict[str, Lane] = {}
 
     @property
@@ -122,15 +145,41 @@ class Lanes:
         room = self._max_unwritten - self._unwritten
         return max(0, min(self._max_in_flight - self._held, room))
 
-    async def hold(self) -> None:
+    async def hold(self, tenant: str) -> None:
         while not self._room.is_set():
             await self._room.wait()
         await self._capacity.acquire()
         self._held += 1
+        self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
 
-    def answered(self) -> None:
+    def arriving(self, tenant: str, count: int, now: float) -> None:
+        """`count` jobs of the tenant are about to be submitted (negative: were)."""
+        _add(self._arriving, tenant, count)
+        self._seen[tenant] = now
+
+    def crowding(self, tenant: str, now: float) -> bool:
+        """Whether the tenant's next job should wait in the store (limits.crowding). Active
+        are the tenants with jobs held or arriving, or seen within ACTIVE_SECONDS: a tenant
+        whose events wait in Kafka behind another's burst counts before they are read."""
+        if self._held < self._max_in_flight:
+            return False
+        if now - self._seen_pruned > 1.0:
+            self._seen_pruned = now
+            self._seen = {t: seen for t, seen in self._seen.items() if now - seen < ACTIVE_SECONDS}
+        active = len(self._by_tenant.keys() | self._arriving.keys() | self._seen.keys())
+        return crowding(self._by_tenant.get(tenant, 0), self._max_in_flight, active)
+
+    def backlog(self, lane: Lane, count: int, now: float) -> list[float]:
+        """Seconds until each of `count` jobs the lane does not take now is due again."""
+        rate = self._concurrency / max(lane.latency or 1.0, 0.001)
+        delays, lane.backlog_until = backlog_delays(
+            count, len(lane.queue) + lane.sending, rate, lane.backlog_until, now
+        )
+        return delays
+
+    def answered(self, tenant: str) -> None:
         """A held job's attempt ended: its slot is free, its result waits to be written."""
-        self.release()
+        self.release(tenant)
         self._unwritten += 1
         if self._unwritten >= self._max_unwritten:
             self._room.clear()
@@ -141,7 +190,8 @@ class Lanes:
         if self._unwritten < self._max_unwritten:
             self._room.set()
 
-    def release(self, count: int = 1) -> None:
+    def release(self, tenant: str, count: int = 1) -> None:
+        _add(self._by_tenant, tenant, -count)
         for _ in range(count):
             self._held -= 1
             self._capacity.release()
@@ -174,3 +224,12 @@ class Lanes:
             if lane.task is not None:
                 lane.task.cancel()
         return queued
+
+
+def _add(counts: dict[str, int], key: str, change: int) -> None:
+    """Adds to a count that is left out of `counts` while zero."""
+    value = counts.get(key, 0) + change
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)

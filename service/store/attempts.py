@@ -3,7 +3,7 @@
 
 import json
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import peewee as pw
@@ -244,13 +244,15 @@ class AttemptStore:
         bulk.execute_many(self._db, _DISABLE_SUBSCRIPTION, disables)
         changes.record(self._db, disabled)
 
-    def defer(self, delivery_ids: Sequence[str], until: datetime) -> None:
-        """Moves leased deliveries to a later time without counting an attempt."""
-        if delivery_ids:
-            DeliveryRow.update(next_attempt_at=until).where(
-                DeliveryRow.id.in_(list(delivery_ids))
-                & (DeliveryRow.status == int(DeliveryStatus.PENDING))
-            ).execute()
+    def defer(self, groups: Mapping[datetime, Sequence[str]]) -> None:
+        """Makes leased deliveries due at the time they are listed under, without counting an
+        attempt."""
+        with self._db.atomic():
+            for until, delivery_ids in groups.items():
+                DeliveryRow.update(next_attempt_at=until).where(
+                    DeliveryRow.id.in_(list(delivery_ids))
+                    & (DeliveryRow.status == int(DeliveryStatus.PENDING))
+                ).execute()
 
     def fail_disabled(self, delivery_ids: Sequence[str]) -> None:
         """Marks deliveries to a disabled subscription FAILED (RecoverDeliveries re-queues them)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from kafka.embedded import free_port
 from tests import postgres_server
-from tests.bench import backlog, ceilings, e2e, grpc_calls
+from tests.bench import backlog, ceilings, e2e, grpc_calls, scale
 from tests.support import postgres_schema
 
 CONCURRENCY = 64
@@ -60,20 +60,44 @@ def pipeline_runs(
     filtered: bool = False,
     keys: int = 0,
     settings: dict[str, str] | None = None,
+    shape: str = "",
 ) -> dict[str, Any]:
     """`keys`: every subscription orders per key, and the events carry that many keys;
-    `settings`: the service's, beside the defaults."""
+    `settings`: the service's, beside the defaults; `shape`: one of scale.SHAPES, with
+    about as many deliveries as the default shape's events make."""
     out: dict[str, Any] = {}
-    stack = e2e.Stack.start(work / name, database_url, broker_kind, **(settings or {}))
-    try:
-        stack.subscribe(receiver.url, template, filtered, ordered=bool(keys))
-        e2e.throughput(stack, receiver, min(args.events, 500), args.timeout, keys)  # warm up
-        out["throughput"] = paired_runs(
-            args.runs,
-            lambda: e2e.throughput(stack, receiver, args.events, args.timeout, keys),
-            reference,
-            stack,
+    if shape:
+        form = scale.SHAPES[shape]
+        stack = e2e.Stack.start(
+            work / name,
+            database_url,
+            broker_kind,
+            tenants=form.tenants,
+            WEBHOOKS_SUBSCRIPTION_QUOTA="0",
+            **form.settings,
         )
+        deliveries = int(args.events * e2e.MEAN_FAN_OUT)
+
+        def run(size: int) -> dict[str, float]:
+            records, expected = form.events(size)
+            return e2e.deliver(stack, receiver, records, expected, args.timeout)
+
+        def subscribe() -> None:
+            form.subscribe(stack, receiver)
+    else:
+        stack = e2e.Stack.start(work / name, database_url, broker_kind, **(settings or {}))
+        deliveries = args.events
+
+        def run(size: int) -> dict[str, float]:
+            return e2e.throughput(stack, receiver, size, args.timeout, keys)
+
+        def subscribe() -> None:
+            stack.subscribe(receiver.url, template, filtered, ordered=bool(keys))
+
+    try:
+        subscribe()
+        run(min(deliveries, 1000))  # warm up
+        out["throughput"] = paired_runs(args.runs, lambda: run(deliveries), reference, stack)
         out["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
     finally:
         stack.stop()
@@ -131,6 +155,28 @@ VARIANTS = (
         "two delivery workers",
         ">= 0.95 x one worker",
         {"settings": {"WEBHOOKS_DELIVERY_WORKERS": "2"}},
+    ),
+    Variant(
+        "slow",
+        "slow_many",
+        f"slow many: {len(scale.SLOW_TENANTS) * scale.SLOW_PER_TENANT} endpoints on 20 hosts,"
+        " 100 tenants, lognormal 100 ms",
+        ">= 0.8 x default",
+        {"shape": "slow_many"},
+    ),
+    Variant(
+        "fanout",
+        "fan_out",
+        f"big fan-out: {scale.FAN_OUT} subscriptions take each event",
+        ">= 0.9 x default",
+        {"shape": "fan_out"},
+    ),
+    Variant(
+        "stored",
+        "many_stored",
+        f"many stored: {scale.STORED:,} more subscriptions of other tenants",
+        ">= 0.95 x default",
+        {"shape": "many_stored"},
     ),
 )
 
@@ -218,6 +264,25 @@ def backlog_run(
         stack.stop()
 
 
+def fairness_run(
+    args: argparse.Namespace, receiver: e2e.Receiver, work: Path, stored_first: bool
+) -> dict[str, Any]:
+    name = f"fairness-{'stored' if stored_first else 'kafka'}"
+    stack = e2e.Stack.start(
+        work / name,
+        f"sqlite:///{work / f'{name}.db'}",
+        tenants=(scale.NOISY, scale.QUIET),
+        WEBHOOKS_SUBSCRIPTION_QUOTA="0",
+    )
+    try:
+        scale.subscribe_fairness(stack, receiver)
+        result = scale.fairness(stack, receiver, args.fair_rate, args.fair_seconds, stored_first)
+        result["rss_mb"] = e2e.rss_peak_mb(stack.service.process.pid)  # type: ignore[union-attr]
+        return result
+    finally:
+        stack.stop()
+
+
 def grpc_run(database_url: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     port = free_port()
     bare = subprocess.Popen(
@@ -251,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog-old", type=int, default=1_000_000)
     parser.add_argument("--backlog-pending", type=int, default=100_000)
     parser.add_argument("--grpc-seconds", type=float, default=5.0)
+    parser.add_argument("--fair-rate", type=float, default=20.0, help="quiet tenant, events/s")
+    parser.add_argument("--fair-seconds", type=float, default=10.0)
     parser.add_argument("--ceiling-requests", type=int, default=50_000)
     parser.add_argument(
         "--paired-requests", type=int, default=25_000, help="the reference before each run"
@@ -267,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        help="template, filter, ordered, workers, apache (its rows), latency, postgres, backlog,"
-        " grpc",
+        help="template, filter, ordered, workers, slow, fanout, stored, fairness, apache (its"
+        " rows), latency, postgres, backlog, grpc",
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--smoke", action="store_true", help="a few hundred events, one run")
@@ -276,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.events, args.runs, args.rate, args.latency_seconds = 300, 1, 100.0, 2.0
         args.backlog_old, args.backlog_pending, args.grpc_seconds = 2000, 200, 0.5
+        args.fair_seconds = 2.0
         args.ceiling_requests = args.paired_requests = 500
         e2e.APACHE_QUICK_JIT = True
 
@@ -324,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                     reference,
                     "apache",
                 )
+            if "fairness" not in args.skip:
+                report["fairness"] = fairness_run(args, receiver, work, stored_first=True)
+                report["fairness_kafka"] = fairness_run(args, receiver, work, stored_first=False)
             if "latency" not in args.skip:
                 report["latency"] = latency_run(args, receiver, work)
                 if "apache" not in args.skip:
@@ -378,6 +449,7 @@ def table(report: dict[str, Any]) -> str:
         )
         add(f"  its (a) just before; ratio of each run {t['ratios']}", f"{t['reference']:,.0f}")
         add(f"  ratio to (b), {db}", "", t["deliveries_per_s"] / own)
+        add(f"  service + workers CPU per delivery, {db}", f"{t['cpu_us_per_delivery']:.0f} us")
         add(f"  service peak RSS, {db}", f"{report[db]['rss_mb']:.0f} MB", None, "< 300 MB")
     for variant in VARIANTS:
         if variant.key not in report:
@@ -394,6 +466,29 @@ def table(report: dict[str, Any]) -> str:
             f" {default['ratio']:.3f}",
             f"{t['reference']:,.0f}",
         )
+        add(
+            "  service + workers CPU per delivery, x default's",
+            f"{t['cpu_us_per_delivery']:.0f} us",
+            t["cpu_us_per_delivery"] / default["cpu_us_per_delivery"],
+            "<= 1.2 x" if variant.key == "slow_many" else "",
+        )
+        rss = report[variant.key]["rss_mb"]
+        add("  service peak RSS", f"{rss:.0f} MB", None, "< 300 MB")
+    fair, kafka = report.get("fairness"), report.get("fairness_kafka")
+    if fair and kafka:
+        add(
+            f"fairness: quiet tenant's events p50 / p99 / max ms ({fair['quiet_events']} events)"
+            f" while {scale.NOISY_DELIVERIES:,} noisy deliveries are pending",
+            f"{fair['p50_ms']:.0f} / {fair['p99_ms']:.0f} / {fair['max_ms']:.0f}",
+            None,
+            "p99 <= 1000 ms",
+        )
+        add(
+            "  the same while the noisy burst is still read from Kafka ahead of them",
+            f"{kafka['p50_ms']:.0f} / {kafka['p99_ms']:.0f} / {kafka['max_ms']:.0f}",
+        )
+        rss = max(fair["rss_mb"], kafka["rss_mb"])
+        add("  service peak RSS, fairness", f"{rss:.0f} MB", None, "< 300 MB")
     lat = report.get("latency")
     if lat:
         add(

@@ -12,13 +12,13 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from kafka import topics
 from kafka.connection import KafkaConnection
@@ -112,10 +112,15 @@ class Stack:
 
     @classmethod
     def start(
-        cls, workdir: Path, database_url: str, broker_kind: str = "tansu", **settings: str
+        cls,
+        workdir: Path,
+        database_url: str,
+        broker_kind: str = "tansu",
+        tenants: Sequence[str] = tuple(LAYOUT),
+        **settings: str,
     ) -> "Stack":
         """`broker_kind`: "tansu" (the embedded default) or "apache" (one Apache Kafka node,
-        with the fetch wait the compose stack uses for real Kafka)."""
+        with the fetch wait the compose stack uses for real Kafka); an API key per tenant."""
         workdir.mkdir(parents=True, exist_ok=True)
         broker = start_broker(broker_kind, workdir)
         if broker_kind == "apache":
@@ -125,7 +130,7 @@ class Stack:
         asyncio.run(
             create_topics(KafkaConnection(broker.bootstrap), service_topics([topic]), layout)
         )
-        keys = {tenant: new_api_key() for tenant in LAYOUT}
+        keys = {tenant: new_api_key() for tenant in tenants}
         entries = [
             {"id": t, "sha256": hash_key(k), "tenant": t, "principal": t, "scopes": [ADMIN]}
             for t, k in keys.items()
@@ -205,9 +210,36 @@ class Stack:
             for pid in reversed(pids):
                 os.kill(pid, signal.SIGCONT)
 
+    def metric(self, name: str) -> float:
+        """A sample of the service's /metrics without labels (0 when absent)."""
+        url = f"http://{self.service.env['WEBHOOKS_METRICS_ADDRESS']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        return 0.0
+
+    def cpu_seconds(self) -> float:
+        """CPU time the service and its delivery workers used so far."""
+        assert self.service.process is not None
+        service = self.service.process.pid
+        children = subprocess.run(
+            ["pgrep", "-P", str(service)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        total = 0.0
+        for pid in [service, *map(int, children)]:
+            with contextlib.suppress(FileNotFoundError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def stop(self) -> None:
         self.service.stop()
         self.broker.stop()
+
+
+# Deliveries per event of `events`, on average.
+MEAN_FAN_OUT = sum(fan_out(t, e) for t in LAYOUT for e in TYPES) / (len(LAYOUT) * len(TYPES))
 
 
 def events(count: int, start: int = 0) -> list[tuple[str, str, int]]:
@@ -220,7 +252,7 @@ def events(count: int, start: int = 0) -> list[tuple[str, str, int]]:
     return out
 
 
-def _record(tenant: str, event_type: str, sent: float) -> bytes:
+def record(tenant: str, event_type: str, sent: float) -> bytes:
     return json.dumps(
         {
             "specversion": "1.0",
@@ -247,14 +279,18 @@ async def _producer(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
-async def produce_all(bootstrap: str, topic: str, records: list[bytes], keys: int = 0) -> None:
-    """Record batches appended directly, round-robin over the partitions: the producer
-    shares the machine with what it measures, and a send() per record cost it ~30 us of
-    CPU per event against ~8 us. With `keys`, event n has the record key n % keys, and
-    each key one partition."""
+async def produce_all(
+    bootstrap: str, topic: str, records: list[bytes], keys: int = 0, to_partition: int | None = None
+) -> None:
+    """Record batches appended directly, round-robin over the partitions (or all to
+    `to_partition`): the producer shares the machine with what it measures, and a send() per
+    record cost it ~30 us of CPU per event against ~8 us. With `keys`, event n has the
+    record key n % keys, and each key one partition."""
     producer = await _producer(bootstrap)
     try:
         partitions = sorted(await producer.partitions_for(topic))
+        if to_partition is not None:
+            partitions = [to_partition]
         batches = {p: producer.create_batch() for p in partitions}
         pending = []
         for n, value in enumerate(records):
@@ -281,7 +317,11 @@ BATCH_RECORDS = 16
 
 
 async def produce_at_rate(
-    bootstrap: str, topic: str, plan: list[tuple[str, str, int]], per_second: float
+    bootstrap: str,
+    topic: str,
+    plan: list[tuple[str, str, int]],
+    per_second: float,
+    to_partition: int | None = None,
 ) -> None:
     """Event n is due at start + n / per_second and stamped with that time; the events due
     within a batch's window go out as the Java client would send them (above). So each
@@ -293,6 +333,8 @@ async def produce_at_rate(
     producer = await _producer(bootstrap)
     try:
         partitions = sorted(await producer.partitions_for(topic))
+        if to_partition is not None:
+            partitions = [to_partition]
         sent: list[asyncio.Future[Any]] = []
         started, wall = time.monotonic(), time.time()
         n = 0
@@ -305,7 +347,7 @@ async def produce_at_rate(
             batch = producer.create_batch()
             while n <= last and n / per_second <= closes:
                 tenant, event_type, _ = plan[n]
-                value = _record(tenant, event_type, wall + n / per_second)
+                value = record(tenant, event_type, wall + n / per_second)
                 batch.append(timestamp=None, key=None, value=value, headers=HEADERS)
                 n += 1
             partition = partitions[len(sent) % len(partitions)]
@@ -315,15 +357,30 @@ async def produce_at_rate(
         await producer.stop()
 
 
-async def count_audit(bootstrap: str, expected: int, deadline: float) -> int:
-    consumer = AIOKafkaConsumer(
-        topics.DELIVERY_ATTEMPTS_TOPIC,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
+async def audit_ends(bootstrap: str) -> dict[TopicPartition, int]:
+    """Where each partition of the audit topic ends now: a run counts what comes after."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
+    try:
+        await consumer.topics()  # fetches the metadata partitions_for_topic reads
+        partitions = consumer.partitions_for_topic(topics.DELIVERY_ATTEMPTS_TOPIC) or set()
+        tps = [TopicPartition(topics.DELIVERY_ATTEMPTS_TOPIC, p) for p in partitions]
+        return dict(await consumer.end_offsets(tps)) if tps else {}
+    finally:
+        await consumer.stop()
+
+
+async def count_audit(
+    bootstrap: str, expected: int, deadline: float, after: dict[TopicPartition, int]
+) -> int:
+    """Audit records after the offsets `after` (from audit_ends before the run)."""
+    if not after:
+        raise RuntimeError("the audit topic has no partitions")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    consumer.assign(list(after))
+    for partition, offset in after.items():
+        consumer.seek(partition, offset)
     seen = 0
     try:
         while seen < expected and time.monotonic() < deadline:
@@ -347,29 +404,46 @@ def throughput(
 ) -> dict[str, float]:
     """Deliveries/s from the first produce until all deliveries arrived and were audited;
     `keys`: the events carry that many record keys (ordering keys)."""
-    receiver.reset()
     plan = events(count)
-    expected = sum(n for _, _, n in plan)
-    records = [_record(tenant, event_type, 0.0) for tenant, event_type, _ in plan]
+    records = [record(tenant, event_type, 0.0) for tenant, event_type, _ in plan]
+    return deliver(stack, receiver, records, sum(n for _, _, n in plan), timeout, keys)
+
+
+def deliver(
+    stack: Stack,
+    receiver: Receiver,
+    records: list[bytes],
+    expected: int,
+    timeout: float,
+    keys: int = 0,
+) -> dict[str, float]:
+    """Produces the records and times until the receiver got `expected` requests and their
+    attempts were audited (but those of requests it never answers); with the CPU time the
+    service and its workers spent per delivery meanwhile."""
+    receiver.reset()
+    after = asyncio.run(audit_ends(stack.broker.bootstrap))
+    cpu = stack.cpu_seconds()
     started = time.monotonic()
     deadline = started + timeout
     asyncio.run(produce_all(stack.broker.bootstrap, stack.topic, records, keys))
     produced = time.monotonic()
     received = wait_received(receiver, expected, deadline)
     delivered = time.monotonic()
-    audited = asyncio.run(count_audit(stack.broker.bootstrap, expected, deadline))
+    answered = expected - int(receiver.stats()["hung"])
+    audited = asyncio.run(count_audit(stack.broker.bootstrap, answered, deadline, after))
     finished = time.monotonic()
-    if received < expected or audited < expected:
+    if received < expected or audited < answered:
         raise RuntimeError(
-            f"incomplete: {received}/{expected} received, {audited}/{expected} audited"
+            f"incomplete: {received}/{expected} received, {audited}/{answered} audited"
         )
     return {
-        "events": count,
+        "events": len(records),
         "deliveries": expected,
         "produce_s": produced - started,
         "deliver_s": delivered - started,
         "total_s": finished - started,
         "deliveries_per_s": expected / (finished - started),
+        "cpu_us_per_delivery": (stack.cpu_seconds() - cpu) * 1e6 / expected,
     }
 
 

@@ -7,7 +7,14 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from service.domain.envelope import webhook_body
-from service.domain.limits import CircuitBreaker, TokenBucket, lane_limit, smoothed
+from service.domain.limits import (
+    CircuitBreaker,
+    TokenBucket,
+    backlog_delays,
+    crowding,
+    lane_limit,
+    smoothed,
+)
 from service.domain.models import DisabledReason
 from service.domain.outcomes import AttemptResult, Decision, ErrorKind, Outcome, decide
 from service.domain.retry import DEFAULT_SCHEDULE, next_delay, parse_retry_after
@@ -264,3 +271,38 @@ def test_smoothed_moves_a_fifth_of_the_way_to_each_sample(
     for sample in samples:
         value = smoothed(value, sample)
     assert value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("held", "capacity", "active", "expected"),
+    [
+        (2000, 2000, 1, False),  # alone: it waits for capacity (backpressure)
+        (2000, 2000, 2, True),  # all of it while another tenant has work
+        (1999, 2000, 2, False),  # below twice its share of 1,000
+        (1333, 2000, 3, False),
+        (1334, 2000, 3, True),
+        (999, 2000, 100, False),  # twice its share of 20, but less than half
+        (1000, 2000, 100, True),
+        (0, 2000, 5, False),
+    ],
+)
+def test_a_tenant_crowds_others_out_at_twice_its_share(
+    held: int, capacity: int, active: int, expected: bool
+) -> None:
+    assert crowding(held, capacity, active) is expected
+
+
+@pytest.mark.parametrize(
+    ("count", "held", "rate", "free_from", "delays", "until"),
+    [
+        (3, 0, 10.0, 0.0, [1.0, 1.1, 1.2], 101.3),  # at least a second, then at its pace
+        (2, 50, 10.0, 0.0, [5.0, 5.1], 105.2),  # after the 50 it holds
+        (2, 0, 10.0, 108.0, [8.0, 8.1], 108.2),  # after those deferred before
+        (0, 10, 10.0, 0.0, [], 101.0),
+    ],
+)
+def test_a_backlog_comes_back_at_its_endpoints_pace(
+    count: int, held: int, rate: float, free_from: float, delays: list[float], until: float
+) -> None:
+    got, free = backlog_delays(count, held, rate, free_from, now=100.0)
+    assert got == pytest.approx(delays) and free == pytest.approx(until)

@@ -3,7 +3,7 @@ the audit publisher, the facade that joins them, and the root taking a fake of a
 
 import asyncio
 import itertools
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -95,8 +95,9 @@ class FakeStore:
     def stored(self, ids: Sequence[str]) -> set[str]:
         return self.present & set(ids)
 
-    def defer(self, ids: Sequence[str], until: datetime) -> None:
-        self.deferred.extend(ids)
+    def defer(self, groups: Mapping[datetime, Sequence[str]]) -> None:
+        for ids in groups.values():
+            self.deferred.extend(ids)
 
     def fail_disabled(self, ids: Sequence[str]) -> None:
         self.failed_disabled.extend(ids)
@@ -157,15 +158,15 @@ def test_lanes_hold_capacity_until_released() -> None:
         lanes = Lanes(
             max_in_flight=2, endpoint_concurrency=1, circuit_failures=3, circuit_cooldown=1
         )
-        await lanes.hold()
-        await lanes.hold()
+        await lanes.hold("t")
+        await lanes.hold("t")
         assert lanes.free == 0
-        third = asyncio.ensure_future(lanes.hold())
+        third = asyncio.ensure_future(lanes.hold("t"))
         await asyncio.sleep(0)
         assert not third.done()  # backpressure
-        lanes.release()
+        lanes.release("t")
         await asyncio.wait_for(third, 1)
-        lanes.release(2)
+        lanes.release("t", 2)
         assert lanes.free == 2
 
     asyncio.run(run())
@@ -488,11 +489,11 @@ def test_results_waiting_to_be_written_have_their_own_bound() -> None:
             circuit_cooldown=1,
             max_unwritten=1,
         )
-        await lanes.hold()
-        await lanes.hold()
-        lanes.answered()  # one attempt ended: its request slot is free at once
+        await lanes.hold("t")
+        await lanes.hold("t")
+        lanes.answered("t")  # one attempt ended: its request slot is free at once
         assert (lanes.held, lanes.unwritten, lanes.free) == (1, 1, 0)
-        third = asyncio.ensure_future(lanes.hold())
+        third = asyncio.ensure_future(lanes.hold("t"))
         await asyncio.sleep(0)
         assert not third.done()  # a slot is free, but no room for another result
         lanes.written()
