@@ -1,5 +1,6 @@
 """Event type names and subscription patterns: exact names, `*`, and `prefix.*`."""
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -34,5 +35,12 @@ def pattern_matches(item: str, event_type: str) -> bool:
 
 def subscription_matches(event_types: Iterable[str], event_type: str) -> bool:
     """Whether a subscription's list covers an event type; an empty list covers all."""
-    items = list(event_types)
+    items = tuple(event_types)
+    return _covers(items, event_type)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _covers(items: tuple[str, ...], event_type: str) -> bool:
+    """subscription_matches, remembered: fan-out asks it for every event and subscription,
+    and few distinct lists and types recur."""
     return not items or any(pattern_matches(item, event_type) for item in items)

@@ -1,5 +1,6 @@
 """Writes finished attempts, their outcomes and (unless the broker acked them) their audit
-records' outbox rows, in batches of one transaction each."""
+records' outbox rows, in batches of one transaction each; and their subscriptions' updates,
+coalesced (CoalescedMarks)."""
 
 import asyncio
 import contextlib
@@ -7,8 +8,11 @@ import logging
 import time
 from collections.abc import Callable, Collection
 
+from service.domain.clock import utcnow
 from service.domain.pipeline import RecordedAttempt
+from service.domain.subscription_marks import COALESCE_SECONDS, Mark
 from service.engine.ahead_ledger import AheadLedger
+from service.engine.coalesced_marks import CoalescedMarks
 from service.engine.counters import DeliveryCounters
 from service.errors import Unavailable
 from service.logs import Outage
@@ -23,6 +27,8 @@ WRITE_BATCH = 100
 # their deliveries (stored when the records are read again), looked for this often.
 HOLD_SECONDS = 600.0
 HOLD_CHECK_SECONDS = 0.5
+GATHER_SECONDS = 0.002
+TRICKLE_SECONDS = 0.01
 
 
 class AttemptWriter:
@@ -57,6 +63,7 @@ class AttemptWriter:
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
         self._outage = Outage(log, "attempts not recorded yet; retrying")
+        self._marks = CoalescedMarks()
 
     @property
     def pending(self) -> int:
@@ -87,6 +94,7 @@ class AttemptWriter:
                 )
                 return
         await self._flush(tries=5)
+        await self._write_marks(self._marks.due(time.monotonic(), everything=True))
         if self._held:
             log.warning(
                 "attempts sent ahead of a failed ingest transaction not recorded; their"
@@ -96,16 +104,31 @@ class AttemptWriter:
 
     async def _write_loop(self) -> None:
         while not self._stopping:
-            if self._held:
+            if self._held or self._marks.waiting:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), HOLD_CHECK_SECONDS)
-                await self._release_held()
+                    wait = HOLD_CHECK_SECONDS if self._held else COALESCE_SECONDS
+                    await asyncio.wait_for(self._ready.wait(), wait)
+                if self._held:
+                    await self._release_held()
             else:
                 await self._ready.wait()
             if self._stopping:
                 return
-            await asyncio.sleep(0.002)  # let a burst of results gather into one transaction
+            # Let results gather into one transaction: a burst within a few ms; results that
+            # trickle in (slow endpoints) for longer, or each would commit on its own.
+            await asyncio.sleep(GATHER_SECONDS)
+            if len(self._results) < WRITE_BATCH // 4:
+                await asyncio.sleep(TRICKLE_SECONDS)
             await self._flush()
+            await self._write_marks(self._marks.due(time.monotonic()))
+
+    async def _write_marks(self, marks: list[Mark]) -> None:
+        """Subscription updates that waited to be coalesced; put back if the store is away."""
+        if marks:
+            try:
+                await self._runner.call(self._store.write_marks, marks)
+            except Exception:
+                self._marks.put_back(marks)
 
     async def _release_held(self) -> None:
         """Held results whose deliveries are stored now go to be written; those that waited
@@ -138,9 +161,13 @@ class AttemptWriter:
             if not batch:
                 continue
             audited = {r.attempt.attempt_id for r in batch} & self._audited
+            marks = self._marks.take(batch, utcnow(), time.monotonic())
             try:
-                await self._runner.call(self._store.record_attempts, batch, audited=audited)
+                await self._runner.call(
+                    self._store.record_attempts, batch, audited=audited, marks=marks
+                )
             except Exception as exc:
+                self._marks.put_back(marks)
                 # A bug is retried (and logged each time) like an outage: a writer that
                 # ended would leave every later attempt unrecorded.
                 if isinstance(exc, Unavailable):

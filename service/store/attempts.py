@@ -13,6 +13,7 @@ from service.domain.clock import unix_time, utcnow
 from service.domain.outcomes import DeliveryStatus, Outcome
 from service.domain.pipeline import AttemptRecord, Job, RecordedAttempt, Target
 from service.domain.signing import secret_key
+from service.domain.subscription_marks import Mark, marks_of
 from service.store import bulk, changes, ordered
 from service.store.delivery_rows import jobs_for, stored_delivery_ids
 from service.store.outbox import INSERT_OUTBOX
@@ -46,8 +47,8 @@ _DELIVERY_ATTEMPTED = (
     ("last_attempt_at", "timestamp"),
     ("next_attempt_at", "timestamp"),
 )
-# The batch's last attempt decides: cleared (succeeded), or failing since the given time, or
-# since whenever it started failing (now if it was not).
+# Cleared (its last attempt succeeded), or failing since the given time, or since whenever
+# it started failing (now if it was not): service.domain.subscription_marks.
 _UPDATE_SUBSCRIPTION = (
     "UPDATE subscriptions SET last_delivery_at = ?, last_delivery_status = ?,"
     " failing_since = CASE WHEN ? THEN NULL ELSE COALESCE(?, failing_since, ?) END WHERE id = ?"
@@ -152,13 +153,19 @@ class AttemptStore:
         return out
 
     def record_attempts(
-        self, items: Sequence[RecordedAttempt], *, audited: Collection[str] = ()
+        self,
+        items: Sequence[RecordedAttempt],
+        *,
+        audited: Collection[str] = (),
+        marks: Sequence[Mark] | None = None,
     ) -> None:
-        """Stores attempts, moves their deliveries on, updates the subscriptions and queues the
-        audit records in the outbox (but those of the attempt ids in `audited`, which the
-        broker acked already), all in one transaction (deliveries deleted meanwhile are
-        skipped)."""
+        """Stores attempts, moves their deliveries on, updates the subscriptions (with
+        `marks`, those; else each one's from the batch) and queues the audit records in the
+        outbox (but those of the attempt ids in `audited`, which the broker acked already),
+        all in one transaction (deliveries deleted meanwhile are skipped)."""
         if not items:
+            if marks:
+                self.write_marks(marks)
             return
         db = self._db
         with db.atomic():
@@ -208,7 +215,7 @@ class AttemptStore:
                 now,
             )
             bulk.insert(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
-            self._update_subscriptions([i for i in live if not i.attempt.test], now)
+            self.write_marks(marks_of(live, now) if marks is None else marks)
             bulk.insert(
                 db,
                 INSERT_OUTBOX,
@@ -219,30 +226,20 @@ class AttemptStore:
                 ],
             )
 
-    def _update_subscriptions(self, items: Sequence[RecordedAttempt], now: datetime) -> None:
-        """One update per subscription for the whole batch: its last attempt decides the last
-        delivery status and whether it is failing; any disabling decision in the batch holds."""
-        by_subscription: dict[str, list[RecordedAttempt]] = {}
-        for item in items:
-            by_subscription.setdefault(item.attempt.subscription_id, []).append(item)
-        updates, disables = [], []
-        disabled: list[tuple[str, str]] = []
-        for subscription_id, attempts in by_subscription.items():
-            last = attempts[-1].attempt
-            if last.outcome == Outcome.SUCCEEDED:
-                cleared, failing = True, None
-            elif any(a.attempt.outcome == Outcome.SUCCEEDED for a in attempts):
-                cleared, failing = False, now  # failing again since this batch
-            else:
-                cleared, failing = False, None  # failing since whenever it started
-            updates.append((now, last.http_status, cleared, failing, now, subscription_id))
-            disable = next((a.disable for a in attempts if a.disable is not None), None)
-            if disable is not None:
-                disables.append((int(disable), subscription_id))
-                disabled.append((subscription_id, last.tenant))
-        bulk.execute_many(self._db, _UPDATE_SUBSCRIPTION, updates)
-        bulk.execute_many(self._db, _DISABLE_SUBSCRIPTION, disables)
-        changes.record(self._db, disabled)
+    def write_marks(self, marks: Sequence[Mark]) -> None:
+        """Updates each mark's subscription (a transaction of its own when none is open)."""
+        with self._db.atomic():
+            updates = [
+                (m.at, m.status, m.cleared, m.failing_since, m.at, m.subscription_id) for m in marks
+            ]
+            bulk.execute_many(self._db, _UPDATE_SUBSCRIPTION, updates)
+            disabled = [m for m in marks if m.disable is not None]
+            bulk.execute_many(
+                self._db,
+                _DISABLE_SUBSCRIPTION,
+                [(int(m.disable or 0), m.subscription_id) for m in disabled],
+            )
+            changes.record(self._db, [(m.subscription_id, m.tenant) for m in disabled])
 
     def defer(self, groups: Mapping[datetime, Sequence[str]]) -> None:
         """Makes leased deliveries due at the time they are listed under, without counting an

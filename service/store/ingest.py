@@ -1,5 +1,6 @@
 """The ingest transaction: a batch of events and their deliveries, stored in one go."""
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -209,22 +210,36 @@ class IngestStore:
     def matchers(self, tenants: Iterable[str]) -> dict[str, list[fan_out.Matcher]]:
         """The enabled subscriptions of the tenants, as matching needs them."""
         out: dict[str, list[fan_out.Matcher]] = {}
-        rows = bulk.rows_in(self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True)
-        for subscription_id, tenant, types, scopes, kind, template, rule, order in rows:
-            matcher = fan_out.Matcher(
-                subscription_id,
-                tuple(json.loads(types)),
-                frozenset(json.loads(scopes)),
-                payloads.stored(kind, template),
-                filters.stored(rule),
-                is_ordered(Ordering(order)),
-            )
-            out.setdefault(tenant, []).append(matcher)
+        for row in bulk.rows_in(self._db, _ENABLED_SUBSCRIPTIONS, list(tenants), True):
+            out.setdefault(row[1], []).append(_matcher(*row))
         return out
 
     def _existing_pairs(self, event_pks: Sequence[int]) -> set[tuple[str, int]]:
         rows = bulk.rows_in(self._db, _DELIVERY_PAIRS, event_pks)
         return {(subscription_id, event_pk) for subscription_id, event_pk in rows}
+
+
+@functools.lru_cache(maxsize=16_384)
+def _matcher(
+    subscription_id: str,
+    tenant: str,
+    types: str,
+    scopes: str,
+    kind: int,
+    template: str,
+    rule: str,
+    order: int,
+) -> fan_out.Matcher:
+    """A stored subscription as matching needs it: the same row read again (every ingest
+    transaction reads its tenants' rows) is not parsed again."""
+    return fan_out.Matcher(
+        subscription_id,
+        tuple(json.loads(types)),
+        frozenset(json.loads(scopes)),
+        payloads.stored(kind, template),
+        filters.stored(rule),
+        is_ordered(Ordering(order)),
+    )
 
 
 class _StoredEvent(NamedTuple):

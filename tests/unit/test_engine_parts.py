@@ -14,6 +14,7 @@ import pytest
 from service.config import Settings
 from service.domain.outcomes import AttemptResult, ErrorKind, Outcome, Trigger
 from service.domain.pipeline import AttemptRecord, Ingested, Job, RecordedAttempt, Target
+from service.domain.subscription_marks import Mark
 from service.engine.ahead_ledger import AheadLedger
 from service.engine.attempt_writer import HOLD_CHECK_SECONDS, WRITE_BATCH, AttemptWriter
 from service.engine.audit import AuditPublisher
@@ -77,17 +78,26 @@ class FakeStore:
         self.written: list[tuple[list[str], set[str]]] = []
         self.deferred: list[str] = []
         self.failed_disabled: list[str] = []
+        self.marks: list[Mark] = []
         self.present: set[str] = set()  # delivery ids `stored` finds
         self.fail_next: Exception | None = None
         self._targets = targets if targets is not None else {"sub_1": _target()}
 
     def record_attempts(
-        self, items: Sequence[RecordedAttempt], *, audited: Collection[str] = ()
+        self,
+        items: Sequence[RecordedAttempt],
+        *,
+        audited: Collection[str] = (),
+        marks: Sequence[Mark] | None = None,
     ) -> None:
+        self.marks.extend(marks or ())
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
         self.written.append(([i.attempt.delivery_id for i in items], set(audited)))
+
+    def write_marks(self, marks: Sequence[Mark]) -> None:
+        self.marks.extend(marks)
 
     def targets(self, ids: Iterable[str]) -> dict[str, Target]:
         return {i: self._targets[i] for i in ids if i in self._targets}
