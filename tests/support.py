@@ -241,10 +241,13 @@ class ServiceProcess:
             time.sleep(0.2)
         raise AssertionError("service never became healthy")
 
-    def subscribe(self, url: str, **fields: Any) -> pb.CreateSubscriptionResponse:
+    def subscribe(
+        self, url: str, as_: str = "alice", **fields: Any
+    ) -> pb.CreateSubscriptionResponse:
         address = f"127.0.0.1:{self.port}"
         with grpc.insecure_channel(address) as channel:
-            return Api(address, None, channel).create(url=url, **fields)  # type: ignore[arg-type]
+            api = Api(address, None, channel)  # type: ignore[arg-type]
+            return api.create(as_=as_, url=url, **fields)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -260,6 +263,17 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def process_metric(process: ServiceProcess, prefix: str) -> float:
+    """The sum of a service process's /metrics samples whose line starts with `prefix` (a
+    name, or a name and labels): 0 when there are none."""
+    url = f"http://{process.env['WEBHOOKS_METRICS_ADDRESS']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
 
 
 def run_command(command: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":

@@ -309,18 +309,18 @@ def grpc_run(database_url: str, args: argparse.Namespace, work: Path) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
-    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0, help="latency run, events/s")
-    parser.add_argument("--latency-seconds", type=float, default=30.0)
-    parser.add_argument("--backlog-old", type=int, default=1_000_000)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--backlog-old", type=int, default=500_000)
     parser.add_argument("--backlog-pending", type=int, default=100_000)
     parser.add_argument("--grpc-seconds", type=float, default=5.0)
     parser.add_argument("--fair-rate", type=float, default=20.0, help="quiet tenant, events/s")
     parser.add_argument("--fair-seconds", type=float, default=10.0)
     parser.add_argument("--ceiling-requests", type=int, default=50_000)
     parser.add_argument(
-        "--paired-requests", type=int, default=25_000, help="the reference before each run"
+        "--paired-requests", type=int, default=15_000, help="the reference before each run"
     )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument(
@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         args.fair_seconds = 2.0
         args.ceiling_requests = args.paired_requests = 500
         e2e.APACHE_QUICK_JIT = True
+        scale.STORED, scale.NOISY_DELIVERIES, scale.FAN_OUT = 1000, 2000, 50
+        scale.SLOW_TENANTS = scale.SLOW_TENANTS[:5]
 
     started = time.monotonic()
     report: dict[str, Any] = {

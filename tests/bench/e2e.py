@@ -28,7 +28,7 @@ from kafka.provisioning import TopicLayout, create_topics, service_topics
 from service.crypto import new_encryption_key
 from service.domain.access import ADMIN, hash_key, new_api_key
 from tests.apache_kafka import KafkaCluster
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, process_metric
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
@@ -212,12 +212,7 @@ class Stack:
 
     def metric(self, name: str) -> float:
         """A sample of the service's /metrics without labels (0 when absent)."""
-        url = f"http://{self.service.env['WEBHOOKS_METRICS_ADDRESS']}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(f"{name} "):
-                    return float(line.split()[1])
-        return 0.0
+        return process_metric(self.service, f"{name} ")
 
     def cpu_seconds(self) -> float:
         """CPU time the service and its delivery workers used so far."""
@@ -359,13 +354,11 @@ async def produce_at_rate(
 
 async def audit_ends(bootstrap: str) -> dict[TopicPartition, int]:
     """Where each partition of the audit topic ends now: a run counts what comes after."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(topics.DELIVERY_ATTEMPTS_TOPIC, bootstrap_servers=bootstrap)
+    await consumer.start()  # without a group it takes every partition of the topic
     try:
-        await consumer.topics()  # fetches the metadata partitions_for_topic reads
-        partitions = consumer.partitions_for_topic(topics.DELIVERY_ATTEMPTS_TOPIC) or set()
-        tps = [TopicPartition(topics.DELIVERY_ATTEMPTS_TOPIC, p) for p in partitions]
-        return dict(await consumer.end_offsets(tps)) if tps else {}
+        await consumer.getmany(timeout_ms=100)  # waits for the assignment
+        return dict(await consumer.end_offsets(list(consumer.assignment())))
     finally:
         await consumer.stop()
 

@@ -3,7 +3,6 @@ through one instance reaches another instance's caches within a second (the chan
 so after that no event goes where the subscription no longer points."""
 
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ from tests.pipeline_support import (
     stream_events,
     wait_all_delivered,
 )
-from tests.support import KEYS, ServiceProcess, process_env
+from tests.support import KEYS, ServiceProcess, process_env, process_metric
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
 
@@ -27,14 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def _attempts(process: ServiceProcess) -> float:
-    url = f"http://{process.env['WEBHOOKS_METRICS_ADDRESS']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("webhooks_delivery_attempts_total{")
-    )
+    return process_metric(process, "webhooks_delivery_attempts_total{")
 
 
 def test_another_instances_change_reaches_the_cached_targets_within_a_second(

@@ -3,7 +3,6 @@ sent once, each retry is claimed by one of them, each attempt is audited once; w
 SIGKILLed the other takes over its partitions and its claimed deliveries."""
 
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tests.pipeline_support import (
     wait_all_delivered,
     webhook_ids_by_event,
 )
-from tests.support import ServiceProcess, process_env
+from tests.support import ServiceProcess, process_env, process_metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -41,14 +40,7 @@ def _instances(tmp_path: Path, env: dict[str, str]) -> list[ServiceProcess]:
 
 def _attempts_made(process: ServiceProcess) -> float:
     """webhooks_delivery_attempts_total of one instance, summed over its labels."""
-    url = f"http://{process.env['WEBHOOKS_METRICS_ADDRESS']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("webhooks_delivery_attempts_total{")
-    )
+    return process_metric(process, "webhooks_delivery_attempts_total{")
 
 
 def _statuses(postgres_url: str) -> Counter[int]:

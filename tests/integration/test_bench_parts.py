@@ -35,6 +35,12 @@ def test_receiver_counts_keep_alive_posts_and_measures_latency_when_asked() -> N
         connection.request("POST", "/ceiling", b"not json")
         assert connection.getresponse().read() == b"ok"
         connection.close()
-        assert receiver.stats() == {"count": 1, "latencies_ms": []}
+        assert receiver.stats() == {"count": 1, "hung": 0, "latencies_ms": []}
+        # A slow endpoint: answered after a lognormal delay (median 100 ms), and counted.
+        connection = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=30)
+        connection.request("POST", "/lag/3", b"{}")
+        assert connection.getresponse().status == 200
+        connection.close()
+        assert receiver.stats()["count"] == 2
     finally:
         receiver.stop()
