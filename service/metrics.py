@@ -57,7 +57,7 @@ class Metrics:
             "webhooks_deliveries_deferred_total",
             "Deliveries handed back to the store to be sent later without an attempt, by"
             " reason (endpoint_backlog: more than its lane holds; tenant_share: capacity was full"
-            " and the tenant held half of it, twice its share)",
+            " and the tenant held half of it, 1.5 x its share)",
             ["reason"],
             registry=registry,
         )

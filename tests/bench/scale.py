@@ -171,10 +171,12 @@ def fairness(
     `stored_first` they go on once every delivery of the burst was stored, else at once,
     while most of it still waits in Kafka ahead of them."""
     quiet = [(QUIET, "person.created", 1)] * int(per_second)
+    receiver.reset()
     asyncio.run(
         e2e.produce_at_rate(stack.broker.bootstrap, stack.topic, quiet, per_second, to_partition=3)
     )
-    e2e.wait_received(receiver, len(quiet), time.monotonic() + 30)
+    if e2e.wait_received(receiver, len(quiet), time.monotonic() + 60) < len(quiet):
+        raise RuntimeError("the quiet tenant's first events never arrived")
     receiver.reset(latency=True)
     events = NOISY_DELIVERIES // NOISY_SUBSCRIPTIONS
     burst = [e2e.record(NOISY, "person.created", 0.0) for _ in range(events)]

@@ -277,16 +277,16 @@ def test_smoothed_moves_a_fifth_of_the_way_to_each_sample(
     ("held", "capacity", "active", "expected"),
     [
         (2000, 2000, 1, False),  # alone: it waits for capacity (backpressure)
-        (2000, 2000, 2, True),  # all of it while another tenant has work
-        (1999, 2000, 2, False),  # below twice its share of 1,000
-        (1333, 2000, 3, False),
-        (1334, 2000, 3, True),
-        (999, 2000, 100, False),  # twice its share of 20, but less than half
+        (1500, 2000, 2, True),  # 1.5 x its share of 1,000 while another tenant has work
+        (1499, 2000, 2, False),
+        (999, 2000, 3, False),  # 1.5 x its share of 667, but less than half
+        (1000, 2000, 3, True),
+        (999, 2000, 100, False),
         (1000, 2000, 100, True),
         (0, 2000, 5, False),
     ],
 )
-def test_a_tenant_crowds_others_out_at_twice_its_share(
+def test_a_tenant_crowds_others_out_holding_half_and_more_than_its_share(
     held: int, capacity: int, active: int, expected: bool
 ) -> None:
     assert crowding(held, capacity, active) is expected
