@@ -102,7 +102,7 @@ class AheadPlanner:
 
     def may_order(self, tenants: Iterable[str]) -> bool:
         """Whether a subscription of these tenants may keep order: one does in the cached
-        view, or a tenant's view is not cached (or too old) to tell."""
+        view, or a tenant's view is not cached to tell."""
         for tenant in tenants:
             matchers = self._matchers.get(tenant)
             if matchers is None or any(m.ordered for m in matchers):

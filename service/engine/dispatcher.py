@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -150,21 +149,17 @@ class Dispatcher:
             self._ledger.track(stored, jobs)
         await self._targets.load({job.subscription_id for job in jobs})
         lanes = self._lanes
-        now = asyncio.get_running_loop().time()
-        arriving = Counter(job.tenant for job in jobs)
-        for tenant, count in arriving.items():
-            lanes.arriving(tenant, count, now)
+        tenants = {job.tenant for job in jobs}
+        lanes.arriving(tenants, +1)
         later: dict[str, list[Job]] = {}  # jobs left to the store, per subscription
         crowded = 0
         try:
             for job in jobs:
-                lanes.arriving(job.tenant, -1, now)
-                arriving[job.tenant] -= 1
                 lane = lanes.lane(job.subscription_id)
                 # Checked before waiting for capacity: a job its lane cannot take, or of a
                 # tenant crowding others out, must not hold up the jobs behind it.
                 full = len(lane.queue) >= lanes.limit(lane)
-                if full or lanes.crowding(job.tenant, asyncio.get_running_loop().time()):
+                if full or lanes.crowding(job.tenant):
                     later.setdefault(job.subscription_id, []).append(job)
                     crowded += not full
                     continue
@@ -173,8 +168,7 @@ class Dispatcher:
                 if lane.task is None:
                     lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
         finally:
-            for tenant, count in arriving.items():
-                lanes.arriving(tenant, -count, now)
+            lanes.arriving(tenants, -1)
         if later:
             deferred = sum(len(held) for held in later.values())
             self._counters.deferred("endpoint_backlog", deferred - crowded)

@@ -4,6 +4,7 @@ breaker, rate bucket and smoothed latency."""
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -106,7 +107,7 @@ class Lanes:
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._held = 0
         self._by_tenant: dict[str, int] = {}  # jobs held per tenant (none: absent)
-        self._arriving: dict[str, int] = {}  # jobs being submitted per tenant
+        self._arriving: dict[str, int] = {}  # submits in progress per tenant
         self._seen: dict[str, float] = {}  # when each tenant last submitted (loop time)
         self._seen_pruned = 0.0
         self._lanes: dict[str, Lane] = {}
@@ -152,17 +153,20 @@ class Lanes:
         self._held += 1
         self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
 
-    def arriving(self, tenant: str, count: int, now: float) -> None:
-        """`count` jobs of the tenant are about to be submitted (negative: were)."""
-        _add(self._arriving, tenant, count)
-        self._seen[tenant] = now
+    def arriving(self, tenants: Iterable[str], change: int) -> None:
+        """A submit with jobs of these tenants begins (+1) or ends (-1)."""
+        now = asyncio.get_running_loop().time()
+        for tenant in tenants:
+            _add(self._arriving, tenant, change)
+            self._seen[tenant] = now
 
-    def crowding(self, tenant: str, now: float) -> bool:
+    def crowding(self, tenant: str) -> bool:
         """Whether the tenant's next job should wait in the store (limits.crowding). Active
-        are the tenants with jobs held or arriving, or seen within ACTIVE_SECONDS: a tenant
-        whose events wait in Kafka behind another's burst counts before they are read."""
+        are the tenants with jobs held or being submitted, or seen within ACTIVE_SECONDS: a
+        tenant whose events wait in Kafka behind another's burst counts before they are read."""
         if self._held < self._max_in_flight:
             return False
+        now = asyncio.get_running_loop().time()
         if now - self._seen_pruned > 1.0:
             self._seen_pruned = now
             self._seen = {t: seen for t, seen in self._seen.items() if now - seen < ACTIVE_SECONDS}

@@ -14,7 +14,6 @@ from service.domain.pipeline import Target
 from service.store.attempts import AttemptStore
 from service.store.runner import StoreRunner
 
-_ABSENT = Target("", "", "", {}, (), 0, False, None)
 # Most targets kept; beyond, the least recently loaded half is forgotten (reloaded on use).
 MAX_TARGETS = 100_000
 
@@ -50,10 +49,11 @@ class TargetCache:
     def cached(self, subscription_id: str) -> tuple[bool, Target | None]:
         """(True, its target) when it is cached and current, else (False, None): a call, not
         a coroutine, for the path every attempt takes."""
-        target = self._targets.get(subscription_id, _ABSENT)
-        if target is _ABSENT or _expired(target):
+        try:
+            target = self._targets[subscription_id]
+        except KeyError:
             return False, None
-        return True, target
+        return (False, None) if _expired(target) else (True, target)
 
     def invalidate(self, subscription_id: str) -> None:
         """Forgets a target after its subscription changed or was deleted."""

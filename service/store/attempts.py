@@ -215,7 +215,7 @@ class AttemptStore:
                 now,
             )
             bulk.insert(db, _INSERT_ATTEMPT, [_attempt_row(i.attempt) for i in live])
-            self.write_marks(marks_of(live, now) if marks is None else marks)
+            self._update_subscriptions(marks_of(live, now) if marks is None else marks)
             bulk.insert(
                 db,
                 INSERT_OUTBOX,
@@ -227,19 +227,23 @@ class AttemptStore:
             )
 
     def write_marks(self, marks: Sequence[Mark]) -> None:
-        """Updates each mark's subscription (a transaction of its own when none is open)."""
+        """Updates each mark's subscription, in a transaction of its own."""
         with self._db.atomic():
-            updates = [
-                (m.at, m.status, m.cleared, m.failing_since, m.at, m.subscription_id) for m in marks
-            ]
-            bulk.execute_many(self._db, _UPDATE_SUBSCRIPTION, updates)
-            disabled = [m for m in marks if m.disable is not None]
-            bulk.execute_many(
-                self._db,
-                _DISABLE_SUBSCRIPTION,
-                [(int(m.disable or 0), m.subscription_id) for m in disabled],
-            )
-            changes.record(self._db, [(m.subscription_id, m.tenant) for m in disabled])
+            self._update_subscriptions(marks)
+
+    def _update_subscriptions(self, marks: Sequence[Mark]) -> None:
+        """write_marks in the caller's transaction (record_attempts': no savepoint per batch)."""
+        updates = [
+            (m.at, m.status, m.cleared, m.failing_since, m.at, m.subscription_id) for m in marks
+        ]
+        bulk.execute_many(self._db, _UPDATE_SUBSCRIPTION, updates)
+        disabled = [m for m in marks if m.disable is not None]
+        bulk.execute_many(
+            self._db,
+            _DISABLE_SUBSCRIPTION,
+            [(int(m.disable or 0), m.subscription_id) for m in disabled],
+        )
+        changes.record(self._db, [(m.subscription_id, m.tenant) for m in disabled])
 
     def defer(self, groups: Mapping[datetime, Sequence[str]]) -> None:
         """Makes leased deliveries due at the time they are listed under, without counting an
