@@ -150,13 +150,6 @@ SHAPES = {
 }
 
 
-def measure(
-    stack: e2e.Stack, receiver: e2e.Receiver, shape: Shape, deliveries: int, timeout: float
-) -> dict[str, float]:
-    records, expected = shape.events(deliveries)
-    return e2e.deliver(stack, receiver, records, expected, timeout)
-
-
 def fairness(
     stack: e2e.Stack,
     receiver: e2e.Receiver,
