@@ -56,8 +56,8 @@ class Metrics:
         self.deliveries_deferred = Counter(
             "webhooks_deliveries_deferred_total",
             "Deliveries handed back to the store to be sent later without an attempt, by"
-            " reason (endpoint_backlog: more than its lane holds; tenant_share: capacity was full"
-            " and the tenant held half of it, 1.5 x its share)",
+            " reason (endpoint_backlog: more than its lane holds; tenant_share: capacity was full,"
+            " the tenant held half of it and 1.5 x its share, and too many were parked)",
             ["reason"],
             registry=registry,
         )
@@ -113,6 +113,12 @@ class Metrics:
             "webhooks_deliveries_held",
             "Deliveries queued in lanes or at endpoints (at most WEBHOOKS_MAX_IN_FLIGHT;"
             " beyond, ingest waits)",
+            registry=registry,
+        )
+        self.deliveries_parked = Gauge(
+            "webhooks_deliveries_parked",
+            "A crowding tenant's deliveries waiting for capacity in memory without holding"
+            " up ingest (at most 4 x WEBHOOKS_MAX_IN_FLIGHT; beyond, deferred as tenant_share)",
             registry=registry,
         )
         self.results_unwritten = Gauge(

@@ -85,9 +85,10 @@ def smoothed(previous: float | None, sample: float, weight: float = 0.2) -> floa
 def crowding(held: int, capacity: int, active_tenants: int) -> bool:
     """Whether a tenant holding `held` of a full `capacity` crowds the other active tenants
     out: it holds at least half of it, and one and a half times an equal share. Its further
-    jobs then wait in the store rather than in line for capacity, where they would hold up
-    the events of every other tenant behind them (a lone tenant keeps the whole capacity:
-    waiting for it is the backpressure; many tenants with a little each wait in line too)."""
+    jobs then wait aside (Capacity.park) rather than in line for capacity, where they would
+    hold up the events of every other tenant behind them (a lone tenant keeps the whole
+    capacity: waiting for it is the backpressure; many tenants with a little each wait in
+    line too)."""
     return active_tenants > 1 and 2 * held >= capacity and 2 * held * active_tenants >= 3 * capacity
 
 

@@ -1,7 +1,8 @@
 """The dispatcher: jobs in, through their endpoint's lane, to an attempt, then to the audit
 publisher and the attempt writer. Each stage is a part of its own:
 
-- `Lanes` (lanes.py): capacity, per-endpoint queues, concurrency, circuit breaker, rate;
+- `Capacity` (capacity.py): jobs held and results unwritten, shared fairly among tenants;
+- `Lanes` (lanes.py): per-endpoint queues, concurrency, circuit breaker, rate, host bounds;
 - `TargetCache` (targets.py): where and how each subscription is sent to;
 - the attempt maker (attempts.py, or a DeliveryWorker beside the service);
 - `AuditPublisher` (audit.py): audit records to the broker, or through the outbox;
@@ -25,6 +26,7 @@ from service.domain.pipeline import Ingested, Job, RecordedAttempt, Target
 from service.engine.ahead_ledger import AheadLedger
 from service.engine.attempt_writer import AttemptWriter
 from service.engine.audit import AuditPublisher, PublishAudit
+from service.engine.capacity import Capacity
 from service.engine.counters import DeliveryCounters
 from service.engine.lanes import Lane, Lanes
 from service.engine.targets import TargetCache
@@ -89,16 +91,20 @@ class Dispatcher:
         metrics = metrics or Metrics()
         self._counters = DeliveryCounters(metrics)
         self._lanes = Lanes(
-            max_in_flight=policy.max_in_flight,
             endpoint_concurrency=policy.endpoint_concurrency,
             circuit_failures=policy.circuit_failures,
             circuit_cooldown=policy.circuit_cooldown,
             host_concurrency=policy.host_concurrency,
+        )
+        self._capacity = Capacity(
+            max_in_flight=policy.max_in_flight,
             max_unwritten=policy.max_unwritten,
+            granted=self._enqueue,
         )
         metrics.requests_in_flight.set_function(lambda: self._lanes.requests)
-        metrics.deliveries_held.set_function(lambda: self._lanes.held)
-        metrics.results_unwritten.set_function(lambda: self._lanes.unwritten)
+        metrics.deliveries_held.set_function(lambda: self._capacity.held)
+        metrics.results_unwritten.set_function(lambda: self._capacity.unwritten)
+        metrics.deliveries_parked.set_function(lambda: self._capacity.parked)
         self._targets = TargetCache(runner, store)
         self._ledger = AheadLedger()
         self._writer = AttemptWriter(
@@ -125,7 +131,7 @@ class Dispatcher:
     @property
     def free(self) -> int:
         """How many more jobs `submit` takes without waiting."""
-        return self._lanes.free
+        return self._capacity.free
 
     async def start(self) -> None:
         self._writer.start()
@@ -137,9 +143,10 @@ class Dispatcher:
     async def submit(
         self, jobs: Sequence[Job], stored: "asyncio.Future[Ingested] | None" = None
     ) -> None:
-        """Queues jobs in their endpoint's lane. Deferred (left in the store until their lane
-        can take them) are those beyond a lane's limit and those of a tenant crowding others
-        out (Lanes.crowding): neither waits for capacity ahead of the jobs behind it. With
+        """Queues jobs in their endpoint's lane. Jobs of a tenant crowding others out
+        (Capacity.crowding) are parked: they wait for their turn without holding up this
+        submit. Deferred (left in the store until their lane can take them) are those beyond
+        a lane's limit, and a crowding tenant's once too many are parked. With
         `stored`, the jobs were planned ahead of the ingest transaction it ends with
         (AheadPlanner): they are sent at once, but nothing of them is written before it
         ended, and nothing of those it did not store."""
@@ -148,9 +155,9 @@ class Dispatcher:
         if stored is not None:
             self._ledger.track(stored, jobs)
         await self._targets.load({job.subscription_id for job in jobs})
-        lanes = self._lanes
+        lanes, capacity = self._lanes, self._capacity
         tenants = {job.tenant for job in jobs}
-        lanes.arriving(tenants, +1)
+        capacity.arriving(tenants, +1)
         later: dict[str, list[Job]] = {}  # jobs left to the store, per subscription
         crowded = 0
         try:
@@ -159,21 +166,30 @@ class Dispatcher:
                 # Checked before waiting for capacity: a job its lane cannot take, or of a
                 # tenant crowding others out, must not hold up the jobs behind it.
                 full = len(lane.queue) >= lanes.limit(lane)
-                if full or lanes.crowding(job.tenant):
+                if not full and capacity.crowding(job.tenant):
+                    if capacity.park(job):
+                        continue
+                    crowded += 1
+                    full = True
+                if full:
                     later.setdefault(job.subscription_id, []).append(job)
-                    crowded += not full
                     continue
-                await lanes.hold(job.tenant)
-                lane.queue.append(job)
-                if lane.task is None:
-                    lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
+                await capacity.hold(job.tenant)
+                self._enqueue(job)
         finally:
-            lanes.arriving(tenants, -1)
+            capacity.arriving(tenants, -1)
         if later:
             deferred = sum(len(held) for held in later.values())
             self._counters.deferred("endpoint_backlog", deferred - crowded)
             self._counters.deferred("tenant_share", crowded)
             await self._defer_backlog(later)
+
+    def _enqueue(self, job: Job) -> None:
+        """Queues a job that holds its slot in its endpoint's lane."""
+        lane = self._lanes.lane(job.subscription_id)
+        lane.queue.append(job)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._drain(job.subscription_id, lane))
 
     async def deliver_soon(self, job: Job, wait: float) -> None:
         """Queues one job under its endpoint's limits like any other and waits up to `wait`
@@ -194,7 +210,7 @@ class Dispatcher:
         attempt maker."""
         self._stopping = True
         self._audit.close()  # attempts finishing now are stored with their outbox rows
-        queued = self._lanes.take_all_queued()
+        queued = self._capacity.take_parked() + self._lanes.take_all_queued()
         if queued:
             await self._defer({0.0: queued})
         if self._sending or self._retrying:
@@ -227,7 +243,7 @@ class Dispatcher:
                     if target is not None and not await self._ledger.unstored([job.delivery_id]):
                         # Disabled: FAILED until RecoverDeliveries.
                         await self._runner.call(self._store.fail_disabled, [job.delivery_id])
-                    lanes.release(job.tenant)
+                    self._capacity.release(job.tenant)
                     continue
                 await lane.slots.acquire()
                 if lane.breaker.failures and lane.sending:
@@ -255,7 +271,7 @@ class Dispatcher:
                     # leave it to whichever scheduler claims it next.
                     lane.queue.popleft()
                     lane.slots.release()
-                    lanes.release(job.tenant)
+                    self._capacity.release(job.tenant)
                     log.info("claim expired before sending", extra={"delivery_id": job.delivery_id})
                     continue
                 host = lanes.host(target.url)
@@ -314,7 +330,7 @@ class Dispatcher:
     def _finished(self, job: Job, recorded: RecordedAttempt) -> None:
         """Counts the attempt, applies what it decided and hands it to be audited and
         stored: its slot is free now, its result counts as unwritten until written."""
-        self._lanes.answered(job.tenant)
+        self._capacity.answered(job.tenant)
         now = utcnow()
         self._counters.attempt(job, recorded.attempt, now)
         if not job.test:
@@ -330,7 +346,7 @@ class Dispatcher:
 
     def _written(self, recorded: RecordedAttempt) -> None:
         """The attempt was stored (or dropped: its job was sent ahead and not stored)."""
-        self._lanes.written()
+        self._capacity.written()
         waiter = self._waiting.get(recorded.attempt.delivery_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -338,7 +354,7 @@ class Dispatcher:
     async def _retry_soon(self, job: Job) -> None:
         with contextlib.suppress(Unavailable):
             await self._defer({1.0: [job]})
-        self._lanes.release(job.tenant)
+        self._capacity.release(job.tenant)
 
     async def _handed_back(self, jobs: Sequence[Job]) -> None:
         """Defers held jobs of one lane and frees their capacity, even when the store is away
@@ -347,7 +363,7 @@ class Dispatcher:
             await self._defer_backlog({jobs[0].subscription_id: list(jobs)})
         finally:
             for job in jobs:
-                self._lanes.release(job.tenant)
+                self._capacity.release(job.tenant)
 
     async def _defer_backlog(self, later: dict[str, list[Job]]) -> None:
         """Defers each subscription's jobs, in order, to when its lane can take them."""

@@ -1,7 +1,8 @@
 """Fairness across tenants: a noisy tenant's burst to slow endpoints is more than the
 service's capacity holds, yet a quiet tenant's new events reach its fast endpoint within a
 second or two while the burst's deliveries are pending: the burst's jobs that cannot get capacity
-soon wait in the store (tenant_share deferrals), not in line ahead of the quiet tenant's."""
+soon wait aside (parked, and beyond that in the store: tenant_share deferrals), and a freed
+slot goes to the quiet tenant first."""
 
 import asyncio
 import time

@@ -287,11 +287,12 @@ def test_a_host_gets_at_most_its_concurrency_however_many_subscriptions_share_it
                 metrics.requests_in_flight,
                 metrics.deliveries_held,
                 metrics.results_unwritten,
+                metrics.deliveries_parked,
             )
         )
 
     deadline = time.monotonic() + 10
-    while gauges() != (0, 0, 0):
+    while gauges() != (0, 0, 0, 0):
         assert time.monotonic() < deadline, gauges()
         time.sleep(0.1)
 

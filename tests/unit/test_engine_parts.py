@@ -163,25 +163,6 @@ def _policy(**changes: Any) -> DeliveryPolicy:
 # -- lanes ----------------------------------------------------------------------------
 
 
-def test_lanes_hold_capacity_until_released() -> None:
-    async def run() -> None:
-        lanes = Lanes(
-            max_in_flight=2, endpoint_concurrency=1, circuit_failures=3, circuit_cooldown=1
-        )
-        await lanes.hold("t")
-        await lanes.hold("t")
-        assert lanes.free == 0
-        third = asyncio.ensure_future(lanes.hold("t"))
-        await asyncio.sleep(0)
-        assert not third.done()  # backpressure
-        lanes.release("t")
-        await asyncio.wait_for(third, 1)
-        lanes.release("t", 2)
-        assert lanes.free == 2
-
-    asyncio.run(run())
-
-
 @pytest.mark.parametrize(
     ("concurrency", "latency", "limit"),
     [
@@ -194,9 +175,7 @@ def test_lanes_hold_capacity_until_released() -> None:
 def test_a_lane_holds_about_two_seconds_of_its_endpoints_work(
     concurrency: int, latency: float | None, limit: int
 ) -> None:
-    lanes = Lanes(
-        max_in_flight=10, endpoint_concurrency=concurrency, circuit_failures=3, circuit_cooldown=1
-    )
+    lanes = Lanes(endpoint_concurrency=concurrency, circuit_failures=3, circuit_cooldown=1)
     lane = lanes.lane("sub_1")
     lane.latency = latency
     assert lanes.limit(lane) == limit
@@ -204,9 +183,7 @@ def test_a_lane_holds_about_two_seconds_of_its_endpoints_work(
 
 def test_an_idle_lane_is_forgotten_only_once_its_rate_bucket_refilled() -> None:
     async def run() -> None:
-        lanes = Lanes(
-            max_in_flight=10, endpoint_concurrency=1, circuit_failures=3, circuit_cooldown=1
-        )
+        lanes = Lanes(endpoint_concurrency=1, circuit_failures=3, circuit_cooldown=1)
         lane = lanes.lane("sub_1")
         assert lane.rate_wait(10, now=100.0) == 0.0  # burst of 1 at 10/s
         lanes.forget_if_idle("sub_1", now=100.0)
@@ -488,26 +465,3 @@ def test_a_rate_limited_endpoint_gets_its_attempts_spaced() -> None:
     # token to the next one, so single gaps vary; the n-th send is never early.
     assert all(t - times[0] >= (n - 1) * 0.05 - 0.005 for n, t in enumerate(times[2:], 2)), gaps
     assert times[-1] - times[0] < 0.5, gaps  # and no slower than the rate
-
-
-def test_results_waiting_to_be_written_have_their_own_bound() -> None:
-    async def run() -> None:
-        lanes = Lanes(
-            max_in_flight=2,
-            endpoint_concurrency=1,
-            circuit_failures=3,
-            circuit_cooldown=1,
-            max_unwritten=1,
-        )
-        await lanes.hold("t")
-        await lanes.hold("t")
-        lanes.answered("t")  # one attempt ended: its request slot is free at once
-        assert (lanes.held, lanes.unwritten, lanes.free) == (1, 1, 0)
-        third = asyncio.ensure_future(lanes.hold("t"))
-        await asyncio.sleep(0)
-        assert not third.done()  # a slot is free, but no room for another result
-        lanes.written()
-        await asyncio.wait_for(third, 1)
-        assert (lanes.held, lanes.unwritten, lanes.free) == (2, 0, 0)
-
-    asyncio.run(run())
