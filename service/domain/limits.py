@@ -66,6 +66,14 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.failures >= self.threshold
 
+    @property
+    def serial(self) -> bool:
+        """Whether to send one request at a time until one succeeds: after two failures in
+        a row (or an open circuit), so a dead endpoint costs about one concurrent wave. One
+        failure among successes is noise (say 1% of 500s); waiting then for the slowest
+        request in flight cost slow endpoints a third of their rate."""
+        return self.failures >= min(2, self.threshold)
+
 
 def lane_limit(concurrency: int, latency: float | None, seconds: float, unknown: int) -> int:
     """How many jobs an endpoint may hold in memory: what it sends in `seconds` with

@@ -246,9 +246,7 @@ class Dispatcher:
                     self._capacity.release(job.tenant)
                     continue
                 await lane.slots.acquire()
-                if lane.breaker.failures and lane.sending:
-                    # After a failure, one request at a time until one succeeds: a dead
-                    # endpoint costs one attempt per wave, not a full concurrent batch.
+                if lane.breaker.serial and lane.sending:
                     lane.slots.release()
                     lane.finished.clear()
                     await lane.finished.wait()

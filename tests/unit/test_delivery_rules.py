@@ -216,6 +216,26 @@ def test_token_bucket_spaces_sends_at_the_rate() -> None:
 
 
 @pytest.mark.parametrize(
+    ("outcomes", "threshold", "serial"),
+    [
+        ([], 5, False),
+        ([False], 5, False),  # one failure among successes: noise
+        ([False, False], 5, True),  # two in a row: one request at a time
+        ([False, False, True], 5, False),  # a success ends it
+        ([True, False, True, False], 5, False),
+        ([False], 1, True),  # the circuit is open
+    ],
+)
+def test_a_lane_sends_one_at_a_time_after_two_failures_in_a_row(
+    outcomes: list[bool], threshold: int, serial: bool
+) -> None:
+    breaker = CircuitBreaker(threshold=threshold, cooldown=30, max_cooldown=300)
+    for n, success in enumerate(outcomes):
+        breaker.record(success, float(n))
+    assert breaker.serial is serial
+
+
+@pytest.mark.parametrize(
     ("events", "expected"),
     [
         # (time, success or None to ask allow) -> allow answers in order
