@@ -83,6 +83,7 @@ def attempt_settings(settings: Settings) -> AttemptSettings:
         disable_after=timedelta(seconds=settings.disable_after_seconds),
         audit_topic=settings.kafka_audit_topic,
         encode_audit=encode_attempt,
+        keep_connections=settings.max_in_flight,  # as many as requests may be at once
     )
 
 

@@ -36,6 +36,7 @@ class AttemptSettings:
     disable_after: timedelta
     audit_topic: str
     encode_audit: Callable[[AttemptRecord], bytes]
+    keep_connections: int = 0  # idle connections kept (0: libcurl's default)
 
 
 class AttemptMaker:
@@ -48,6 +49,7 @@ class AttemptMaker:
             allow_cidrs=settings.allow_cidrs,
             timeout_seconds=settings.timeout_seconds,
             ca_file=settings.ca_file,
+            keep_connections=settings.keep_connections,
         )
 
     async def make(self, job: Job, target: Target) -> RecordedAttempt:

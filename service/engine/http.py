@@ -87,13 +87,16 @@ class HttpSender:
         allow_cidrs: Sequence[IpNetwork],
         timeout_seconds: float,
         ca_file: Path | None = None,
+        keep_connections: int = 0,
     ) -> None:
+        """`keep_connections`: idle connections kept for reuse (0: libcurl's default)."""
         self._allow_http = allow_http
         self._allow_cidrs = tuple(allow_cidrs)
         self._timeout_ms = int(timeout_seconds * 1000)
         self._connect_timeout_ms = int(min(timeout_seconds, CONNECT_TIMEOUT_SECONDS) * 1000)
         self._protocols = pycurl.PROTO_HTTPS | (pycurl.PROTO_HTTP if allow_http else 0)
         self._ca_bundle = _ca_bundle(ca_file)
+        self._keep_connections = keep_connections
         self._multi: pycurl.CurlMulti | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -165,6 +168,10 @@ class HttpSender:
             self._selector = selectors.DefaultSelector()
             self._loop.add_reader(self._selector.fileno(), self._on_ready)
             self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+            if self._keep_connections:
+                # libcurl's default, 4 x the transfers in flight, shrinks after a peak and
+                # closes connections the next one opens again.
+                self._multi.setopt(pycurl.M_MAXCONNECTS, self._keep_connections)
         return self._multi
 
     def _new_handle(self) -> pycurl.Curl:
