@@ -15,6 +15,7 @@ from kafka import topics
 from kafka.codec import dead_letter_headers, decode_event
 from kafka.connection import KafkaConnection
 from kafka.failures import running_failure
+from kafka.partition_turns import PartitionTurns
 from kafka.producer import Producer
 from service.domain.event_rules import EventRejected
 from service.domain.models import Event
@@ -83,6 +84,7 @@ class IngestConsumer:
         self._session_timeout_ms = session_timeout_ms
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._consumer: AIOKafkaConsumer | None = None
+        self._turns = PartitionTurns()
         self._stopped = asyncio.Event()
         self._metrics = metrics or Metrics()
         # Batches being stored and handed off, oldest first, with the offsets that follow them.
@@ -184,8 +186,8 @@ class IngestConsumer:
         offsets are committed in the background once it and every batch before it are
         stored: a commit never holds up the next batch."""
         assert self._consumer is not None
-        batches = await self._consumer.getmany(
-            timeout_ms=20 if self._in_flight else 200, max_records=self._batch_size
+        batches = await self._turns.poll(
+            self._consumer, 20 if self._in_flight else 200, self._batch_size
         )
         self._pace(flowing=bool(batches))
         if not batches:
