@@ -2,7 +2,7 @@
 
 import functools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -48,6 +48,7 @@ _INSERT_DELIVERY = bulk.Insert(
     skip_conflicts=True,
 )
 _EVENT_PKS = "SELECT id, event_id FROM events WHERE tenant = ? AND event_id IN ({})"
+_NEWEST_EVENTS = "SELECT id, tenant, event_id FROM events ORDER BY id DESC LIMIT ?"
 _STORED_EVENTS = "SELECT event_id, id, type, data FROM events WHERE tenant = ? AND event_id IN ({})"
 _DELIVERY_PAIRS = "SELECT subscription_id, event_id FROM deliveries WHERE event_id IN ({})"
 # Plain SQL: run per ingest batch, where the ORM's query building is a visible share of
@@ -176,12 +177,21 @@ class IngestStore:
             known = self._stored_events(key for key in unique if key not in pks)
         else:
             if bulk.insert(self._db, _INSERT_EVENT, rows) == len(rows):
-                return self._event_pks(unique), {}  # usually every event is new
+                return self._newest_event_pks(unique), {}  # usually every event is new
             # Otherwise all of them are treated as known: looking for existing deliveries
             # of a fresh event finds none, and its content is its own.
             pks, known = {}, self._stored_events(unique)
         pks.update({key: row.pk for key, row in known.items()})
         return pks, known
+
+    def _newest_event_pks(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The row ids of the events this transaction just inserted on SQLite, one statement
+        for every tenant: holding the write lock since, they are the newest rows (checked;
+        else looked up per tenant)."""
+        statement = bulk.sql(self._db, _NEWEST_EVENTS)
+        newest = self._db.execute_sql(statement, (len(keys),)).fetchall()  # type: ignore[no-untyped-call]
+        pks = {(tenant, event_id): pk for pk, tenant, event_id in newest}
+        return pks if pks.keys() == set(keys) else self._event_pks(keys)
 
     def _event_pks(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         return {(tenant, row[1]): row[0] for tenant, row in self._per_tenant(_EVENT_PKS, keys)}

@@ -64,7 +64,7 @@ def pipeline_runs(
 ) -> dict[str, Any]:
     """`keys`: every subscription orders per key, and the events carry that many keys;
     `settings`: the service's, beside the defaults; `shape`: one of scale.SHAPES, with
-    about as many deliveries as the default shape's events make."""
+    about as many deliveries as the default shape's events make (`longer` times as many)."""
     out: dict[str, Any] = {}
     if shape:
         form = scale.SHAPES[shape]
@@ -76,7 +76,7 @@ def pipeline_runs(
             WEBHOOKS_SUBSCRIPTION_QUOTA="0",
             **form.settings,
         )
-        deliveries = int(args.events * e2e.MEAN_FAN_OUT)
+        deliveries = int(args.events * e2e.MEAN_FAN_OUT) * form.longer
 
         def run(size: int) -> dict[str, float]:
             records, expected = form.events(size)

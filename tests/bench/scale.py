@@ -134,6 +134,10 @@ class Shape:
     subscribe: Callable[[e2e.Stack, e2e.Receiver], None]
     events: Callable[[int], tuple[list[bytes], int]]
     settings: dict[str, str] = field(default_factory=dict)
+    # Runs this many times as long as the default shape's: a run ends with its endpoints'
+    # slowest answers (a second or more with slow ones), which a short run would measure
+    # more than the service's rate.
+    longer: int = 1
 
 
 SHAPES = {
@@ -144,6 +148,7 @@ SHAPES = {
         # Failed attempts retry after the run, hung ones give up after 5 s: the run counts
         # first attempts.
         {"WEBHOOKS_RETRY_SCHEDULE": "600", "WEBHOOKS_ATTEMPT_TIMEOUT_SECONDS": "5"},
+        longer=3,
     ),
     "fan_out": Shape((NOISY,), _subscribe_fan_out, _fan_out_events),
     "many_stored": Shape(tuple(e2e.LAYOUT), _subscribe_stored, _default_events),

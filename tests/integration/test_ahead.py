@@ -230,3 +230,24 @@ def test_attempts_sent_ahead_of_a_failed_transaction_are_recorded_once_it_is_sto
         assert time.monotonic() < deadline, f"{len(delivery.attempts)} attempts recorded"
         time.sleep(0.1)
     assert app.metrics.attempts_unrecorded._value.get() == 0
+
+
+def test_each_delivery_refers_to_its_own_event_row(api: Api) -> None:
+    """New events' row ids come from one statement on SQLite (the newest rows), checked
+    against the batch; a batch with an event stored before looks them up instead."""
+    api.create(event_types=["person.*"])
+    first = [_event() for _ in range(3)]
+    second = [_event(), first[0], _event()]
+    jobs = _ingest(api, first, []).jobs + _ingest(api, second, []).jobs
+    app, store = _parts(api)
+    with app.database.connection_context():
+        rows = app.database.execute_sql(  # type: ignore[no-untyped-call]
+            "SELECT d.id, e.tenant, e.event_id FROM deliveries d JOIN events e ON e.id = d.event_id"
+        ).fetchall()
+        with app.database.atomic():
+            older = {("acme", first[1].id)}  # not among the newest rows: looked up
+            assert store._newest_event_pks(older).keys() == older
+    assert {d: (tenant, event_id) for d, tenant, event_id in rows} == {
+        j.delivery_id: (j.tenant, j.event_id) for j in jobs
+    }
+    assert len(jobs) == 5  # the event stored before made none
