@@ -34,7 +34,12 @@ def record(db: pw.Database, changed: Iterable[tuple[str, str]]) -> None:
 
 
 def prune(db: pw.Database) -> int:
-    return int(Change.delete().where(Change.changed_at < utcnow() - KEEP).execute())
+    """Deletes rows older than KEEP but the newest: on SQLite a new row's id is the highest
+    plus one, so ids only grow: after all were pruned, a reused id would be below every
+    reader's cursor and its change never seen."""
+    newest = Change.select(pw.fn.MAX(Change.id))
+    old = (Change.changed_at < utcnow() - KEEP) & (Change.id < newest)
+    return int(Change.delete().where(old).execute())
 
 
 @dataclass

@@ -2,6 +2,8 @@
 read, an id skipped (its transaction not committed yet) found on a later read, and an id
 that never comes (rolled back) given up."""
 
+from datetime import timedelta
+
 import peewee as pw
 import pytest
 
@@ -47,5 +49,25 @@ def test_reads_what_changed_since_the_last_read_and_ids_committed_late(
         monkeypatch.setattr(changes, "GAP_SECONDS", 0.0)
         assert read_changes(db, cursor) == set()
         assert cursor.gaps == {}
+    finally:
+        db.close()
+
+
+def test_pruning_keeps_the_newest_row_so_ids_only_grow(database_url: str) -> None:
+    db: pw.Database = open_database(database_url)
+    db.connect()
+    try:
+        migrate(db)
+        old = utcnow() - changes.KEEP - timedelta(minutes=1)
+        with db.atomic():
+            changes.record(db, [("sub_a", "t"), ("sub_b", "t")])
+        tables.SubscriptionChangeRow.update(changed_at=old).execute()
+        cursor = ChangeCursor()
+        read_changes(db, cursor)  # where the log ends
+        assert changes.prune(db) == 1  # all old, but the newest stays
+        with db.atomic():
+            changes.record(db, [("sub_c", "t")])
+        # Had both gone, SQLite would give this row the id of sub_b's: never read.
+        assert read_changes(db, cursor) == {("sub_c", "t")}
     finally:
         db.close()
