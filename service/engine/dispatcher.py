@@ -166,13 +166,12 @@ class Dispatcher:
                 # Checked before waiting for capacity: a job its lane cannot take, or of a
                 # tenant crowding others out, must not hold up the jobs behind it.
                 full = len(lane.queue) >= lanes.limit(lane)
-                if not full and capacity.crowding(job.tenant):
-                    if capacity.park(job):
-                        continue
-                    crowded += 1
-                    full = True
-                if full:
+                aside = not full and capacity.crowding(job.tenant)
+                if aside and capacity.park(job):
+                    continue
+                if full or aside:
                     later.setdefault(job.subscription_id, []).append(job)
+                    crowded += aside
                     continue
                 await capacity.hold(job.tenant)
                 self._enqueue(job)
@@ -360,8 +359,7 @@ class Dispatcher:
         try:
             await self._defer_backlog({jobs[0].subscription_id: list(jobs)})
         finally:
-            for job in jobs:
-                self._capacity.release(job.tenant)
+            self._capacity.release(jobs[0].tenant, len(jobs))
 
     async def _defer_backlog(self, later: dict[str, list[Job]]) -> None:
         """Defers each subscription's jobs, in order, to when its lane can take them."""

@@ -185,9 +185,9 @@ class IngestStore:
         return pks, known
 
     def _newest_event_pks(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """The row ids of the events this transaction just inserted on SQLite, one statement
-        for every tenant: holding the write lock since, they are the newest rows (checked;
-        else looked up per tenant)."""
+        """The row ids of the events this transaction just inserted on SQLite, in one
+        statement whatever their tenants: holding the write lock since, they are the newest
+        rows (checked; else looked up per tenant)."""
         statement = bulk.sql(self._db, _NEWEST_EVENTS)
         newest = self._db.execute_sql(statement, (len(keys),)).fetchall()  # type: ignore[no-untyped-call]
         pks = {(tenant, event_id): pk for pk, tenant, event_id in newest}
