@@ -6,6 +6,7 @@ cluster of three, on loopback ports with log dirs on disk, started and stopped b
 
 import asyncio
 import base64
+import hashlib
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,8 +37,10 @@ class MissingKafka(Exception):
 
 
 def jars(cache: Path = CACHE) -> Path:
-    """The directory of the broker's jars, fetched with Maven the first time."""
-    libs = cache / f"kafka-{VERSION}"
+    """The directory of the broker's jars, fetched with Maven the first time (again after
+    the POM changed: the directory is named after its digest)."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    libs = cache / f"kafka-{VERSION}-{digest}"
     if (libs / f"kafka_2.13-{VERSION}.jar").is_file():
         return libs
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
@@ -161,6 +164,16 @@ class KafkaNode:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def last_error(self) -> str:
+        """The last ERROR line of out.log (log4j2's default configuration prints only
+        those) and the causes of its exception; else the log's end."""
+        lines = (self.dir / "out.log").read_text(errors="replace").splitlines()
+        errors = [n for n, line in enumerate(lines) if " ERROR " in line]
+        if not errors:
+            return "\n".join(lines[-5:])
+        causes = [line for line in lines[errors[-1] + 1 :] if line.startswith("Caused by:")]
+        return "\n".join([lines[errors[-1]], *causes])
+
     def listening(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -199,6 +212,10 @@ class KafkaNode:
             os.kill(self.process.pid, number)
             if wait:
                 self.process.wait(30)
+
+
+class NodeExited(RuntimeError):
+    """A node's process ended while its cluster started."""
 
 
 class KafkaCluster:
@@ -257,8 +274,7 @@ class KafkaCluster:
         while time.monotonic() < deadline:
             for node in self.nodes:
                 if node.process is not None and node.process.poll() is not None:
-                    tail = (node.dir / "out.log").read_text(errors="replace")[-500:]
-                    raise RuntimeError(f"Kafka node {node.node_id} exited: {tail}")
+                    raise NodeExited(f"Kafka node {node.node_id} exited: {node.last_error()}")
             if all(n.listening() for n in self.nodes if n.running) and expected <= self._brokers():
                 return
             time.sleep(0.3)
@@ -340,16 +356,39 @@ class KafkaCluster:
             node.stop(max(0.1, deadline - time.monotonic()))
 
 
+def started_cluster(root: Path, make: Callable[[], KafkaCluster]) -> KafkaCluster:
+    """A cluster from `make` (its nodes under `root`), started. When a node exits at start,
+    a second from `make` is tried, on other ports: a port free_port found can be taken (say,
+    by a client's outgoing connection) in the seconds before the JVM binds it."""
+    try:
+        return _started(make())
+    except NodeExited as exited:
+        print(f"{exited}\nstarting again on other ports", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+    return _started(make())
+
+
+def _started(cluster: KafkaCluster) -> KafkaCluster:
+    """The cluster, started; or stopped again if it could not start."""
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
 @contextmanager
 def running_cluster(size: int = 1) -> Iterator[KafkaCluster]:
     """A started cluster in a temporary directory, stopped and removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="webhooks-kafka-"))
-    cluster = KafkaCluster(root, size)
     try:
-        cluster.start()
-        yield cluster
+        cluster = started_cluster(root, lambda: KafkaCluster(root, size))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -326,8 +326,10 @@ def audit_records(
 class Broker(Protocol):
     """tansu (kafka.embedded.EmbeddedBroker) or Apache Kafka (tests.apache_kafka)."""
 
-    bootstrap: str
     supports_idempotence: bool
+
+    @property
+    def bootstrap(self) -> str: ...
 
     def pause(self) -> None: ...
 

@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
 from tests import pki
-from tests.apache_kafka import KafkaCluster, jars
+from tests.apache_kafka import KafkaCluster, KafkaNode, jars, started_cluster
 
 SCRAM_USERS = {"alice": "alice-scram-secret"}
 PLAIN_USERS = {
@@ -138,24 +138,39 @@ class SecuredKafka:
     """One secured node and the client-side files; `address(name)` is a listener's."""
 
     def __init__(self, root: Path) -> None:
-        self.pki, inline = make_pki(root / "pki")
+        self.pki, self._inline = make_pki(root / "pki")
+        self._root = root / "kafka"
+        self._cluster: KafkaCluster | None = None
+        self.supports_idempotence = True
+
+    def _make(self) -> KafkaCluster:
         scram = [
             f"--add-scram={mechanism}=[name={name},password={password}]"
             for name, password in SCRAM_USERS.items()
             for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256")
         ]
-        self.cluster = KafkaCluster(
-            root / "kafka",
+        return KafkaCluster(
+            self._root,
             1,
             jars(),
             listeners=LISTENERS,
-            extra_settings=_settings(inline),
+            extra_settings=_settings(self._inline),
             format_args=tuple(scram),
         )
-        self.node = self.cluster.nodes[0]
-        # The super user's listener: the tests make topics, ACLs and events through it.
-        self.bootstrap = self.cluster.bootstrap
-        self.supports_idempotence = True
+
+    @property
+    def cluster(self) -> KafkaCluster:
+        assert self._cluster is not None, "not started"
+        return self._cluster
+
+    @property
+    def node(self) -> KafkaNode:
+        return self.cluster.nodes[0]
+
+    @property
+    def bootstrap(self) -> str:
+        """The super user's listener: the tests make topics, ACLs and events through it."""
+        return self.cluster.bootstrap
 
     def address(self, listener: str) -> str:
         """host:port of a listener; PLAINTEXT is the super user's."""
@@ -164,10 +179,11 @@ class SecuredKafka:
         return f"127.0.0.1:{self.node.ports[listener]}"
 
     def start(self) -> None:
-        self.cluster.start()
+        self._cluster = started_cluster(self._root, self._make)
 
     def stop(self) -> None:
-        self.cluster.stop()
+        if self._cluster is not None:
+            self._cluster.stop()
 
     def pause(self) -> None:
         self.cluster.pause()

@@ -27,7 +27,7 @@ from kafka.ingest import FLOWING_FETCH_WAIT_MS
 from kafka.provisioning import TopicLayout, create_topics, service_topics
 from service.crypto import new_encryption_key
 from service.domain.access import ADMIN, hash_key, new_api_key
-from tests.apache_kafka import KafkaCluster
+from tests.apache_kafka import KafkaCluster, started_cluster
 from tests.support import ServiceProcess, process_metric
 from webhooks.v1 import webhook_service_pb2 as pb
 from webhooks.v1 import webhook_service_pb2_grpc as pb_grpc
@@ -461,9 +461,8 @@ APACHE_QUICK_JIT = False
 
 def start_broker(kind: str, workdir: Path) -> "EmbeddedBroker | KafkaCluster":
     if kind == "apache":
-        cluster = KafkaCluster(workdir / "kafka", size=1, quick_jit=APACHE_QUICK_JIT)
-        cluster.start()
-        return cluster
+        root = workdir / "kafka"
+        return started_cluster(root, lambda: KafkaCluster(root, quick_jit=APACHE_QUICK_JIT))
     broker = EmbeddedBroker(free_port())
     broker.start()
     return broker
