@@ -14,6 +14,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -64,6 +65,10 @@ def _owner() -> dict[str, Any]:
     except KeyError:
         raise MissingPostgres(f"running as root and no `postgres` user: {MISSING}") from None
     return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+
+class PostgresExited(RuntimeError):
+    """The server's process ended while it started."""
 
 
 @dataclass
@@ -129,8 +134,8 @@ class PostgresServer:
         deadline = time.monotonic() + wait_seconds
         while True:
             if self.process.poll() is not None:
-                tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
-                raise RuntimeError(f"postgres exited with {self.process.returncode}: {tail}")
+                code = self.process.returncode
+                raise PostgresExited(f"postgres exited with {code}: {self._why()}")
             try:
                 psycopg.connect(self.admin_url, connect_timeout=1).close()
                 break
@@ -140,6 +145,13 @@ class PostgresServer:
                     raise RuntimeError(f"postgres did not answer within {wait_seconds} s") from None
                 time.sleep(0.05)
         self.start_seconds = time.monotonic() - began
+
+    def _why(self) -> list[str]:
+        """The log's lines that say what went wrong (a port taken is a LOG line, "could not
+        bind ..."), else its last three."""
+        lines = self.log.read_text(errors="replace").strip().splitlines()
+        marks = ("FATAL:", "ERROR:", "PANIC:", "could not")
+        return [line for line in lines if any(m in line for m in marks)][-4:] or lines[-3:]
 
     def stop(self, mode: str = "fast", wait_seconds: float = 30.0) -> None:
         """Signals the postmaster by its pid as `pg_ctl stop -m mode` would; SIGKILL if it
@@ -162,7 +174,13 @@ def own_server() -> Iterator[PostgresServer]:
     server = PostgresServer(bindir, root, free_port())
     try:
         server.init()
-        server.start()
+        try:
+            server.start()
+        except PostgresExited as exited:
+            # Its port was taken after free_port found it (as tests.apache_kafka's can be).
+            print(f"{exited}\nstarting again on another port", file=sys.stderr)
+            server.port = free_port()
+            server.start()
         with psycopg.connect(server.admin_url, autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {DATABASE}")
         yield server

@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -56,6 +58,20 @@ def eventually(predicate: Callable[[], Any], timeout: float = 15) -> Any:
         assert time.monotonic() < deadline, "condition never held"
         time.sleep(0.05)
     return value
+
+
+@contextmanager
+def port_taken_first(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> Iterator[int]:
+    """A loopback port something else listens on, which `module`'s free_port hands out
+    first (then free ones again): a server given it finds it taken, as when another process
+    took it between free_port and the server's bind."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port: int = sock.getsockname()[1]
+        first = [port]
+        monkeypatch.setattr(module, "free_port", lambda: first.pop() if first else free_port())
+        yield port
 
 
 def write_keys_file(path: Path) -> Path:

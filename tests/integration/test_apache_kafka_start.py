@@ -1,30 +1,21 @@
 """The tests' Apache Kafka harness when a node's port is taken before it binds it: the
 node's exit names the error, and a cluster starts again on other ports."""
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kafka.embedded import free_port
 from tests import apache_kafka
 from tests.apache_kafka import KafkaCluster, NodeExited, require_jars, started_cluster
+from tests.support import port_taken_first
 
 pytestmark = [pytest.mark.apache_kafka]
 
 
 @pytest.fixture
 def taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """A port something else listens on, handed out as the next cluster's first port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port: int = sock.getsockname()[1]
-        first = [port]
-        monkeypatch.setattr(
-            apache_kafka, "free_port", lambda: first.pop() if first else free_port()
-        )
+    with port_taken_first(monkeypatch, apache_kafka) as port:
         yield port
 
 

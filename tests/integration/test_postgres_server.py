@@ -13,6 +13,7 @@ from tests.postgres_server import (
     own_server,
     server_bindir,
 )
+from tests.support import port_taken_first
 
 
 def _fake_server(bindir: Path) -> None:
@@ -80,6 +81,17 @@ def test_own_server_keeps_its_data_across_an_immediate_stop_and_is_stopped_by_pi
         root = server.root
     assert server.process.poll() is not None
     assert not root.exists()
+
+
+@pytest.mark.postgres
+def test_own_server_whose_port_was_taken_starts_on_another(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with port_taken_first(monkeypatch, postgres_server) as taken, own_server() as server:
+        assert server.port != taken
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert "Address already in use" in capsys.readouterr().err
 
 
 def _parent_of(pid: int) -> int:
