@@ -83,10 +83,12 @@ def stamp(body: bytes, now: float) -> bytes:
     """The body with the attempt's time where a template asked for it."""
     if b"\x00" not in body:
         return body
-    moment = datetime.fromtimestamp(now, UTC).replace(tzinfo=None)
-    return body.replace(_SENT_AT, b"%d" % int(now)).replace(
-        _SENT_AT_RFC3339, _rfc3339(moment).encode()
-    )
+    if _SENT_AT in body:
+        body = body.replace(_SENT_AT, b"%d" % int(now))
+    if _SENT_AT_RFC3339 in body:  # only then: the datetime costs more than the rest
+        moment = datetime.fromtimestamp(now, UTC).replace(tzinfo=None)
+        body = body.replace(_SENT_AT_RFC3339, _rfc3339(moment).encode())
+    return body
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -76,6 +76,10 @@ def _template(text: str) -> Payload:
             },
         ),
         (_template('["text with {{data.org}} in it"]'), ['text with {"id":7} in it']),
+        (
+            _template('{"at": "{{sent_at}}", "iso": "{{sent_at_rfc3339}}", "n": "{{sent_at}}"}'),
+            {"at": 1767323045, "iso": "2026-01-02T03:04:05.250000Z", "n": 1767323045},
+        ),
     ],
 )
 def test_each_format_renders_the_event(payload: Payload, expected: object) -> None:
