@@ -83,8 +83,7 @@ def stamp(body: bytes, now: float) -> bytes:
     """The body with the attempt's time where a template asked for it."""
     if b"\x00" not in body:
         return body
-    if _SENT_AT in body:
-        body = body.replace(_SENT_AT, b"%d" % int(now))
+    body = body.replace(_SENT_AT, b"%d" % int(now))
     if _SENT_AT_RFC3339 in body:  # only then: the datetime costs more than the rest
         moment = datetime.fromtimestamp(now, UTC).replace(tzinfo=None)
         body = body.replace(_SENT_AT_RFC3339, _rfc3339(moment).encode())
